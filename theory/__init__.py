@@ -1,0 +1,49 @@
+"""Pure math of explicit vs implicit reward models (THEORY.md). Arrays in, arrays out; no I/O.
+
+theory.rewards       reward definitions, Bradley–Terry loss, accuracy with ties       (§1)
+theory.dynamics      ρ coefficients and first-order reward changes, EX and IM         (§3)
+theory.max_margin    the max-margin separator an EX-RM converges to                   (§4)
+theory.verification  the tilting construction: verify without generating             (§2)
+"""
+
+from theory.dynamics import (
+    RhoTerms,
+    TokenStates,
+    ex_reward_change,
+    im_reward_change,
+    im_reward_change_batch,
+    im_token_contributions,
+    log_prob_grad_inner,
+    log_prob_grad_W,
+    rho,
+    rho_terms,
+)
+from theory.max_margin import MaxMarginResult, NotSeparableError, max_margin_separator
+from theory.rewards import Accuracy, accuracy, bt_grad_scale, bt_loss, ex_reward, im_reward
+from theory.verification import tilted_correct_mass, tilted_policy, tilting_bound, verifier_margin
+
+__all__ = [
+    "Accuracy",
+    "MaxMarginResult",
+    "NotSeparableError",
+    "RhoTerms",
+    "TokenStates",
+    "accuracy",
+    "bt_grad_scale",
+    "bt_loss",
+    "ex_reward",
+    "ex_reward_change",
+    "im_reward",
+    "im_reward_change",
+    "im_reward_change_batch",
+    "im_token_contributions",
+    "log_prob_grad_W",
+    "log_prob_grad_inner",
+    "max_margin_separator",
+    "rho",
+    "rho_terms",
+    "tilted_correct_mass",
+    "tilted_policy",
+    "tilting_bound",
+    "verifier_margin",
+]
