@@ -66,7 +66,9 @@ class TokenStates:
         hidden = np.asarray(self.hidden)
         logits = np.asarray(self.logits)
         if tokens.ndim != 1 or tokens.size == 0:
-            raise ValueError(f"tokens must be a non-empty 1-D array (an empty response has no reward); got {tokens.shape}")
+            raise ValueError(
+                f"tokens must be a non-empty 1-D array (an empty response has no reward); got {tokens.shape}"
+            )
         if not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
         k = tokens.shape[0]
@@ -102,7 +104,9 @@ def _check_compatible(*states: TokenStates) -> None:
     v, d = states[0].vocab_size, states[0].hidden_size
     for s in states[1:]:
         if s.vocab_size != v:
-            raise ValueError(f"vocabulary sizes differ ({v} vs {s.vocab_size}): mismatched tokenizers or heads?")
+            raise ValueError(
+                f"vocabulary sizes differ ({v} vs {s.vocab_size}): mismatched tokenizers or heads?"
+            )
         if s.hidden_size != d:
             raise ValueError(f"hidden sizes differ ({d} vs {s.hidden_size})")
 
@@ -118,36 +122,61 @@ def choose_route(n_eval_tokens: int, n_train_tokens: int, hidden_size: int) -> s
     return "rho" if k * ell <= (k + ell) * d else "gradient"
 
 
-def _row_max(logits: np.ndarray, dtype) -> np.ndarray:
-    return logits.max(axis=1).astype(dtype)
+class _Rows:
+    """Logit rows stacked from several (K_i, V) blocks without copying them: only vocabulary
+    chunks are ever concatenated, so stacking y+ and y− (or many evaluation sequences) costs no
+    K×V copy."""
+
+    def __init__(self, blocks: Sequence[np.ndarray]):
+        self.blocks = list(blocks)
+        self.n = sum(b.shape[0] for b in self.blocks)
+        self.vocab = self.blocks[0].shape[1]
+
+    def row_max(self, dtype) -> np.ndarray:
+        return np.concatenate([b.max(axis=1) for b in self.blocks]).astype(dtype)
+
+    def exp_chunk(self, c0: int, c1: int, shift: np.ndarray, dtype) -> np.ndarray:
+        """exp(logits[:, c0:c1] − shift[:, None]) as a fresh (n, c1 − c0) array."""
+        if len(self.blocks) == 1:
+            e = self.blocks[0][:, c0:c1].astype(dtype)
+        else:
+            e = np.concatenate([b[:, c0:c1] for b in self.blocks]).astype(dtype, copy=False)
+        e -= shift[:, None]
+        return np.exp(e, out=e)
+
+    def gather(self, cols: np.ndarray, dtype) -> np.ndarray:
+        """logits[:, cols] as (n, len(cols))."""
+        return np.concatenate([b[:, cols] for b in self.blocks]).astype(dtype, copy=False)
+
+    def logsumexp(self, chunk: int, dtype) -> np.ndarray:
+        m = self.row_max(dtype)
+        s = np.zeros(self.n, dtype=dtype)
+        for c0 in range(0, self.vocab, chunk):
+            s += self.exp_chunk(c0, c0 + chunk, m, dtype).sum(axis=1)
+        return m + np.log(s)
 
 
-def _row_logsumexp(logits: np.ndarray, chunk: int, dtype) -> np.ndarray:
-    m = _row_max(logits, dtype)
-    s = np.zeros(logits.shape[0], dtype=dtype)
-    for c0 in range(0, logits.shape[1], chunk):
-        s += np.exp(logits[:, c0 : c0 + chunk].astype(dtype, copy=False) - m[:, None]).sum(axis=1)
-    return m + np.log(s)
+def _rho_parts(tok_a, rows_a: _Rows, tok_b, rows_b: _Rows, chunk, dtype):
+    """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (module docstring).
 
-
-def _rho_parts(tok_a, logits_a, tok_b, logits_b, chunk, dtype):
-    """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (see module docstring)."""
-    v = logits_a.shape[1]
-    chunk = chunk or _auto_chunk(logits_a.shape[0] + logits_b.shape[0], v, dtype)
-    ma, mb = _row_max(logits_a, dtype), _row_max(logits_b, dtype)
-    sa = np.zeros(logits_a.shape[0], dtype=dtype)
-    sb = np.zeros(logits_b.shape[0], dtype=dtype)
-    inner = np.zeros((logits_a.shape[0], logits_b.shape[0]), dtype=dtype)
+    One pass over the vocabulary: exp(logit − row max) is accumulated unnormalised into ⟨·,·⟩ and
+    the row sums, and divided by both row sums at the end."""
+    v = rows_a.vocab
+    chunk = chunk or _auto_chunk(rows_a.n + rows_b.n, v, dtype)
+    ma, mb = rows_a.row_max(dtype), rows_b.row_max(dtype)
+    sa = np.zeros(rows_a.n, dtype=dtype)
+    sb = np.zeros(rows_b.n, dtype=dtype)
+    inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
     for c0 in range(0, v, chunk):
-        ea = np.exp(logits_a[:, c0 : c0 + chunk].astype(dtype, copy=False) - ma[:, None])  # (Ka, c)
-        eb = np.exp(logits_b[:, c0 : c0 + chunk].astype(dtype, copy=False) - mb[:, None])  # (Kb, c)
+        ea = rows_a.exp_chunk(c0, c0 + chunk, ma, dtype)  # (Ka, c)
+        eb = rows_b.exp_chunk(c0, c0 + chunk, mb, dtype)  # (Kb, c)
         sa += ea.sum(axis=1)
         sb += eb.sum(axis=1)
         inner += ea @ eb.T
     inner /= sa[:, None] * sb[None, :]
     lsa, lsb = ma + np.log(sa), mb + np.log(sb)
-    p_a_at_b = np.exp(logits_a[:, tok_b].astype(dtype) - lsa[:, None])  # (Ka, Kb): p_k[v_l]
-    q_b_at_a = np.exp(logits_b[:, tok_a].astype(dtype) - lsb[:, None]).T  # (Ka, Kb): q_l[ȳ_k]
+    p_a_at_b = np.exp(rows_a.gather(tok_b, dtype) - lsa[:, None])  # (Ka, Kb): p_k[v_l]
+    q_b_at_a = np.exp(rows_b.gather(tok_a, dtype) - lsb[:, None]).T  # (Ka, Kb): q_l[ȳ_k]
     match = (tok_a[:, None] == tok_b[None, :]).astype(dtype)
     return match, p_a_at_b, q_b_at_a, inner
 
@@ -170,8 +199,9 @@ class RhoTerms:
         return self.match - self.p_bar_at_v - self.q_at_ybar + self.inner
 
 
-def rho_terms(tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None = None,
-              dtype=np.float64) -> RhoTerms:
+def rho_terms(
+    tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None = None, dtype=np.float64
+) -> RhoTerms:
     """The four terms of ρ_{k,l} for evaluation tokens ȳ (K,) with logits (K, V) against training
     tokens v (L,) with logits (L, V). Softmax is taken inside. Returns a :class:`RhoTerms` of (K, L)."""
     tb, lb = np.asarray(tokens_bar, dtype=np.int64), np.asarray(logits_bar)
@@ -180,11 +210,12 @@ def rho_terms(tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None
         raise ValueError(f"logits must be (K, V) and (L, V) with the same V; got {lb.shape} and {lg.shape}")
     if tb.shape != (lb.shape[0],) or t.shape != (lg.shape[0],):
         raise ValueError(f"tokens {tb.shape}/{t.shape} do not match logits rows {lb.shape[0]}/{lg.shape[0]}")
-    return RhoTerms(*_rho_parts(tb, lb, t, lg, vocab_chunk, dtype))
+    return RhoTerms(*_rho_parts(tb, _Rows([lb]), t, _Rows([lg]), vocab_chunk, dtype))
 
 
-def rho(tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None = None,
-        dtype=np.float64) -> np.ndarray:
+def rho(
+    tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None = None, dtype=np.float64
+) -> np.ndarray:
     """ρ_{k,l} = ⟨e_{ȳ_k} − p_k, e_{v_l} − q_l⟩, a (K, L) array with entries in [−2, 2].
 
     tokens_bar: (K,) evaluation tokens; logits_bar: (K, V) logits at the positions predicting them;
@@ -199,29 +230,29 @@ def rho(tokens_bar, logits_bar, tokens, logits, *, vocab_chunk: int | None = Non
 # ---------------------------------------------------------------------------------------------
 
 
-def _per_token_rho_route(bar_tok, bar_hid, bar_log, tr_tok, tr_hid, tr_log, w, chunk, dtype):
-    match, pg, qg, inner = _rho_parts(bar_tok, bar_log, tr_tok, tr_log, chunk, dtype)
+def _per_token_rho_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype):
+    match, pg, qg, inner = _rho_parts(bar_tok, bar_rows, tr_tok, tr_rows, chunk, dtype)
     s = bar_hid.astype(dtype, copy=False) @ tr_hid.astype(dtype, copy=False).T  # (K, L)
     return ((match - pg - qg + inner) * s) @ w  # (K,)
 
 
-def _per_token_gradient_route(bar_tok, bar_hid, bar_log, tr_tok, tr_hid, tr_log, w, chunk, dtype):
-    v = bar_log.shape[1]
-    chunk = chunk or _auto_chunk(bar_log.shape[0] + tr_log.shape[0], v, dtype)
+def _per_token_gradient_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype):
+    v = bar_rows.vocab
+    chunk = chunk or _auto_chunk(bar_rows.n + tr_rows.n, v, dtype)
     hb = bar_hid.astype(dtype, copy=False)  # (K, D)
     wh = w[:, None] * tr_hid.astype(dtype, copy=False)  # (L, D)  w_l h_l
-    lse_tr = _row_logsumexp(tr_log, chunk, dtype)  # training side normalised up front (L is small)
-    m_bar = _row_max(bar_log, dtype)
-    s_bar = np.zeros(bar_log.shape[0], dtype=dtype)
-    p_t = np.zeros_like(hb)  # (K, D) Σ_chunks ẽ_k,c T_c   (ẽ = unnormalised exp)
+    lse_tr = tr_rows.logsumexp(chunk, dtype)  # training side normalised up front (L is small)
+    m_bar = bar_rows.row_max(dtype)
+    s_bar = np.zeros(bar_rows.n, dtype=dtype)
+    p_t = np.zeros_like(hb)  # (K, D) Σ_chunks ẽ_{k,c} T_c   (ẽ = exp(logit − row max))
     t_at_bar = np.zeros_like(hb)  # (K, D) T[ȳ_k]
     for c0 in range(0, v, chunk):
         c1 = min(v, c0 + chunk)
-        q = np.exp(tr_log[:, c0:c1].astype(dtype, copy=False) - lse_tr[:, None])  # (L, c)
-        t = -(q.T @ wh)  # (c, D): T_c = Σ_l w_l (e_{v_l} − q_l)_c h_lᵀ, the −q part
+        q = tr_rows.exp_chunk(c0, c1, lse_tr, dtype)  # (L, c) probabilities
+        t = -(q.T @ wh)  # (c, D): T_c = Σ_l w_l (e_{v_l} − q_l)_c h_lᵀ, the −q part ...
         inside = (tr_tok >= c0) & (tr_tok < c1)
-        np.add.at(t, tr_tok[inside] - c0, wh[inside])  # the one-hot part
-        e = np.exp(bar_log[:, c0:c1].astype(dtype, copy=False) - m_bar[:, None])  # (K, c)
+        np.add.at(t, tr_tok[inside] - c0, wh[inside])  # ... plus the one-hot part
+        e = bar_rows.exp_chunk(c0, c1, m_bar, dtype)  # (K, c)
         s_bar += e.sum(axis=1)
         p_t += e @ t
         rows = np.nonzero((bar_tok >= c0) & (bar_tok < c1))[0]
@@ -229,46 +260,70 @@ def _per_token_gradient_route(bar_tok, bar_hid, bar_log, tr_tok, tr_hid, tr_log,
     return np.einsum("kd,kd->k", t_at_bar - p_t / s_bar[:, None], hb)
 
 
-def _per_token(bar: TokenStates, train: Sequence[tuple[TokenStates, float]], route, chunk, dtype):
-    _check_compatible(bar, *(s for s, _ in train))
+def _per_token(bars: Sequence[TokenStates], train: Sequence[tuple[TokenStates, float]], route, chunk, dtype):
+    """c_k for the stacked tokens of ``bars`` (Σ_i K_i,) against the weighted training sides."""
+    _check_compatible(*bars, *(s for s, _ in train))
     tr_tok = np.concatenate([s.tokens for s, _ in train])
     tr_hid = np.concatenate([s.hidden for s, _ in train])
-    tr_log = np.concatenate([s.logits for s, _ in train]) if len(train) > 1 else train[0][0].logits
     w = np.concatenate([np.full(s.n_tokens, wt, dtype=dtype) for s, wt in train])
+    bar_tok = np.concatenate([b.tokens for b in bars])
+    bar_hid = np.concatenate([b.hidden for b in bars])
     if route == "auto":
-        route = choose_route(bar.n_tokens, tr_tok.shape[0], bar.hidden_size)
+        route = choose_route(bar_tok.shape[0], tr_tok.shape[0], bars[0].hidden_size)
     fn = {"rho": _per_token_rho_route, "gradient": _per_token_gradient_route}.get(route)
     if fn is None:
         raise ValueError(f"route must be 'auto', 'rho' or 'gradient', got {route!r}")
-    return fn(bar.tokens, bar.hidden, bar.logits, tr_tok, tr_hid, tr_log, w, chunk, dtype)
+    bar_rows, tr_rows = _Rows([b.logits for b in bars]), _Rows([s.logits for s, _ in train])
+    return fn(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype)
 
 
-def log_prob_grad_inner(a: TokenStates, b: TokenStates, *, route: str = "auto",
-                        vocab_chunk: int | None = None, dtype=np.float64) -> float:
+def log_prob_grad_inner(
+    a: TokenStates, b: TokenStates, *, route: str = "auto", vocab_chunk: int | None = None, dtype=np.float64
+) -> float:
     """⟨∇_W ln π(a), ∇_W ln π(b)⟩_F = Σ_{k,l} ρ_{k,l} ⟨h^a_k, h^b_l⟩ for the unembedding W (V×D)."""
-    return float(_per_token(a, [(b, 1.0)], route, vocab_chunk, dtype).sum())
+    return float(_per_token([a], [(b, 1.0)], route, vocab_chunk, dtype).sum())
 
 
-def im_reward_change(bar: TokenStates, plus: TokenStates, minus: TokenStates, *, beta: float, lr: float,
-                     g: float, route: str = "auto", vocab_chunk: int | None = None, dtype=np.float64) -> float:
+def im_reward_change(
+    bar: TokenStates,
+    plus: TokenStates,
+    minus: TokenStates,
+    *,
+    beta: float,
+    lr: float,
+    g: float,
+    route: str = "auto",
+    vocab_chunk: int | None = None,
+    dtype=np.float64,
+) -> float:
     """First-order Δr_IM(x̄, ȳ) after one GD step (rate ``lr``) on W for the triple (x, y+, y−).
 
     = lr · g · β² · (⟨∇_W ln π(ȳ|x̄), ∇_W ln π(y+|x)⟩ − ⟨∇_W ln π(ȳ|x̄), ∇_W ln π(y−|x)⟩).
     bar/plus/minus: :class:`TokenStates` with K, L+, L− tokens and shared V, D.
     g: σ(r(x,y−) − r(x,y+)) (see ``theory.rewards.bt_grad_scale``). THEORY.md §3.
     """
-    c = _per_token(bar, [(plus, 1.0), (minus, -1.0)], route, vocab_chunk, dtype)
+    c = _per_token([bar], [(plus, 1.0), (minus, -1.0)], route, vocab_chunk, dtype)
     return float(lr * g * beta**2 * c.sum())
 
 
-def im_reward_change_batch(bars: Sequence[TokenStates], plus: TokenStates, minus: TokenStates, *,
-                           beta: float, lr: float, g: float, route: str = "auto",
-                           vocab_chunk: int | None = None, dtype=np.float64,
-                           max_group_tokens: int = 4096) -> np.ndarray:
+def im_reward_change_batch(
+    bars: Sequence[TokenStates],
+    plus: TokenStates,
+    minus: TokenStates,
+    *,
+    beta: float,
+    lr: float,
+    g: float,
+    route: str = "auto",
+    vocab_chunk: int | None = None,
+    dtype=np.float64,
+    max_group_tokens: int = 4096,
+) -> np.ndarray:
     """:func:`im_reward_change` for N evaluation sequences against one training triple → (N,).
 
-    Evaluation sequences are stacked into groups of at most ``max_group_tokens`` tokens so the
-    training side is streamed once per group and each matrix product is large.
+    Evaluation sequences are stacked (without copying their logits) into groups of at most
+    ``max_group_tokens`` tokens, so the training side is streamed once per group and each matrix
+    product is large.
     """
     if len(bars) == 0:
         return np.zeros(0)
@@ -280,22 +335,24 @@ def im_reward_change_batch(bars: Sequence[TokenStates], plus: TokenStates, minus
             n += bars[stop].n_tokens
             stop += 1
         group = bars[start:stop]
-        _check_compatible(*group)
-        stacked = TokenStates(
-            np.concatenate([b.tokens for b in group]),
-            np.concatenate([b.hidden for b in group]),
-            np.concatenate([b.logits for b in group]) if len(group) > 1 else group[0].logits,
-        )
-        c = _per_token(stacked, [(plus, 1.0), (minus, -1.0)], route, vocab_chunk, dtype)
+        c = _per_token(group, [(plus, 1.0), (minus, -1.0)], route, vocab_chunk, dtype)
         bounds = np.cumsum([0] + [b.n_tokens for b in group])
         out[start:stop] = lr * g * beta**2 * np.add.reduceat(c, bounds[:-1])
         start = stop
     return out
 
 
-def im_token_contributions(bar: TokenStates, plus: TokenStates, minus: TokenStates, *, beta: float,
-                           lr: float, g: float, vocab_chunk: int | None = None,
-                           dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+def im_token_contributions(
+    bar: TokenStates,
+    plus: TokenStates,
+    minus: TokenStates,
+    *,
+    beta: float,
+    lr: float,
+    g: float,
+    vocab_chunk: int | None = None,
+    dtype=np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-token-pair contributions to Δr_IM: (C+ (K, L+), C− (K, L−)) with
     C±[k, l] = lr·g·β²·ρ_{k,l}(y±)·⟨h̄_k, h±_l⟩, so that Δr_IM = C+.sum() − C−.sum()."""
     _check_compatible(bar, plus, minus)
