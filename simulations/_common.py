@@ -1,0 +1,59 @@
+"""Small helpers shared by the simulation scripts: output paths, JSON summaries, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+def add_common_args(ap, default_seed: int = 0) -> None:
+    ap.add_argument("--quick", action="store_true", help="small, fast run (used by the tests)")
+    ap.add_argument("--seed", type=int, default=default_seed, help="random seed (everything derives from it)")
+    ap.add_argument("--out-dir", type=Path, default=FIGURES, help="where <name>.png and <name>.json go")
+    ap.add_argument("--no-figure", action="store_true", help="skip the PNG (the JSON is always written)")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_summary(summary: dict, config, out_dir: Path, name: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    payload = {"config": asdict(config), **summary}
+    path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    return path
+
+
+def save_figure(fig, out_dir: Path, name: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    return path
+
+
+def print_table(rows: list[tuple], header: tuple) -> None:
+    cells = [tuple(f"{c:.4g}" if isinstance(c, float) else str(c) for c in r) for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))

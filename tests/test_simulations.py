@@ -1,0 +1,52 @@
+"""Each simulation's --quick run, its summary checked against the theorem it illustrates."""
+
+import json
+
+import pytest
+
+from simulations import single_token
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single_token")
+    return single_token.main(["--quick", "--out-dir", str(out)]), out
+
+
+def test_single_token_writes_figure_and_json_with_required_keys(single):
+    _, out = single
+    assert (out / "single_token.png").stat().st_size > 10_000
+    on_disk = json.loads((out / "single_token.json").read_text())
+    for section, key in [
+        ("ex", "unseen_accuracy"),
+        ("im", "unseen_accuracy_half_ties"),
+        ("im", "unseen_tie_rate"),
+        ("im", "unseen_max_abs_reward_gap"),
+        ("ex", "cosine_to_max_margin"),
+        ("ex", "max_margin_predicted_unseen_accuracy"),
+        ("ex", "train_accuracy"),
+        ("im", "train_accuracy"),
+    ]:
+        assert key in on_disk[section], (section, key)
+    assert {"signal", "ex_unseen_accuracy", "im_unseen_accuracy_half_ties"} <= set(on_disk["sweep"][0])
+    assert on_disk["config"]["seed"] == 0
+
+
+def test_im_rm_ties_exactly_on_unseen_tokens(single):
+    s, _ = single
+    assert s["im"]["train_accuracy"] == 1.0
+    assert s["im"]["unseen_max_abs_reward_gap"] == 0.0  # exactly: the rows never move
+    assert s["im"]["unseen_tie_rate"] == 1.0
+    assert s["im"]["unseen_accuracy_half_ties"] == 0.5
+    assert s["im"]["unseen_token_rows_unchanged"]
+    assert all(r["im_unseen_accuracy_half_ties"] == 0.5 for r in s["sweep"])
+
+
+def test_ex_rm_follows_max_margin_and_meaning(single):
+    s, _ = single
+    assert s["ex"]["train_accuracy"] == 1.0
+    assert s["ex"]["cosine_to_max_margin"] > 0.95
+    assert abs(s["ex"]["unseen_accuracy"] - s["ex"]["max_margin_predicted_unseen_accuracy"]) < 0.1
+    sweep = {r["signal"]: r for r in s["sweep"]}
+    assert abs(sweep[0.0]["ex_unseen_accuracy"] - 0.5) < 0.2  # no meaning in the states: chance
+    assert sweep[max(sweep)]["ex_unseen_accuracy"] > 0.95  # strong meaning: generalises
