@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from simulations import single_token
+from simulations import single_token, token_overlap
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,34 @@ def test_ex_rm_follows_max_margin_and_meaning(single):
     sweep = {r["signal"]: r for r in s["sweep"]}
     assert abs(sweep[0.0]["ex_unseen_accuracy"] - 0.5) < 0.2  # no meaning in the states: chance
     assert sweep[max(sweep)]["ex_unseen_accuracy"] > 0.95  # strong meaning: generalises
+
+
+@pytest.fixture(scope="module")
+def overlap(tmp_path_factory):
+    out = tmp_path_factory.mktemp("token_overlap")
+    return token_overlap.main(["--quick", "--out-dir", str(out)]), out
+
+
+def test_token_overlap_predictions_match_the_actual_step(overlap):
+    s, out = overlap
+    assert (out / "token_overlap.png").exists()
+    assert s["pearson_pred_vs_obs"]["ex"] > 0.999999
+    assert s["pearson_pred_vs_obs"]["im"] > 0.9999
+    errs = [s["im_relative_error_by_lr"][k] for k in ("0.01", "0.001")]
+    assert errs[1] < 1e-3 and 7 < errs[0] / errs[1] < 13  # O(η)
+
+
+def test_im_rm_tracks_tokens_and_ex_rm_tracks_meaning(overlap):
+    s, _ = overlap
+    pa = s["paraphrase"]
+    assert pa["ex_relative_change"] > 0.3 and pa["ex_fraction_wrong_sign"] == 0.0
+    assert (
+        pa["im_relative_change"] < 0.05 and pa["im_fraction_wrong_sign"] > 0.5
+    )  # paraphrases go the wrong way
+    im = {(r["group"], r["overlap"]): r["relative_change"] for r in s["overlap_curve"]["im"]}
+    ex = {(r["group"], r["overlap"]): r["relative_change"] for r in s["overlap_curve"]["ex"]}
+    # IM-RM: synonyms buy nothing over unrelated tokens; EX-RM: they keep most of the change
+    assert abs(im[("synonyms", 0.0)] - im[("unrelated", 0.0)]) < 0.3
+    assert ex[("synonyms", 0.0)] - ex[("unrelated", 0.0)] > 0.4
+    closest = max(s["tau_sweep"], key=lambda r: r["hidden_cos"])
+    assert closest["ex_relative_change"] > 0.5 and closest["im_relative_change"] < 0
