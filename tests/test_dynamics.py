@@ -23,8 +23,6 @@ from theory import (
 )
 from theory.dynamics import choose_route
 
-torch.set_default_dtype(torch.float64)
-
 
 def softmax(z):
     z = z - z.max(axis=-1, keepdims=True)

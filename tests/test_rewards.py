@@ -33,7 +33,8 @@ def test_bt_loss_matches_torch_logsigmoid_and_is_finite(rc, rr):
 
 
 def test_bt_grad_scale_is_minus_loss_derivative():
-    rc, rr = torch.tensor([0.3, 5.0, -40.0], requires_grad=True), torch.tensor([0.0, 1.0, 2.0])
+    rc = torch.tensor([0.3, 5.0, -40.0], dtype=torch.float64, requires_grad=True)
+    rr = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
     (-torch.nn.functional.logsigmoid(rc - rr)).sum().backward()
     np.testing.assert_allclose(bt_grad_scale(rc.detach(), rr), -rc.grad.numpy(), rtol=1e-12)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from simulations import single_token, token_overlap
+from simulations import generation_verification, single_token, token_overlap
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,28 @@ def test_im_rm_tracks_tokens_and_ex_rm_tracks_meaning(overlap):
     assert ex[("synonyms", 0.0)] - ex[("unrelated", 0.0)] > 0.4
     closest = max(s["tau_sweep"], key=lambda r: r["hidden_cos"])
     assert closest["ex_relative_change"] > 0.5 and closest["im_relative_change"] < 0
+
+
+def test_generation_verification_verifies_without_generating(tmp_path):
+    s = generation_verification.main(["--quick", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "generation_verification.png").exists()
+    assert s["ex"]["test_accuracy"] > 0.85 and s["im"]["test_accuracy"] > 0.85  # both verify
+    assert s["im"]["sampled_cycle_rate"] < 0.01 and s["im"]["greedy_cycle_rate"] < 0.05  # neither generates
+    assert s["im"]["mean_correct_mass"] < 0.01
+    # Theorem 1's construction: exact verifier, generation mass τ(p) ≤ e·p
+    assert s["tilt"]["mean_correct_mass"] <= s["tilt"]["mean_bound"] * (1 + 1e-9)
+    assert s["tilt"]["mean_correct_mass"] < 0.01
+
+
+def test_is_cycle_against_brute_force():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cfg = generation_verification.Config(n=5)
+    adj = generation_verification.make_graphs(cfg, 3, rng)
+    seqs = rng.integers(0, 5, (200, 5))
+    seqs[:50] = [rng.permutation(5) for _ in range(50)]
+    for a in adj:
+        got = generation_verification.is_cycle(a, seqs)
+        want = [len(set(q)) == 5 and all(a[q[i], q[(i + 1) % 5]] for i in range(5)) for q in seqs]
+        assert got.tolist() == want
