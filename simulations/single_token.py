@@ -19,6 +19,8 @@ Models, all trained by full-batch gradient descent on the same triples and Bradl
     β[(W − W0)_y·h_x − (lse(W h_x) − lse(W0 h_x))] so that the partition terms cancel bitwise;
   * IM-RM without reference r = β ln π_W(y|x) (same training dynamics; evaluation keeps W0's ranking).
 u* = max-margin separator of the training differences h_{x,y+} − h_{x,y−} (cvxpy, theory.max_margin).
+The EX-RM over the mean of response hidden states (an alternative hypothesis) is the EX-RM itself
+here, since a single-token response has one state; simulations/token_overlap.py compares it.
 """
 
 from __future__ import annotations
