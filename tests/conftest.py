@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny randomly initialised Llama with a word-level tokenizer (offline, fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+WORDS = (
+    "is the following statement something you would say ? i like people kindness matters "
+    "a truthful reply yes considering statement , say no sure never my response be certainly "
+    "absolutely lean toward not really nope judgement : answer"
+).split()
+
+
+def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from lm_probes.loading import LoadedLM
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<user>", "<assistant>", *dict.fromkeys(WORDS)])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>")
+    tok.chat_template = "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}<assistant> "
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    info = dict(
+        model="tiny-llama",
+        dtype=str(dtype).split(".")[-1],
+        device="cpu",
+        tied_head=tie,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        max_positions=64,
+        chat_template=True,
+    )
+    return LoadedLM(model, tok, info)
+
+
+@pytest.fixture
+def tiny_lm():
+    return make_tiny_lm()
