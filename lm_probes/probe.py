@@ -16,6 +16,8 @@ step, so the four columns refer to the same θ0.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,15 +27,7 @@ from torch.func import functional_call, jvp
 
 from lm_probes.data import Pair
 from lm_probes.loading import LoadedLM
-from lm_probes.scoring import (
-    Encoded,
-    encode,
-    extract_states,
-    forward,
-    last_hidden,
-    pad_id_of,
-    response_logprobs,
-)
+from lm_probes.scoring import Encoded, Scorer, encode, extract_states, pad_id_of, prompt_groups, score
 from theory import bt_grad_scale, ex_reward_change, im_reward_change_batch, max_margin_separator
 from theory.max_margin import NotSeparableError
 
@@ -57,6 +51,21 @@ def _bar(it, desc, enabled):
     except ImportError:  # pragma: no cover
         return it
     return tqdm(it, desc=desc, leave=False)
+
+
+class Timer:
+    """Accumulates wall time per phase: ``with timer("model"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def compare(pred, obs) -> dict:
@@ -96,50 +105,108 @@ class _Probe:
         return out
 
     def batches(self, encs, desc):
-        bs = self.cfg.batch_size
-        return _bar([encs[i : i + bs] for i in range(0, len(encs), bs)], desc, self.cfg.progress)
+        """Chunks of encodings that share a prompt (so score() runs each prompt once)."""
+        chunks = [[encs[i] for i in idx] for idx in prompt_groups(encs, self.cfg.batch_size)]
+        return _bar(chunks, desc, self.cfg.progress)
 
     @torch.no_grad()
     def logprobs_and_last(self, encs, desc="forward"):
+        """(ln π (N,), last states (N, D)) in the order of ``encs``."""
+        order = [i for idx in prompt_groups(encs, self.cfg.batch_size) for i in idx]
         lps, lasts = [], []
         for chunk in self.batches(encs, desc):
-            logits, hidden = forward(self.model, chunk, self.pad)
-            lps.append(response_logprobs(logits, chunk))
-            lasts.append(last_hidden(hidden, chunk))
-        return torch.cat(lps), torch.cat(lasts)
+            sc = score(self.model, chunk, self.pad)
+            lps.append(sc.logprob)
+            lasts.append(sc.last_hidden)
+        inv = torch.empty(len(order), dtype=torch.long)
+        inv[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(lps)[inv], torch.cat(lasts)[inv]
 
     def train_loss(self, tr_encs, ref_lp, kind, u=None):
         """Mean BT loss over the training triples (encs = [c0, r0, c1, r1, ...])."""
-        logits, hidden = forward(self.model, tr_encs, self.pad)
-        if kind == "im":
-            r = self.cfg.beta * (response_logprobs(logits, tr_encs) - ref_lp)
-        else:
-            r = last_hidden(hidden, tr_encs) @ u
+        sc = score(self.model, tr_encs, self.pad)
+        r = self.cfg.beta * (sc.logprob - ref_lp) if kind == "im" else sc.last_hidden @ u
         return torch.nn.functional.softplus(r[1::2] - r[0::2]).mean()
 
     def jvp_rewards(self, encs, tangents, kind, u, v_u=None):
-        """η·⟨∇ r̄, v⟩ for every evaluation response, with v = −∇ℓ (forward-mode, batched)."""
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode, batched by prompt)."""
+        scorer = Scorer(self.model)
+        params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
+        tan = {f"model.{n}": t for n, t in tangents.items()}
+        order = [i for idx in prompt_groups(encs, self.cfg.batch_size) for i in idx]
         out = []
         for chunk in self.batches(encs, f"jvp {kind}"):
 
             def f(p, uu, chunk=chunk):
-                ids_logits = functional_call(self.model, p, (), _forward_kwargs(chunk, self.pad, params))
-                if kind == "im":
-                    return self.cfg.beta * response_logprobs(ids_logits.logits, chunk)
-                return last_hidden(ids_logits.hidden_states[-1], chunk) @ uu
+                sc = functional_call(scorer, p, (chunk, self.pad))
+                return self.cfg.beta * sc.logprob if kind == "im" else sc.last_hidden @ uu
 
-            _, t = jvp(f, (params, u.detach()), (tangents, v_u if v_u is not None else torch.zeros_like(u)))
+            v = v_u if v_u is not None else torch.zeros_like(u)
+            _, t = jvp(f, (params, u.detach()), (tan, v))
             out.append(t.detach())
-        return self.cfg.lr * torch.cat(out)
+        inv = torch.empty(len(order), dtype=torch.long)
+        inv[torch.tensor(order)] = torch.arange(len(order))
+        return self.cfg.lr * torch.cat(out)[inv]
 
 
-def _forward_kwargs(encs, pad, params):
-    from lm_probes.scoring import pad_batch
+def _head_only_changes(P: _Probe, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_tr, h_ev) -> dict:
+    """One real SGD step on an untied copy of the output head W (IM-RM) and on u (EX-RM)."""
+    cfg, model = P.cfg, P.model
+    head = model.get_output_embeddings()
+    original = head.weight
+    head.weight = torch.nn.Parameter(original.detach().clone())
+    try:
+        loss = P.train_loss(tr_encs, ref_tr, "im")
+        (gW,) = torch.autograd.grad(loss, [head.weight])
+        with torch.no_grad():
+            head.weight -= cfg.lr * gW
+        lp1, _ = P.logprobs_and_last(ev_encs, "head-only IM step")
+    finally:
+        head.weight = original
+    u = u0.clone().requires_grad_(True)
+    h_tr_t = torch.as_tensor(h_tr, dtype=u0.dtype)
+    loss = torch.nn.functional.softplus(h_tr_t[1::2] @ u - h_tr_t[0::2] @ u).mean()
+    (gu,) = torch.autograd.grad(loss, [u])
+    return {
+        "im_head_only": (cfg.beta * (lp1 - ref_ev)).double().numpy(),
+        "ex_head_only": h_ev @ (-cfg.lr * gu).double().numpy(),
+    }
 
-    device = next(iter(params.values())).device
-    ids, mask = pad_batch(encs, pad, device)
-    return dict(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+
+def _full_changes(P: _Probe, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_ev, T: Timer) -> dict:
+    """Exact first order (JVP along −∇ℓ) and one real SGD step on all parameters, for IM and EX."""
+    cfg, model = P.cfg, P.model
+    named = list(model.named_parameters())
+    params = [p for _, p in named]
+    backup = [p.detach().clone() for p in params]
+    cols = {}
+    for kind in ("im", "ex"):
+        u = u0.clone().requires_grad_(kind == "ex")
+        with T("model: full-parameter gradient"):
+            for p in params:
+                p.requires_grad_(True)
+            loss = P.train_loss(tr_encs, ref_tr, kind, u)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {kind} training loss is {loss.item()} at θ0")
+            grads = torch.autograd.grad(loss, params + ([u] if kind == "ex" else []))
+            for p in params:
+                p.requires_grad_(False)
+        tangents = {nm: -g for (nm, _), g in zip(named, grads[: len(params)], strict=True)}
+        v_u = -grads[-1] if kind == "ex" else None
+        with T("model: first-order JVP"):
+            cols[f"{kind}_first_order"] = P.jvp_rewards(ev_encs, tangents, kind, u0, v_u).double().numpy()
+        with T("model: full-parameter step"), torch.no_grad():
+            for p, g in zip(params, grads, strict=False):
+                p -= cfg.lr * g
+            lp1, last1 = P.logprobs_and_last(ev_encs, f"full {kind} step")
+            if kind == "im":
+                cols["im_full"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
+            else:
+                u1 = u0 - cfg.lr * grads[-1]
+                cols["ex_full"] = (last1 @ u1).double().numpy() - h_ev @ u0.double().numpy()
+            for p, b in zip(params, backup, strict=True):
+                p.copy_(b)
+    return cols
 
 
 def run_probe(
@@ -155,13 +222,16 @@ def run_probe(
     if not evals:
         raise ValueError("run_probe needs at least one evaluation pair")
     P = _Probe(lm, cfg)
+    T = Timer()
     model, dtype = lm.model, lm.dtype
-    tr_encs, ev_encs = P.encode_pairs(train), P.encode_pairs(evals)
+    with T("tokenise"):
+        tr_encs, ev_encs = P.encode_pairs(train), P.encode_pairs(evals)
     merged = [e.where for e in tr_encs + ev_encs if e.boundary_merged]
 
     # --- states at θ0 --------------------------------------------------------------------------
-    tr_states = extract_states(model, tr_encs, P.pad, batch_size=cfg.batch_size)
-    ev_states = extract_states(model, ev_encs, P.pad, batch_size=cfg.batch_size)
+    with T("model: states at θ0"):
+        tr_states = extract_states(model, tr_encs, P.pad)
+        ev_states = extract_states(model, ev_encs, P.pad)
     ref_tr = torch.tensor([s.logprob for s in tr_states], dtype=dtype)
     ref_ev = torch.tensor([s.logprob for s in ev_states], dtype=dtype)
     D = lm.info["hidden_size"]
@@ -175,79 +245,35 @@ def run_probe(
 
     # --- fixed-state predictions (theory.dynamics) ------------------------------------------------
     bars = [s.states for s in ev_states]
-    im_fixed = sum(
-        im_reward_change_batch(
-            bars, tr_states[2 * i].states, tr_states[2 * i + 1].states, beta=cfg.beta, lr=cfg.lr / n, g=0.5
+    with T("dynamics arithmetic"):
+        im_fixed = sum(
+            im_reward_change_batch(
+                bars,
+                tr_states[2 * i].states,
+                tr_states[2 * i + 1].states,
+                beta=cfg.beta,
+                lr=cfg.lr / n,
+                g=0.5,
+            )
+            for i in range(n)
         )
-        for i in range(n)
-    )
-    ex_fixed = sum(
-        ex_reward_change(h_ev, h_tr[2 * i], h_tr[2 * i + 1], lr=cfg.lr / n, g=float(g_ex[i]))
-        for i in range(n)
-    )
+        ex_fixed = sum(
+            ex_reward_change(h_ev, h_tr[2 * i], h_tr[2 * i + 1], lr=cfg.lr / n, g=float(g_ex[i]))
+            for i in range(n)
+        )
     cols = {"im_fixed_state": im_fixed, "ex_fixed_state": ex_fixed}
-
-    params = [p for p in model.parameters()]
-    for p in params:
+    for p in model.parameters():
         p.requires_grad_(False)
-
-    # --- head-only: one SGD step on an untied copy of W (IM) and on u (EX) -------------------------
     if "head_only" in cfg.modes:
-        head = model.get_output_embeddings()
-        original = head.weight
-        head.weight = torch.nn.Parameter(original.detach().clone())
-        try:
-            loss = P.train_loss(tr_encs, ref_tr, "im")
-            (gW,) = torch.autograd.grad(loss, [head.weight])
-            with torch.no_grad():
-                head.weight -= cfg.lr * gW
-            lp1, _ = P.logprobs_and_last(ev_encs, "head-only IM step")
-            cols["im_head_only"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
-        finally:
-            head.weight = original
-        u = u0.clone().requires_grad_(True)
-        h_tr_t = torch.as_tensor(h_tr, dtype=dtype)
-        loss = torch.nn.functional.softplus(h_tr_t[1::2] @ u - h_tr_t[0::2] @ u).mean()
-        (gu,) = torch.autograd.grad(loss, [u])
-        cols["ex_head_only"] = h_ev @ (-cfg.lr * gu).double().numpy()
-
-    # --- all parameters: exact first order (JVP) and one real SGD step ----------------------------
+        with T("model: head-only steps"):
+            cols.update(_head_only_changes(P, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_tr, h_ev))
     if "full" in cfg.modes:
-        backup = [p.detach().clone() for p in params]
-        names = [n_ for n_, _ in model.named_parameters()]
-        for kind in ("im", "ex"):
-            u = u0.clone().requires_grad_(kind == "ex")
-            for p in params:
-                p.requires_grad_(True)
-            loss = P.train_loss(tr_encs, ref_tr, kind, u)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {kind} training loss is {loss.item()} at θ0")
-            wrt = params + ([u] if kind == "ex" else [])
-            grads = torch.autograd.grad(loss, wrt)
-            for p in params:
-                p.requires_grad_(False)
-            tangents = {nm: -g for nm, g in zip(names, grads[: len(params)], strict=True)}
-            v_u = -grads[-1] if kind == "ex" else None
-            cols[f"{kind}_first_order"] = P.jvp_rewards(ev_encs, tangents, kind, u0, v_u).double().numpy()
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=False):
-                    p -= cfg.lr * g
-                lp1, last1 = P.logprobs_and_last(ev_encs, f"full {kind} step")
-                if kind == "im":
-                    cols["im_full"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
-                else:
-                    u1 = u0 - cfg.lr * grads[-1]
-                    cols["ex_full"] = (last1 @ u1).double().numpy() - h_ev @ u0.double().numpy()
-                for p, b in zip(params, backup, strict=True):
-                    p.copy_(b)
-        del backup
+        cols.update(_full_changes(P, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_ev, T))
 
     # --- max-margin check (the paper's footnote) --------------------------------------------------
     mm = None
     if margin:
-        mg_states = extract_states(
-            model, P.encode_pairs(margin), P.pad, batch_size=cfg.batch_size, verify_head=False
-        )
+        mg_states = extract_states(model, P.encode_pairs(margin), P.pad, verify_head=False)
         X = np.stack(
             [mg_states[2 * i].last_hidden - mg_states[2 * i + 1].last_hidden for i in range(len(margin))]
             + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(n)]
@@ -284,6 +310,7 @@ def run_probe(
         records.append(rec)
     summary = summarise(records, cols)
     summary.update(
+        timings=T.seconds,
         max_margin_fraction_positive=mm,
         boundary_merged=merged,
         n_train_triples=n,

