@@ -28,7 +28,13 @@ from torch.func import functional_call, jvp
 from lm_probes.data import Pair
 from lm_probes.loading import LoadedLM
 from lm_probes.scoring import Encoded, Scorer, encode, extract_states, pad_id_of, prompt_groups, score
-from theory import bt_grad_scale, ex_reward_change, im_reward_change_batch, max_margin_separator
+from theory import (
+    bt_grad_scale,
+    ex_reward_change,
+    im_reward_change_batch,
+    im_token_contributions,
+    max_margin_separator,
+)
 from theory.max_margin import NotSeparableError
 
 
@@ -261,6 +267,17 @@ def run_probe(
             ex_reward_change(h_ev, h_tr[2 * i], h_tr[2 * i + 1], lr=cfg.lr / n, g=float(g_ex[i]))
             for i in range(n)
         )
+        # which token pairs drive the IM-RM's predicted change: C±[k, l] = η g β² ρ_{k,l} ⟨h̄_k, h±_l⟩
+        contributions = []
+        for j, bar in enumerate(bars):
+            per_triple = []
+            for i in range(n):
+                plus, minus = tr_states[2 * i].states, tr_states[2 * i + 1].states
+                c_plus, c_minus = im_token_contributions(
+                    bar, plus, minus, beta=cfg.beta, lr=cfg.lr / n, g=0.5
+                )
+                per_triple.append({"plus": c_plus.tolist(), "minus": c_minus.tolist()})
+            contributions.append({"index": j, "tokens": bar.tokens.tolist(), "im": per_triple})
     cols = {"im_fixed_state": im_fixed, "ex_fixed_state": ex_fixed}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -320,7 +337,19 @@ def run_probe(
         ex_g=[float(x) for x in g_ex],
         im_g=0.5,
     )
-    return {"records": records, "summary": summary}
+    tok = lm.tokenizer
+    train_tokens = [
+        [tok.convert_ids_to_tokens(s.states.tokens.tolist()) for s in tr_states[2 * i : 2 * i + 2]]
+        for i in range(n)
+    ]
+    for c in contributions:
+        c.update(
+            tokens=tok.convert_ids_to_tokens(c["tokens"]),
+            group=records[c["index"]]["group"],
+            response=records[c["index"]]["response"],
+            train_tokens=train_tokens,
+        )
+    return {"records": records, "summary": summary, "contributions": contributions}
 
 
 def summarise(records: list[dict], cols: dict) -> dict:

@@ -5,7 +5,9 @@
     rmgap probe --data my.jsonl --train-rows 1 --model HuggingFaceTB/SmolLM2-360M-Instruct
 
 Writes to --out (default runs/probe-<set>): summary.json, records.csv (one row per evaluation
-response, every column), scatter.png (predicted vs observed, symmetric-log axes, colour = group).
+response, every column), contributions.jsonl (per evaluation response: its tokens and the IM-RM's
+per-token-pair contributions C±[k, l] = η g β² ρ_{k,l} ⟨h̄_k, h±_l⟩ to the predicted change, against
+the training responses' tokens), scatter.png (predicted vs observed, symmetric-log axes, colour = group).
 With --data, the first --train-rows rows are the training triples and the rest are evaluated.
 """
 
@@ -116,6 +118,9 @@ def write_report(res: dict, out: Path, figure: bool = True) -> None:
         w = csv.DictWriter(f, fieldnames=list(recs[0]))
         w.writeheader()
         w.writerows(recs)
+    with open(out / "contributions.jsonl", "w") as f:
+        for c in res.get("contributions", []):
+            f.write(json.dumps(c) + "\n")
     if figure:
         scatter(recs, res["summary"]).savefig(out / "scatter.png", dpi=130, bbox_inches="tight")
 
@@ -168,6 +173,12 @@ def scatter(records, summary):
         ax.set(title=f"{title}\nPearson {r:.4f}", xlabel="predicted Δr", ylabel="observed Δr")
         ax.title.set_fontsize(9)
     axes[0][0].legend(fontsize=8)
+    m, c = summary["model"], summary["config"]
+    fig.suptitle(
+        f"{m.get('model')} ({m.get('dtype')}, {m.get('device')}), η = {c['lr']:g}, β = {c['beta']:g}, "
+        f"{summary['n_train_triples']} training triple(s), {summary['n_eval_pairs']} evaluation pairs",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 

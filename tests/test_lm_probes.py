@@ -167,6 +167,13 @@ def test_probe_restores_the_model(tiny_probe):
     assert out.data_ptr() == inp.data_ptr()  # still tied
 
 
+def test_contributions_sum_to_the_fixed_state_prediction(tiny_probe):
+    for c, r in zip(tiny_probe["contributions"], tiny_probe["records"], strict=True):
+        total = sum(np.sum(t["plus"]) - np.sum(t["minus"]) for t in c["im"])
+        assert np.isclose(total, r["im_fixed_state"], rtol=1e-10, atol=1e-300)
+        assert c["group"] == r["group"] and c["response"] == r["response"]
+
+
 def test_compare_metrics():
     c = compare([1.0, 2.0, -3.0, 4.0], [1.1, 2.0, -2.7, 4.4])
     assert c["sign_agreement"] == 1.0 and c["pearson"] > 0.99
@@ -218,3 +225,9 @@ def test_probe_cli_writes_report(tmp_path):
     assert "pearson_first_order" in on_disk["full"]["ex"]
     assert (out / "scatter.png").exists() and (out / "records.csv").read_text().count("\n") == 11
     assert s["n_eval_pairs"] == 5
+    lines = (out / "contributions.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    c = json.loads(lines[0])
+    assert len(c["im"][0]["plus"]) == len(c["tokens"]) and len(c["im"][0]["plus"][0]) == len(
+        c["train_tokens"][0][0]
+    )
