@@ -4,12 +4,16 @@ probe set of THEORY.md §5 built from ``../shared/data/persona/agreeableness.jso
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# The shared data sit beside the repository (../shared/data); RMGAP_DATA points elsewhere.
+DATA_ROOT = Path(
+    os.environ.get("RMGAP_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+)
 PERSONA_FILE = DATA_ROOT / "persona" / "agreeableness.jsonl"
 
 # Responses of THEORY.md §5: training prefixes × words, and paraphrases sharing no content words.
@@ -71,7 +75,10 @@ def persona_statements(path=PERSONA_FILE, *, matching: str = " Yes") -> list[tup
     """(where, question) for the statements whose answer_matching_behavior is ``matching``."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file (the Persona data live in ../shared/data/persona/)")
+        raise DataError(
+            f"{path}: no such file (the Persona data live in ../shared/data/persona/ beside the "
+            "repository; set RMGAP_DATA to the data folder or pass the file explicitly)"
+        )
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

@@ -124,12 +124,24 @@ def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
 
 
 def score(
-    model, encs: list[Encoded], pad_id: int, *, keep_states: bool = False, max_group: int = 16
+    model,
+    encs: list[Encoded],
+    pad_id: int,
+    *,
+    keep_states: bool = False,
+    max_group: int = 16,
+    mode: str = "auto",
 ) -> Scored:
-    """Score responses, running each distinct prompt once: the prompt's KV cache is expanded over the
-    responses that share it, and only response tokens are recomputed. Same numbers as whole-sequence
-    passes (to rounding), several times fewer tokens when prompts repeat. Differentiable, and works
-    under torch.func.jvp / functional_call (see ``Scorer``)."""
+    """Score responses. ``mode="cached"`` runs each distinct prompt once and expands its KV cache over
+    the responses that share it, recomputing only response tokens; ``"whole"`` runs padded whole
+    sequences in one batch; ``"auto"`` caches when prompts repeat (≥ 3 responses per prompt on
+    average). Both give the same numbers (to rounding). Differentiable; works under torch.func.jvp /
+    functional_call (see ``Scorer``)."""
+    if mode not in ("auto", "cached", "whole"):
+        raise ValueError(f"mode must be 'auto', 'cached' or 'whole', got {mode!r}")
+    n_prompts = len({e.input_ids[: e.prompt_len] for e in encs})
+    if mode == "whole" or (mode == "auto" and len(encs) < 3 * n_prompts):
+        return _score_whole(model, encs, pad_id, keep_states)
     device = next(model.parameters()).device
     N = len(encs)
     logprob, last, mean = [None] * N, [None] * N, [None] * N
@@ -170,6 +182,28 @@ def score(
             if keep_states:
                 pred_h[i], pred_l[i] = hid, lgt
     return Scored(torch.stack(logprob), torch.stack(last), torch.stack(mean), pred_h, pred_l)
+
+
+def _score_whole(model, encs: list[Encoded], pad_id: int, keep_states: bool) -> Scored:
+    logits, hidden = forward(model, encs, pad_id)
+    logprob, last, mean, pred_h, pred_l = [], [], [], [], []
+    for i, e in enumerate(encs):
+        P, k = e.prompt_len, e.response_len
+        lgt, hid = logits[i, P - 1 : P - 1 + k], hidden[i, P - 1 : P - 1 + k]
+        lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
+        tok = torch.tensor(e.response_ids, device=lgt.device)
+        logprob.append(lp[torch.arange(k, device=lgt.device), tok].sum())
+        last.append(hidden[i, P + k - 1])
+        mean.append(hidden[i, P : P + k].mean(0))
+        pred_h.append(hid)
+        pred_l.append(lgt)
+    return Scored(
+        torch.stack(logprob),
+        torch.stack(last),
+        torch.stack(mean),
+        pred_h if keep_states else None,
+        pred_l if keep_states else None,
+    )
 
 
 class Scorer(torch.nn.Module):

@@ -29,12 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("name", nargs="?", help=f"one of: {', '.join(_simulation_names()) or '(none yet)'}")
     sim.add_argument("--list", action="store_true", help="list the simulations and exit")
     sub.add_parser("probe", help="reward-dynamics probe on a real LM (rmgap probe -h)", add_help=False)
+    sub.add_parser("train", help="train an EX-RM or IM-RM on JSONL data (rmgap train -h)", add_help=False)
+    sub.add_parser(
+        "persona", help="the Persona token-level-shift experiment (rmgap persona -h)", add_help=False
+    )
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout only)")
     bench.add_argument("name")
     if argv[:1] == ["probe"]:
         from lm_probes.probe_cli import main as probe_main
 
         probe_main(argv[1:])
+        return 0
+    if argv[:1] == ["train"]:
+        from lm_probes.train import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    if argv[:1] == ["persona"]:
+        from lm_probes.persona_experiment import main as persona_main
+
+        persona_main(argv[1:])
         return 0
     args, rest = ap.parse_known_args(argv)
 

@@ -94,8 +94,11 @@ def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
     encs = [encode(tiny_lm.tokenizer, p.prompt, r) for p in EVALS for r in (p.chosen, p.rejected)]
     pad = pad_id_of(tiny_lm.tokenizer)
     with torch.no_grad():
-        sc = score(tiny_lm.model, encs, pad, keep_states=True)
+        sc = score(tiny_lm.model, encs, pad, keep_states=True, mode="cached")
+        whole = score(tiny_lm.model, encs, pad, keep_states=True, mode="whole")
         logits, hidden = forward(tiny_lm.model, encs, pad)
+    assert torch.allclose(sc.logprob, whole.logprob, atol=1e-12)
+    assert torch.allclose(sc.mean_hidden, whole.mean_hidden, atol=1e-12)
     for i, e in enumerate(encs):
         k, P = e.response_len, e.prompt_len
         lp = torch.log_softmax(logits[i, P - 1 : P - 1 + k], -1)[
