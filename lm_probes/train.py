@@ -156,7 +156,11 @@ def length_buckets(
 
 @torch.no_grad()
 def evaluate(
-    rm: RewardModel, pairs: list[tuple[Encoded, Encoded]], batch: int = 16
+    rm: RewardModel,
+    pairs: list[tuple[Encoded, Encoded]],
+    batch: int = 16,
+    name: str = "",
+    epoch: int | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of one evaluation set and its (N, 2) rewards (chosen, rejected)."""
     rw = []
@@ -164,6 +168,12 @@ def evaluate(
         chunk = pairs[i : i + batch]
         rw.append(rm.rewards([e for pr in chunk for e in pr]).double().cpu().numpy().reshape(-1, 2))
     r = np.concatenate(rw)
+    if not np.all(np.isfinite(r)):
+        bad = int(np.argwhere(~np.isfinite(r))[0][0])
+        raise FloatingPointError(
+            f"{rm.cfg.objective}: non-finite reward on evaluation set {name!r} at epoch {epoch} "
+            f"(first at {pairs[bad][0].where}); the model's weights or outputs are NaN/inf"
+        )
     acc = accuracy(r[:, 0], r[:, 1])
     metrics = {
         "loss": bt_loss(r[:, 0], r[:, 1]),
@@ -215,7 +225,13 @@ def train_reward_model(
         opt.load_state_dict(state["optimizer"])
         rm.ref, history, start_epoch = state["ref"], state["history"], state["epoch"]
     if not history:
-        history.append({"epoch": 0, "train_loss": None, **{n: evaluate(rm, p)[0] for n, p in ev.items()}})
+        history.append(
+            {
+                "epoch": 0,
+                "train_loss": None,
+                **{n: evaluate(rm, p, name=n, epoch=0)[0] for n, p in ev.items()},
+            }
+        )
     accum = cfg.batch_size // cfg.micro_batch
     t0 = time.perf_counter()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -241,7 +257,7 @@ def train_reward_model(
             {
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
-                **{n: evaluate(rm, p)[0] for n, p in ev.items()},
+                **{n: evaluate(rm, p, name=n, epoch=epoch)[0] for n, p in ev.items()},
             }
         )
         if ckpt:
@@ -258,7 +274,7 @@ def train_reward_model(
                 },
                 ckpt,
             )
-    final = {n: evaluate(rm, p) for n, p in ev.items()}
+    final = {n: evaluate(rm, p, name=n, epoch=cfg.epochs) for n, p in ev.items()}
     summary = {
         "config": asdict(cfg),
         "model": lm.info,

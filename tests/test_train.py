@@ -1,0 +1,122 @@
+"""lm_probes.train and the Persona experiment on the tiny random Llama (fast tier)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data import DataError, Pair
+from lm_probes.persona_experiment import make_table, persona_data, table_markdown
+from lm_probes.train import OBJECTIVES, RewardModel, TrainConfig, encode_pairs, train_reward_model
+from tests.conftest import make_tiny_lm
+
+TRAIN = [
+    Pair(q, "a truthful reply is yes", "considering the statement , i say no", "train", f"t{i}")
+    for i, q in enumerate(["i like people", "kindness matters", "people matters", "you would say"])
+]
+EVAL = {
+    "para": [
+        Pair("i like the statement", "my response would be certainly", "i lean toward nope", "para", "e0")
+    ],
+    "orig": TRAIN[:2],
+}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_fits_its_training_pairs(objective, tmp_path):
+    cfg = TrainConfig(objective=objective, epochs=3, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
+    s = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path)
+    assert s["history"][0]["epoch"] == 0 and len(s["history"]) == 4
+    assert s["history"][-1]["train_loss"] < s["history"][1]["train_loss"]
+    assert s["final"]["orig"]["rewards/accuracies"] == 1.0
+    for k in (
+        "loss",
+        "rewards/accuracies",
+        "rewards/tie_rate",
+        "rewards/margins",
+        "rewards/normalized_abs_margin",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies_strict",
+    ):
+        assert k in s["final"]["para"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["config"]["objective"] == objective and on_disk["model"]["model"] == "tiny-llama"
+    rows = [json.loads(x) for x in (tmp_path / "rewards_orig.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["where"] == "t0"
+    assert (tmp_path / "learning_curves.png").exists()
+
+
+def test_untrained_im_rm_ties_everywhere():
+    rm = RewardModel(make_tiny_lm(), TrainConfig(objective="im_rm"))
+    encs = [e for pr in encode_pairs(rm.lm, TRAIN, rm.cfg)[0] for e in pr]
+    rm.fill_reference(encs)
+    with torch.no_grad():
+        r = rm.rewards(encs)
+    assert torch.count_nonzero(r) == 0  # π_θ = π_ref: every reward is exactly 0
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    cfg = TrainConfig(objective="ex_rm", epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
+    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path / "a")
+    train_reward_model(
+        make_tiny_lm(), TRAIN, EVAL, TrainConfig(**{**cfg.__dict__, "epochs": 1}), out=tmp_path / "b"
+    )
+    # a checkpoint written with another configuration is refused
+    with pytest.raises(ValueError, match="different configuration"):
+        train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path / "b", resume=True)
+    # resuming the same configuration after a completed epoch reproduces the uninterrupted run
+    part = tmp_path / "c"
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=part)
+    resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=part, resume=True)
+    assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
+
+
+def test_too_long_pairs_are_dropped_and_reported():
+    lm = make_tiny_lm()
+    long_pair = Pair("i like people " * 30, "yes", "no", "train", "long.jsonl:3")
+    s = train_reward_model(
+        lm, [*TRAIN, long_pair], EVAL, TrainConfig(epochs=1, batch_size=4, micro_batch=2, progress=False)
+    )
+    assert s["n_train_pairs"] == 4 and len(s["dropped_too_long"]) == 1
+    assert "long.jsonl:3" in s["dropped_too_long"][0]
+
+
+def test_nan_loss_is_a_clear_error():
+    lm = make_tiny_lm()
+    with torch.no_grad():
+        next(lm.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite reward on evaluation set 'para' at epoch 0"):
+        train_reward_model(
+            lm,
+            TRAIN,
+            EVAL,
+            TrainConfig(objective="ex_rm", epochs=1, batch_size=4, micro_batch=2, progress=False),
+        )
+
+
+def test_persona_data_and_table():
+    d = persona_data(n_train=80, n_test=40, pairs_per_statement=2, seed=0)
+    assert len(d["train"]) == 160 and {k: len(v) for k, v in d["eval"].items()} == {
+        "original_train": 160,
+        "original_test": 80,
+        "paraphrased_train": 160,
+        "paraphrased_test": 80,
+    }
+    train_prompts = {p.prompt for p in d["train"]}
+    assert not train_prompts & {p.prompt for p in d["eval"]["original_test"]}
+    assert {p.prompt for p in d["eval"]["paraphrased_train"]} == train_prompts
+    for p in d["eval"]["paraphrased_test"]:
+        assert p.chosen.startswith("My response would be") and p.rejected.startswith("I lean toward")
+    finals = {
+        obj: {n: {"rewards/accuracies": a} for n, a in zip(d["eval"], (1.0, 0.9, 0.8, 0.7), strict=True)}
+        for obj in ("ex_rm", "im_rm")
+    }
+    t = make_table(finals)
+    assert t["paraphrased"]["test"]["im"] == 0.7 and t["original"]["train"]["ex"] == 1.0
+    assert "| paraphrased | test | 0.700 | 0.700 |" in table_markdown(t, "h")
+    with pytest.raises(DataError, match="need 2000"):
+        persona_data(n_train=1000, n_test=1000)
