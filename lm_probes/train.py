@@ -233,8 +233,9 @@ def train_reward_model(
             }
         )
     accum = cfg.batch_size // cfg.micro_batch
-    t0 = time.perf_counter()
+    t0, train_s = time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
         rm.model.train()
         batches = length_buckets(tr, cfg.micro_batch, np.random.default_rng([cfg.seed, epoch]))
         losses = []
@@ -252,6 +253,7 @@ def train_reward_model(
             if (step + 1) % accum == 0 or step + 1 == len(batches):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+        train_s += time.perf_counter() - t_epoch
         rm.model.eval()
         history.append(
             {
@@ -283,6 +285,7 @@ def train_reward_model(
         "n_train_pairs": len(tr),
         "dropped_too_long": dropped,
         "seconds": time.perf_counter() - t0,
+        "train_seconds": train_s,
     }
     if out:
         out.mkdir(parents=True, exist_ok=True)
