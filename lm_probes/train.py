@@ -35,6 +35,7 @@ from lm_probes.scoring import Encoded, ScoringError, encode, pad_id_of, score
 from theory import accuracy, bt_loss
 
 OBJECTIVES = ("ex_rm", "im_rm", "ex_rm_mean", "im_rm_no_ref")
+EVAL_BATCH = 16  # pairs per evaluation chunk
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ class RewardModel(torch.nn.Module):
         gen = torch.Generator().manual_seed(cfg.seed)
         D = lm.info["hidden_size"]
         self.u = torch.nn.Parameter((torch.randn(D, generator=gen) / math.sqrt(D)).to(lm.dtype))
-        self.ref: dict[tuple, float] = {}
+        self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
+        # per evaluation set, computed in exactly the batches evaluate() uses, so that before training
+        # every IM reward is exactly 0 (float32 rounding depends on a batch's padding and composition)
+        self.ref_by_set: dict[str, dict[tuple, float]] = {}
 
     @property
     def explicit(self) -> bool:
@@ -82,17 +86,17 @@ class RewardModel(torch.nn.Module):
         return [*params, self.u] if self.explicit else params
 
     @torch.no_grad()
-    def fill_reference(self, encs: list[Encoded], batch: int = 32) -> None:
-        """ln π_ref of every encoding not seen yet, from the current (initial) weights, once."""
+    def fill_reference(self, encs: list[Encoded], batch: int = 32, table: dict | None = None) -> None:
+        """ln π_ref from the current (initial) weights, in chunks of ``batch`` encodings in order."""
         if self.cfg.objective != "im_rm":
             return
-        todo = list({e.input_ids: e for e in encs if e.input_ids not in self.ref}.values())
-        for i in range(0, len(todo), batch):
-            chunk = todo[i : i + batch]
+        table = self.ref if table is None else table
+        for i in range(0, len(encs), batch):
+            chunk = encs[i : i + batch]
             for e, lp in zip(chunk, score(self.model, chunk, self.pad).logprob.tolist(), strict=True):
-                self.ref[e.input_ids] = lp
+                table[e.input_ids] = lp
 
-    def rewards(self, encs: list[Encoded]) -> torch.Tensor:
+    def rewards(self, encs: list[Encoded], table: dict | None = None) -> torch.Tensor:
         sc = score(self.model, encs, self.pad)
         obj = self.cfg.objective
         if obj == "ex_rm":
@@ -102,7 +106,9 @@ class RewardModel(torch.nn.Module):
         if obj == "im_rm_no_ref":
             return self.cfg.beta * sc.logprob
         ref = torch.tensor(
-            [self.ref[e.input_ids] for e in encs], dtype=sc.logprob.dtype, device=sc.logprob.device
+            [(self.ref if table is None else table)[e.input_ids] for e in encs],
+            dtype=sc.logprob.dtype,
+            device=sc.logprob.device,
         )
         return self.cfg.beta * (sc.logprob - ref)
 
@@ -158,7 +164,7 @@ def length_buckets(
 def evaluate(
     rm: RewardModel,
     pairs: list[tuple[Encoded, Encoded]],
-    batch: int = 16,
+    batch: int = 16,  # pairs; must equal EVAL_BATCH for exact ties before training
     name: str = "",
     epoch: int | None = None,
 ) -> tuple[dict, np.ndarray]:
@@ -166,7 +172,8 @@ def evaluate(
     rw = []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
-        rw.append(rm.rewards([e for pr in chunk for e in pr]).double().cpu().numpy().reshape(-1, 2))
+        enc = [e for pr in chunk for e in pr]
+        rw.append(rm.rewards(enc, rm.ref_by_set.get(name)).double().cpu().numpy().reshape(-1, 2))
     r = np.concatenate(rw)
     if not np.all(np.isfinite(r)):
         bad = int(np.argwhere(~np.isfinite(r))[0][0])
@@ -211,8 +218,12 @@ def train_reward_model(
     for name, pairs in eval_sets.items():
         ev[name], ev_pairs[name], d = encode_pairs(lm, pairs, cfg)
         dropped += d
-    all_encs = [e for pr in tr for e in pr] + [e for ps in ev.values() for pr in ps for e in pr]
-    rm.fill_reference(all_encs)  # before any update: π_ref is the initial model
+    # before any update: π_ref is the initial model
+    rm.fill_reference([e for pr in tr for e in pr])
+    for name, pairs in ev.items():
+        rm.fill_reference(
+            [e for pr in pairs for e in pr], batch=2 * EVAL_BATCH, table=rm.ref_by_set.setdefault(name, {})
+        )
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
     history, start_epoch = [], 0
     ckpt = out / "checkpoint.pt" if out else None
@@ -223,7 +234,8 @@ def train_reward_model(
         rm.model.load_state_dict(state["model"])
         rm.u.data.copy_(state["u"])
         opt.load_state_dict(state["optimizer"])
-        rm.ref, history, start_epoch = state["ref"], state["history"], state["epoch"]
+        rm.ref, rm.ref_by_set = state["ref"], state["ref_by_set"]
+        history, start_epoch = state["history"], state["epoch"]
     if not history:
         history.append(
             {
@@ -270,6 +282,7 @@ def train_reward_model(
                     "u": rm.u.detach(),
                     "optimizer": opt.state_dict(),
                     "ref": rm.ref,
+                    "ref_by_set": rm.ref_by_set,
                     "history": history,
                     "epoch": epoch,
                     "config": asdict(cfg),

@@ -48,3 +48,22 @@ def test_persona_probe_float64_small_eta(smol64):
     # the paper's mechanism, all parameters: paraphrases barely move the IM-RM, the originals do
     assert abs(g["paraphrase"]["im"]["full"]) < 0.1 * abs(g["same"]["im"]["full"])
     assert g["same"]["im"]["full"] > 0 and g["same"]["ex"]["full"] > 0
+
+
+def test_untrained_im_rm_ties_exactly_on_smollm2():
+    """Before training, every IM reward must be exactly 0. On SmolLM2 in float32, computing π_ref in
+    batches composed differently from evaluation breaks ~half of the ties by rounding (seen: tie rate
+    0.47 instead of 1); references are therefore computed in the evaluation's own batches."""
+    from lm_probes.persona_experiment import persona_data
+    from lm_probes.train import TrainConfig, train_reward_model
+
+    d = persona_data(n_train=80, n_test=40, pairs_per_statement=2)
+    ev = {
+        "original_test": d["eval"]["original_test"][:32],
+        "paraphrased_test": d["eval"]["paraphrased_test"][:32],
+    }
+    s = train_reward_model(
+        load_lm("smollm2"), d["train"][:8], ev, TrainConfig(objective="im_rm", epochs=0, progress=False)
+    )
+    for name in ev:
+        assert s["history"][0][name]["rewards/tie_rate"] == 1.0, name

@@ -59,6 +59,23 @@ def test_untrained_im_rm_ties_everywhere():
     assert torch.count_nonzero(r) == 0  # π_θ = π_ref: every reward is exactly 0
 
 
+def test_untrained_im_rm_ties_in_evaluation():
+    """Epoch-0 evaluation of an IM-RM: every reward exactly 0 (references from the same batches). The tiny
+    model is too small for batch composition to change its rounding; the SmolLM2 twin of this test in
+    tests/test_smollm2.py is the one that fails if references are computed in other batches."""
+    lm = make_tiny_lm(dtype=torch.float32)
+    many = {
+        "orig": [
+            Pair(p.prompt + " " + w, p.chosen, p.rejected, "orig", p.where)
+            for p in TRAIN
+            for w in ("people", "kindness", "you", "say", "like")
+        ]
+    }
+    s = train_reward_model(lm, TRAIN, many, TrainConfig(objective="im_rm", epochs=0, progress=False))
+    h0 = s["history"][0]["orig"]
+    assert h0["rewards/tie_rate"] == 1.0 and h0["rewards/accuracies"] == 0.5 and h0["rewards/margins"] == 0.0
+
+
 def test_resume_continues_where_it_stopped(tmp_path):
     cfg = TrainConfig(objective="ex_rm", epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
     full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path / "a")
