@@ -109,11 +109,49 @@ def pad_id_of(tokenizer) -> int:
 class Scored:
     """Torch outputs of :func:`score`, in the order of the encodings (differentiable)."""
 
-    logprob: torch.Tensor  # (N,) Σ_k ln π(y_k | x, y_<k)
+    logprob: torch.Tensor | None  # (N,) Σ_k ln π(y_k | x, y_<k); None when scored without logits
     last_hidden: torch.Tensor  # (N, D) state at the last response token (what an EX-RM reads)
     mean_hidden: torch.Tensor  # (N, D) mean state over the response tokens
     pred_hidden: list | None = None  # N × (K_i, D) states predicting each response token
     pred_logits: list | None = None  # N × (K_i, V) their logits
+
+
+def head_is_linear(model) -> bool:
+    """Are the model's logits exactly output_head(last hidden state)? Checked once per model (cached on
+    it). When they are, scoring runs the base model and applies the head only where logits are needed
+    (response positions; none for EX-RMs); when not (soft-capping, scaling, a bias), it runs the full
+    model so training still sees the true logits, and the probes' head check refuses the model."""
+    cached = model.__dict__.get("_rmgap_head_is_linear")
+    if cached is not None:
+        return cached
+    ok = False
+    head, decoder = model.get_output_embeddings(), getattr(model, "get_decoder", lambda: None)()
+    if head is not None and decoder is not None:
+        dev = next(model.parameters()).device
+        ids = (torch.arange(8, device=dev) * 7 % head.weight.shape[0])[None]
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True)
+            base = decoder(input_ids=ids).last_hidden_state
+            mine = head(base)
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4}.get(out.logits.dtype, 2e-2)
+        err = float((mine - out.logits).abs().max() / out.logits.abs().max().clamp_min(1e-30))
+        ok = err <= tol and torch.allclose(base, out.hidden_states[-1], rtol=tol, atol=tol)
+    model.__dict__["_rmgap_head_is_linear"] = ok
+    return ok
+
+
+def _pass(model, fast: bool, **kw):
+    """One pass → (last-layer states (B, T, D), logits (B, T, V) or None when ``fast``, KV cache)."""
+    if fast:
+        out = model.get_decoder()(**kw)
+        return out.last_hidden_state, None, getattr(out, "past_key_values", None)
+    out = model(output_hidden_states=True, **kw)
+    return out.hidden_states[-1], out.logits, getattr(out, "past_key_values", None)
+
+
+def _logprob(lgt: torch.Tensor, response_ids, device) -> torch.Tensor:
+    lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
+    return lp[torch.arange(len(response_ids), device=device), torch.tensor(response_ids, device=device)].sum()
 
 
 def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
@@ -131,26 +169,31 @@ def score(
     keep_states: bool = False,
     max_group: int = 16,
     mode: str = "auto",
+    need_logits: bool = True,
 ) -> Scored:
     """Score responses. ``mode="cached"`` runs each distinct prompt once and expands its KV cache over
     the responses that share it, recomputing only response tokens; ``"whole"`` runs padded whole
     sequences in one batch; ``"auto"`` caches when prompts repeat (≥ 3 responses per prompt on
-    average). Both give the same numbers (to rounding). Differentiable; works under torch.func.jvp /
-    functional_call (see ``Scorer``)."""
+    average). Both give the same numbers (to rounding). Logits are formed only at response positions,
+    and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then None), when the model's
+    logits are its head applied to its states (``head_is_linear``). Differentiable; works under
+    torch.func.jvp / functional_call (see ``Scorer``)."""
     if mode not in ("auto", "cached", "whole"):
         raise ValueError(f"mode must be 'auto', 'cached' or 'whole', got {mode!r}")
+    fast = head_is_linear(model)
+    need_logits = need_logits or keep_states
     n_prompts = len({e.input_ids[: e.prompt_len] for e in encs})
     if mode == "whole" or (mode == "auto" and len(encs) < 3 * n_prompts):
-        return _score_whole(model, encs, pad_id, keep_states)
+        return _score_whole(model, encs, pad_id, keep_states, need_logits, fast)
     device = next(model.parameters()).device
+    head = model.get_output_embeddings()
     N = len(encs)
     logprob, last, mean = [None] * N, [None] * N, [None] * N
     pred_h, pred_l = ([None] * N, [None] * N) if keep_states else (None, None)
     for idx in prompt_groups(encs, max_group):
         P, B = encs[idx[0]].prompt_len, len(idx)
         prompt = torch.tensor([encs[idx[0]].input_ids[:P]], device=device)
-        out_p = model(input_ids=prompt, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        cache = out_p.past_key_values
+        h_p, l_p, cache = _pass(model, fast, input_ids=prompt, use_cache=True)
         if B > 1:
             cache.batch_repeat_interleave(B)
         lens = [encs[i].response_len for i in idx]
@@ -162,43 +205,46 @@ def score(
             resp[b, : lens[b]] = torch.tensor(encs[i].response_ids, device=device)
             mask[b, P : P + lens[b]] = 1
         pos = (P + torch.arange(R, device=device))[None].expand(B, R)
-        out_r = model(
-            input_ids=resp,
-            attention_mask=mask,
-            past_key_values=cache,
-            position_ids=pos,
-            output_hidden_states=True,
+        h_r, l_r, _ = _pass(
+            model, fast, input_ids=resp, attention_mask=mask, past_key_values=cache, position_ids=pos
         )
-        h_first, l_first = out_p.hidden_states[-1][0, -1], out_p.logits[0, -1]  # predict y_1
-        h_r, l_r = out_r.hidden_states[-1], out_r.logits  # (B, R, D), (B, R, V): position j predicts y_{j+2}
+        h_first = h_p[0, -1]  # the state predicting y_1; response position j predicts y_{j+2}
         for b, i in enumerate(idx):
             k = lens[b]
-            hid = torch.cat([h_first[None], h_r[b, : k - 1]])  # (K, D)
-            lgt = torch.cat([l_first[None], l_r[b, : k - 1]])  # (K, V)
-            lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
-            tok = torch.tensor(encs[i].response_ids, device=device)
-            logprob[i] = lp[torch.arange(k, device=device), tok].sum()
             last[i], mean[i] = h_r[b, k - 1], h_r[b, :k].mean(0)
+            if not need_logits:
+                continue
+            hid = torch.cat([h_first[None], h_r[b, : k - 1]])  # (K, D)
+            lgt = head(hid) if fast else torch.cat([l_p[0, -1][None], l_r[b, : k - 1]])  # (K, V)
+            logprob[i] = _logprob(lgt, encs[i].response_ids, device)
             if keep_states:
                 pred_h[i], pred_l[i] = hid, lgt
-    return Scored(torch.stack(logprob), torch.stack(last), torch.stack(mean), pred_h, pred_l)
+    return Scored(
+        torch.stack(logprob) if need_logits else None, torch.stack(last), torch.stack(mean), pred_h, pred_l
+    )
 
 
-def _score_whole(model, encs: list[Encoded], pad_id: int, keep_states: bool) -> Scored:
-    logits, hidden = forward(model, encs, pad_id)
+def _score_whole(
+    model, encs: list[Encoded], pad_id: int, keep_states: bool, need_logits: bool, fast: bool
+) -> Scored:
+    device = next(model.parameters()).device
+    ids, mask = pad_batch(encs, pad_id, device)
+    hidden, logits, _ = _pass(model, fast, input_ids=ids, attention_mask=mask)
+    head = model.get_output_embeddings()
     logprob, last, mean, pred_h, pred_l = [], [], [], [], []
     for i, e in enumerate(encs):
         P, k = e.prompt_len, e.response_len
-        lgt, hid = logits[i, P - 1 : P - 1 + k], hidden[i, P - 1 : P - 1 + k]
-        lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
-        tok = torch.tensor(e.response_ids, device=lgt.device)
-        logprob.append(lp[torch.arange(k, device=lgt.device), tok].sum())
         last.append(hidden[i, P + k - 1])
         mean.append(hidden[i, P : P + k].mean(0))
+        if not need_logits:
+            continue
+        hid = hidden[i, P - 1 : P - 1 + k]
+        lgt = head(hid) if fast else logits[i, P - 1 : P - 1 + k]
+        logprob.append(_logprob(lgt, e.response_ids, device))
         pred_h.append(hid)
         pred_l.append(lgt)
     return Scored(
-        torch.stack(logprob),
+        torch.stack(logprob) if need_logits else None,
         torch.stack(last),
         torch.stack(mean),
         pred_h if keep_states else None,
@@ -236,13 +282,15 @@ class ResponseStates:
     logprob: float
 
 
-def check_head(model, hidden: torch.Tensor, logits: torch.Tensor, *, rtol: float | None = None) -> float:
+def check_head(
+    model, hidden: torch.Tensor, logits: torch.Tensor, *, rtol: float | None = None, precomputed: bool = False
+) -> float:
     """Relative max error of output_head(hidden) vs the model's logits; raises HeadMismatchError when
     the model post-processes its logits (soft-capping, scaling, a bias): the fixed-state formula of
     THEORY.md §3 assumes logits = W h."""
     head = model.get_output_embeddings()
     with torch.no_grad():
-        mine = head(hidden)
+        mine = hidden if precomputed else head(hidden)  # precomputed: ``hidden`` is already head(h)
     err = float((mine - logits).abs().max() / logits.abs().max().clamp_min(1e-30))
     tol = rtol if rtol is not None else {torch.float64: 1e-10, torch.float32: 1e-4}.get(logits.dtype, 2e-2)
     if err > tol:
@@ -266,10 +314,17 @@ def check_head(model, hidden: torch.Tensor, logits: torch.Tensor, *, rtol: float
 def extract_states(
     model, encs: list[Encoded], pad_id: int, *, verify_head: bool = True
 ) -> list[ResponseStates]:
-    """Per response: token ids, the states predicting them, their logits, last and mean state, ln π."""
+    """Per response: token ids, the states predicting them, their logits, last and mean state, ln π.
+    With ``verify_head`` (once per call) the output head applied to these states is compared with the
+    full model's own logits, which refuses models whose logits are not W·h."""
     sc = score(model, encs, pad_id, keep_states=True)
     if verify_head:
-        check_head(model, torch.cat(sc.pred_hidden[:4]), torch.cat(sc.pred_logits[:4]))
+        few = encs[:4]
+        logits, _ = forward(model, few, pad_id)
+        head = model.get_output_embeddings()
+        mine = torch.cat([head(h) for h in sc.pred_hidden[: len(few)]])
+        theirs = torch.cat([logits[i, e.prompt_len - 1 : len(e.input_ids) - 1] for i, e in enumerate(few)])
+        check_head(model, mine, theirs, precomputed=True)
     out = []
     for i, e in enumerate(encs):
         logits = sc.pred_logits[i]

@@ -97,7 +97,7 @@ class RewardModel(torch.nn.Module):
                 table[e.input_ids] = lp
 
     def rewards(self, encs: list[Encoded], table: dict | None = None) -> torch.Tensor:
-        sc = score(self.model, encs, self.pad)
+        sc = score(self.model, encs, self.pad, need_logits=not self.explicit)
         obj = self.cfg.objective
         if obj == "ex_rm":
             return sc.last_hidden @ self.u
