@@ -122,21 +122,16 @@ def encode_pairs(
     out, kept, dropped = [], [], []
     for p in pairs:
         try:
-            c = encode(
-                lm.tokenizer,
-                p.prompt,
-                p.chosen,
-                chat_template=cfg.chat_template,
-                max_length=max_len,
-                where=f"{p.where} (chosen)",
-            )
-            r = encode(
-                lm.tokenizer,
-                p.prompt,
-                p.rejected,
-                chat_template=cfg.chat_template,
-                max_length=max_len,
-                where=f"{p.where} (rejected)",
+            c, r = (
+                encode(
+                    lm.tokenizer,
+                    p.prompt,
+                    resp,
+                    chat_template=cfg.chat_template,
+                    max_length=max_len,
+                    where=f"{p.where} ({role})",
+                )
+                for role, resp in (("chosen", p.chosen), ("rejected", p.rejected))
             )
         except ScoringError as exc:
             if "exceeds the model's context" in str(exc):

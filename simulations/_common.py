@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -57,3 +58,14 @@ def print_table(rows: list[tuple], header: tuple) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
         if j == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def run_and_save(name: str, cfg, run, plot, args) -> dict:
+    """Run ``run(cfg)``, record its wall time, write <name>.json (and <name>.png unless --no-figure)."""
+    t0 = time.perf_counter()
+    summary = run(cfg)
+    summary["seconds"] = time.perf_counter() - t0
+    write_summary(summary, cfg, args.out_dir, name)
+    if not args.no_figure:
+        save_figure(plot(summary, cfg), args.out_dir, name)
+    return summary

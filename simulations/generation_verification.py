@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from simulations._common import add_common_args, print_table, save_figure, write_summary
+from simulations._common import add_common_args, print_table, run_and_save
 from theory import accuracy, tilted_correct_mass, tilting_bound
 
 NAME = "generation_verification"
@@ -327,7 +326,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=None, help="vertices per graph (6–8)")
     ap.add_argument("--epochs", type=int, default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = replace(Config(seed=args.seed), **(QUICK if args.quick else {}))
     if args.n:
         if not 4 <= args.n <= 8:
@@ -335,12 +333,7 @@ def main(argv=None) -> dict:
         cfg = replace(cfg, n=args.n)
     if args.epochs:
         cfg = replace(cfg, epochs=args.epochs)
-    t0 = time.perf_counter()
-    summary = run(cfg)
-    summary["seconds"] = time.perf_counter() - t0
-    write_summary(summary, cfg, args.out_dir, NAME)
-    if not args.no_figure:
-        save_figure(plot(summary, cfg), args.out_dir, NAME)
+    summary = run_and_save(NAME, cfg, run, plot, args)
     im, ex, ref = summary["im"], summary["ex"], summary["reference"]
     print_table(
         [

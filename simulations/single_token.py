@@ -26,13 +26,12 @@ here, since a single-token response has one state; simulations/token_overlap.py 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import expit, logsumexp
 
-from simulations._common import add_common_args, print_table, save_figure, write_summary
+from simulations._common import add_common_args, print_table, run_and_save
 from theory import accuracy, max_margin_separator
 
 NAME = "single_token"
@@ -294,12 +293,7 @@ def main(argv=None) -> dict:
         cfg = replace(cfg, **QUICK)
     if args.steps:
         cfg = replace(cfg, steps=args.steps)
-    t0 = time.perf_counter()
-    summary = run(cfg)
-    summary["seconds"] = time.perf_counter() - t0
-    write_summary(summary, cfg, args.out_dir, NAME)
-    if not args.no_figure:
-        save_figure(plot(summary, cfg), args.out_dir, NAME)
+    summary = run_and_save(NAME, cfg, run, plot, args)
     ex, im = summary["ex"], summary["im"]
     print_table(
         [

@@ -25,14 +25,13 @@ The IM-RM without reference has the same gradient (π_ref does not depend on θ)
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import log_softmax
 from scipy.stats import pearsonr
 
-from simulations._common import add_common_args, print_table, save_figure, write_summary
+from simulations._common import add_common_args, print_table, run_and_save
 from theory import TokenStates, ex_reward_change, im_reward_change
 
 NAME = "token_overlap"
@@ -318,12 +317,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=Config.lr, help="learning rate η of the step")
     args = ap.parse_args(argv)
     cfg = replace(Config(seed=args.seed, lr=args.lr), **(QUICK if args.quick else {}))
-    t0 = time.perf_counter()
-    summary = run(cfg)
-    summary["seconds"] = time.perf_counter() - t0
-    write_summary(summary, cfg, args.out_dir, NAME)
-    if not args.no_figure:
-        save_figure(plot(summary, cfg), args.out_dir, NAME)
+    summary = run_and_save(NAME, cfg, run, plot, args)
     pa = summary["paraphrase"]
     print_table(
         [
