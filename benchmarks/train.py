@@ -6,23 +6,45 @@ next to this machine's float32 matrix-product rate, all measured in one run.
     python benchmarks/train.py        # one epoch over 160 Persona pairs per trainer
     python benchmarks/train.py --quick
 
-pairs/s counts training pairs per second of training (evaluation excluded). Achieved FLOP/s uses
-the usual 6 · parameters · tokens estimate for a forward + backward pass (the output head counted
-through its tied embedding). Targets (issue 5): ≥ 1.3× TRL's pairs/s for im_rm at equal metrics and
-≥ 40 % of the measured matmul rate. Without TRL installed the comparison rows say so.
+Both sides train on the same token ids (rmgap's encoder; TRL gets them pre-tokenized), in fp32
+(TRL's configs default to bf16 autocast, switched off here), Adam without clipping or weight decay,
+one epoch, effective batch 16. "At equal metrics" is checked, not assumed: every trained model, TRL's
+included, is scored by the same rmgap evaluation on held-out Persona pairs (original responses, test
+prompts), and the mean training loss is printed next to it.
+
+pairs/s counts training pairs per second of training, evaluation excluded; rmgap's time includes its
+one reference pass, DPOTrainer's its per-step reference passes (or, with precompute_ref, its
+construction, which runs the reference pass). Achieved FLOP/s counts useful model work only, the same
+for every trainer: 6 · N_body per token for forward + backward, plus 6 · N_head per position where the
+objective needs the output head (response positions for im_rm, none for ex_rm), plus 2 · (the same)
+for im_rm's reference pass. N_head is the output head (tied to the input embedding, whose lookup is
+free); attention-score FLOPs are left out (sequences are ~60 tokens). Targets (issue 5): ≥ 1.3× TRL's
+pairs/s for im_rm at equal metrics, and ≥ 40 % of the matmul rate measured in the same run. Without
+TRL installed the comparison rows say so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from lm_probes.loading import _smollm2_checkpoint, load_lm
 from lm_probes.persona_experiment import persona_data
-from lm_probes.train import TrainConfig, encode_pairs, train_reward_model
+from lm_probes.scoring import pad_id_of
+from lm_probes.train import (
+    EVAL_BATCH,
+    RewardModel,
+    TrainConfig,
+    encode_pairs,
+    evaluate,
+    initial_head,
+    train_reward_model,
+)
 
 
 def matmul_rate(n=2048, repeat=3) -> float:
@@ -38,29 +60,51 @@ def _t(fn) -> float:
     return time.perf_counter() - t0
 
 
-def ours(pairs, cfg, n_params, tokens):
-    s = train_reward_model(load_lm("smollm2"), pairs, {"tiny": pairs[:2]}, cfg)
-    train_s = s["train_seconds"]  # optimisation steps only, evaluation excluded
+def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
+    """rmgap's own evaluation of a trained model on held-out pairs (π_ref = the initial SmolLM2).
+    ``load_weights(rm)`` copies a TRL-trained model into a fresh RewardModel after the reference pass."""
+    lm = load_lm("smollm2")
+    rm = RewardModel(lm, cfg)
+    encs = encode_pairs(lm, test_pairs, cfg)[0]
+    rm.fill_reference(
+        [e for pr in encs for e in pr], batch=2 * EVAL_BATCH, table=rm.ref_by_set.setdefault("held_out", {})
+    )
+    if load_weights:
+        load_weights(rm)
+    rm.model.eval()
+    m = evaluate(rm, encs, name="held_out")[0]
+    return {"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]}
+
+
+def model_flops(objective: str, n_body: int, n_head: int, tokens: int, response_tokens: int) -> float:
+    """Useful FLOPs of one epoch (see the module docstring)."""
+    if objective.startswith("ex_rm"):
+        return 6.0 * n_body * tokens
+    pass_flops = n_body * tokens + n_head * response_tokens
+    return 6.0 * pass_flops + 2.0 * pass_flops  # training + the reference pass
+
+
+def ours(pairs, test_pairs, cfg, flops):
+    s = train_reward_model(load_lm("smollm2"), pairs, {"held_out": test_pairs}, cfg)
+    # optimisation steps plus the one reference pass (TRL's DPOTrainer does its reference passes inside
+    # its steps); evaluation excluded
+    sec = s["train_seconds"] + s["reference_seconds"]
+    m = s["final"]["held_out"]
     return dict(
-        seconds=train_s,
-        pairs_per_s=len(pairs) * cfg.epochs / train_s,
-        gflops=6 * n_params * tokens * cfg.epochs / train_s / 1e9,
-        final_train_loss=s["history"][-1]["train_loss"],
+        seconds=sec,
+        pairs_per_s=len(pairs) * cfg.epochs / sec,
+        gflops=flops * cfg.epochs / sec / 1e9,
+        train_loss=s["history"][-1]["train_loss"],
+        held_out={"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]},
     )
 
 
-def trl_run(kind, pairs, cfg, path):
+def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
+    """TRL on exactly rmgap's token ids: the dataset is handed over already tokenized (the same chat
+    template rendering, no end-of-turn token after the response), so both trainers score the same
+    sequences. fp32, no clipping, AdamW without weight decay: as in rmgap (plain Adam)."""
     from datasets import Dataset
 
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": p.prompt}],
-            "chosen": [{"role": "assistant", "content": p.chosen}],
-            "rejected": [{"role": "assistant", "content": p.rejected}],
-        }
-        for p in pairs
-    ]
-    ds = Dataset.from_list(rows)
     common = dict(
         output_dir="/tmp/rmgap-trl",
         per_device_train_batch_size=cfg.micro_batch,
@@ -74,84 +118,142 @@ def trl_run(kind, pairs, cfg, path):
         seed=cfg.seed,
         optim="adamw_torch",
         weight_decay=0.0,
+        max_grad_norm=0.0,  # rmgap does not clip
+        bf16=False,  # TRL configs default to bf16 autocast, also on CPU; rmgap (and the paper) use fp32
         lr_scheduler_type="constant",
+        disable_tqdm=True,
     )
     if kind == "ex_rm":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from trl import RewardConfig, RewardTrainer
 
+        ds = Dataset.from_list(
+            [{"chosen_ids": list(c.input_ids), "rejected_ids": list(r.input_ids)} for c, r in encs]
+        )
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         tok = AutoTokenizer.from_pretrained(path)
-        model.config.pad_token_id = tok.pad_token_id
+        model.config.pad_token_id = pad_id_of(tok)
+        with torch.no_grad():  # the same initial head as rmgap's EX-RM
+            model.score.weight.copy_(initial_head(model.config.hidden_size, cfg.seed)[None])
+        t0 = time.perf_counter()
         trainer = RewardTrainer(
             model=model, args=RewardConfig(**common), train_dataset=ds, processing_class=tok
         )
+
+        def load(rm):
+            rm.model.model.load_state_dict(trainer.model.model.state_dict())
+            rm.u.data.copy_(trainer.model.score.weight.detach()[0])
+
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer
 
+        class PreTokenized(DPOTrainer):
+            def _prepare_dataset(self, dataset, *args, **kwargs):
+                return dataset  # already rmgap's token ids
+
+        ds = Dataset.from_list(
+            [
+                {
+                    "prompt_ids": list(c.input_ids[: c.prompt_len]),
+                    "chosen_ids": list(c.response_ids),
+                    "rejected_ids": list(r.response_ids),
+                }
+                for c, r in encs
+            ]
+        )
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
-        trainer = DPOTrainer(
-            model=model, args=DPOConfig(beta=cfg.beta, **common), train_dataset=ds, processing_class=tok
-        )
-    t0 = time.perf_counter()
+        args = DPOConfig(beta=cfg.beta, precompute_ref_log_probs=precompute_ref, **common)
+        t0 = time.perf_counter()  # construction included: with precompute_ref it runs the reference pass
+        trainer = PreTokenized(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+        def load(rm):
+            rm.model.load_state_dict(trainer.model.state_dict())
+
+    if not precompute_ref:
+        t0 = time.perf_counter()
     out = trainer.train()
     sec = time.perf_counter() - t0
-    return dict(seconds=sec, pairs_per_s=len(pairs) * cfg.epochs / sec, final_train_loss=out.training_loss)
+    return dict(
+        seconds=sec,
+        pairs_per_s=len(encs) * cfg.epochs / sec,
+        train_loss=out.training_loss,
+        held_out=held_out_metrics(cfg, test_pairs, load),
+    )
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="32 pairs")
+    ap.add_argument("--quick", action="store_true", help="32 training pairs, 16 held-out pairs")
     ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    pairs = persona_data(n_train=80, n_test=40, pairs_per_statement=2)["train"]
+    data = persona_data(n_train=80, n_test=40, pairs_per_statement=2)
+    pairs, test_pairs = data["train"], data["eval"]["original_test"]
     if args.quick:
-        pairs = pairs[:32]
+        pairs, test_pairs = pairs[:32], test_pairs[:16]
     rate = matmul_rate()
     lm = load_lm("smollm2")
-    n_params = lm.info["n_parameters"]
+    n_head = lm.model.get_output_embeddings().weight.numel()
+    n_emb = lm.model.get_input_embeddings().weight.numel()
+    n_body = lm.info["n_parameters"] - n_head - (0 if lm.info["tied_head"] else n_emb)
     cfg0 = TrainConfig(epochs=1, lr=1e-6, batch_size=16, micro_batch=8, progress=False)
-    tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in encode_pairs(lm, pairs, cfg0)[0])
+    encs = encode_pairs(lm, pairs, cfg0)[0]
+    tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in encs)
+    response_tokens = sum(c.response_len + r.response_len for c, r in encs)
     path = str(_smollm2_checkpoint()[0])  # the cached HF checkpoint, for TRL's own loaders
     del lm
     print(
-        f"float32 matmul rate {rate:.1f} GFLOP/s; {len(pairs)} pairs, {tokens} tokens per epoch, "
-        f"{torch.get_num_threads()} threads\n"
+        f"float32 matmul rate {rate:.1f} GFLOP/s; {len(pairs)} training pairs, {tokens} tokens per epoch, "
+        f"{len(test_pairs)} held-out pairs; {torch.get_num_threads()} threads\n"
     )
-    print(
-        f"{'objective':>10} {'trainer':>14} {'pairs/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'train loss':>10}"
+    head = (
+        f"{'objective':>9} {'trainer':>24} {'pairs/s':>7} {'GFLOP/s':>7} {'of matmul':>9} "
+        f"{'train loss':>10} {'held-out loss':>13} {'held-out acc':>12} {'margin':>9}"
     )
+    print(head)
+
+    def show(obj, name, r, ref=None):
+        flops = f"{r['gflops']:>7.1f} {r['gflops'] / rate:>9.0%}" if "gflops" in r else f"{'':>7} {'':>9}"
+        h = r["held_out"]
+        line = (
+            f"{obj:>9} {name:>24} {r['pairs_per_s']:>7.2f} {flops} {r['train_loss']:>10.4f} "
+            f"{h['loss']:>13.5f} {h['accuracy']:>12.3f} {h['margin']:>9.2e}"
+        )
+        if ref:
+            line += f"  rmgap {ref['pairs_per_s'] / r['pairs_per_s']:.2f}×"
+        print(line, flush=True)
+
     rows = {}
+    trl = {
+        "im_rm": [("DPOTrainer", False), ("DPOTrainer(precompute_ref)", True)],
+        "ex_rm": [("RewardTrainer", False)],
+    }
     for obj in ("im_rm", "ex_rm"):
         cfg = replace(cfg0, objective=obj)
-        r = ours(pairs, cfg, n_params, tokens)
-        rows[(obj, "rmgap")] = r
-        print(
-            f"{obj:>10} {'rmgap':>14} {r['pairs_per_s']:>8.2f} {r['gflops']:>8.1f} "
-            f"{r['gflops'] / rate:>8.0%} {r['final_train_loss']:>10.4f}",
-            flush=True,
-        )
-        name = "DPOTrainer" if obj == "im_rm" else "RewardTrainer"
-        if args.no_trl:
-            continue
-        try:
-            t = trl_run(obj, pairs, cfg, path)
-        except Exception as exc:
-            print(f"{obj:>10} {name:>14}  not run: {type(exc).__name__}: {str(exc)[:120]}")
-            continue
-        rows[(obj, name)] = t
-        print(
-            f"{obj:>10} {name:>14} {t['pairs_per_s']:>8.2f} {'':>8} {'':>9} {t['final_train_loss']:>10.4f}   "
-            f"→ rmgap is {r['pairs_per_s'] / t['pairs_per_s']:.2f}× faster",
-            flush=True,
-        )
-    return {f"{k[0]}/{k[1]}": v for k, v in rows.items()} | {
+        flops = model_flops(obj, n_body, n_head, tokens, response_tokens)
+        r = rows[f"{obj}/rmgap"] = ours(pairs, test_pairs, cfg, flops)
+        show(obj, "rmgap", r)
+        for name, pre in [] if args.no_trl else trl[obj]:
+            try:
+                t = trl_run(obj, encs, test_pairs, cfg, path, precompute_ref=pre)
+            except ImportError as exc:
+                print(f"{obj:>9} {name:>24}  not run: {exc} (pip install trl datasets)")
+                continue
+            t["gflops"] = flops * cfg.epochs / t["seconds"] / 1e9
+            rows[f"{obj}/{name}"] = t
+            show(obj, name, t, ref=r)
+    result = rows | {
         "matmul_gflops": rate,
         "tokens": tokens,
+        "response_tokens": response_tokens,
         "n_pairs": len(pairs),
+        "n_held_out": len(test_pairs),
     }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

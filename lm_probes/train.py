@@ -60,6 +60,12 @@ def _bar(it, total, desc, enabled):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
+def initial_head(D: int, seed: int) -> torch.Tensor:
+    """The EX-RM head's initial value, (D,) float32: N(0, 1/D) entries from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(D, generator=gen) / math.sqrt(D)
+
+
 class RewardModel(torch.nn.Module):
     """The LM plus, for EX-RMs, a linear head u; ``rewards(encs)`` gives r for each encoding."""
 
@@ -69,9 +75,7 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
         self.lm, self.cfg, self.model = lm, cfg, lm.model
         self.pad = pad_id_of(lm.tokenizer)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        D = lm.info["hidden_size"]
-        self.u = torch.nn.Parameter((torch.randn(D, generator=gen) / math.sqrt(D)).to(lm.dtype))
+        self.u = torch.nn.Parameter(initial_head(lm.info["hidden_size"], cfg.seed).to(lm.dtype))
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
         # per evaluation set, computed in exactly the batches evaluate() uses, so that before training
         # every IM reward is exactly 0 (float32 rounding depends on a batch's padding and composition)
@@ -213,8 +217,10 @@ def train_reward_model(
     for name, pairs in eval_sets.items():
         ev[name], ev_pairs[name], d = encode_pairs(lm, pairs, cfg)
         dropped += d
-    # before any update: π_ref is the initial model
+    # before any update: π_ref is the initial model (one pass over the training set, timed)
+    t_ref = time.perf_counter()
     rm.fill_reference([e for pr in tr for e in pr])
+    reference_s = time.perf_counter() - t_ref
     for name, pairs in ev.items():
         rm.fill_reference(
             [e for pr in pairs for e in pr], batch=2 * EVAL_BATCH, table=rm.ref_by_set.setdefault(name, {})
@@ -293,7 +299,8 @@ def train_reward_model(
         "n_train_pairs": len(tr),
         "dropped_too_long": dropped,
         "seconds": time.perf_counter() - t0,
-        "train_seconds": train_s,
+        "train_seconds": train_s,  # optimiser epochs only
+        "reference_seconds": reference_s,  # ln π_ref of the training set (im_rm; ~0 otherwise)
     }
     if out:
         out.mkdir(parents=True, exist_ok=True)
