@@ -37,7 +37,6 @@ from lm_probes.loading import _smollm2_checkpoint, load_lm
 from lm_probes.persona_experiment import persona_data
 from lm_probes.scoring import pad_id_of
 from lm_probes.train import (
-    EVAL_BATCH,
     RewardModel,
     TrainConfig,
     encode_pairs,
@@ -66,13 +65,14 @@ def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
     lm = load_lm("smollm2")
     rm = RewardModel(lm, cfg)
     encs = encode_pairs(lm, test_pairs, cfg)[0]
-    rm.fill_reference(
-        [e for pr in encs for e in pr], batch=2 * EVAL_BATCH, table=rm.ref_by_set.setdefault("held_out", {})
-    )
+    rm.fill_eval_reference("held_out", encs)
     if load_weights:
         load_weights(rm)
     rm.model.eval()
-    m = evaluate(rm, encs, name="held_out")[0]
+    return brief(evaluate(rm, encs, name="held_out")[0])
+
+
+def brief(m: dict) -> dict:
     return {"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]}
 
 
@@ -89,13 +89,12 @@ def ours(pairs, test_pairs, cfg, flops):
     # optimisation steps plus the one reference pass (TRL's DPOTrainer does its reference passes inside
     # its steps); evaluation excluded
     sec = s["train_seconds"] + s["reference_seconds"]
-    m = s["final"]["held_out"]
     return dict(
         seconds=sec,
         pairs_per_s=len(pairs) * cfg.epochs / sec,
         gflops=flops * cfg.epochs / sec / 1e9,
         train_loss=s["history"][-1]["train_loss"],
-        held_out={"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]},
+        held_out=brief(s["final"]["held_out"]),
     )
 
 
@@ -135,7 +134,7 @@ def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
         model.config.pad_token_id = pad_id_of(tok)
         with torch.no_grad():  # the same initial head as rmgap's EX-RM
             model.score.weight.copy_(initial_head(model.config.hidden_size, cfg.seed)[None])
-        t0 = time.perf_counter()
+        t_built = time.perf_counter()
         trainer = RewardTrainer(
             model=model, args=RewardConfig(**common), train_dataset=ds, processing_class=tok
         )
@@ -165,14 +164,14 @@ def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         args = DPOConfig(beta=cfg.beta, precompute_ref_log_probs=precompute_ref, **common)
-        t0 = time.perf_counter()  # construction included: with precompute_ref it runs the reference pass
+        t_built = time.perf_counter()
         trainer = PreTokenized(model=model, args=args, train_dataset=ds, processing_class=tok)
 
         def load(rm):
             rm.model.load_state_dict(trainer.model.state_dict())
 
-    if not precompute_ref:
-        t0 = time.perf_counter()
+    # with precompute_ref the construction runs the reference pass, so it is timed too
+    t0 = t_built if precompute_ref else time.perf_counter()
     out = trainer.train()
     sec = time.perf_counter() - t0
     return dict(

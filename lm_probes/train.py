@@ -100,6 +100,13 @@ class RewardModel(torch.nn.Module):
             for e, lp in zip(chunk, score(self.model, chunk, self.pad).logprob.tolist(), strict=True):
                 table[e.input_ids] = lp
 
+    def fill_eval_reference(self, name: str, pairs: list[tuple[Encoded, Encoded]]) -> None:
+        """ln π_ref of an evaluation set, in exactly the chunks :func:`evaluate` uses (EVAL_BATCH pairs),
+        so that before training every IM reward is exactly 0 (float32 rounding depends on a batch's
+        padding and composition)."""
+        encs = [e for pr in pairs for e in pr]
+        self.fill_reference(encs, batch=2 * EVAL_BATCH, table=self.ref_by_set.setdefault(name, {}))
+
     def rewards(self, encs: list[Encoded], table: dict | None = None) -> torch.Tensor:
         sc = score(self.model, encs, self.pad, need_logits=not self.explicit)
         obj = self.cfg.objective
@@ -222,9 +229,7 @@ def train_reward_model(
     rm.fill_reference([e for pr in tr for e in pr])
     reference_s = time.perf_counter() - t_ref
     for name, pairs in ev.items():
-        rm.fill_reference(
-            [e for pr in pairs for e in pr], batch=2 * EVAL_BATCH, table=rm.ref_by_set.setdefault(name, {})
-        )
+        rm.fill_eval_reference(name, pairs)
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
     history, start_epoch = [], 0
     ckpt = out / "checkpoint.pt" if out else None
