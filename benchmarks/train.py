@@ -98,10 +98,12 @@ def ours(pairs, test_pairs, cfg, flops):
     )
 
 
-def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
-    """TRL on exactly rmgap's token ids: the dataset is handed over already tokenized (the same chat
-    template rendering, no end-of-turn token after the response), so both trainers score the same
-    sequences. fp32, no clipping, AdamW without weight decay: as in rmgap (plain Adam)."""
+def trl_trainer(kind, encs, cfg, path, precompute_ref=False, bf16=False):
+    """A TRL trainer on exactly rmgap's token ids: the dataset is handed over already tokenized (the
+    same chat template rendering, no end-of-turn token after the response), so both trainers score the
+    same sequences. fp32, no clipping, AdamW without weight decay: as in rmgap (plain Adam).
+    Returns (trainer, seconds its construction took, load) with ``load(rm)`` copying the trained
+    weights into an rmgap RewardModel."""
     from datasets import Dataset
 
     common = dict(
@@ -118,7 +120,7 @@ def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
         optim="adamw_torch",
         weight_decay=0.0,
         max_grad_norm=0.0,  # rmgap does not clip
-        bf16=False,  # TRL configs default to bf16 autocast, also on CPU; rmgap (and the paper) use fp32
+        bf16=bf16,  # TRL configs default to bf16 autocast, also on CPU; rmgap (and the paper) use fp32
         lr_scheduler_type="constant",
         disable_tqdm=True,
     )
@@ -170,10 +172,15 @@ def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
         def load(rm):
             rm.model.load_state_dict(trainer.model.state_dict())
 
-    # with precompute_ref the construction runs the reference pass, so it is timed too
-    t0 = t_built if precompute_ref else time.perf_counter()
+    return trainer, time.perf_counter() - t_built, load
+
+
+def trl_run(kind, encs, test_pairs, cfg, path, precompute_ref=False):
+    trainer, built_s, load = trl_trainer(kind, encs, cfg, path, precompute_ref)
+    t0 = time.perf_counter()
     out = trainer.train()
-    sec = time.perf_counter() - t0
+    # with precompute_ref the construction runs the reference pass, so it is timed too
+    sec = time.perf_counter() - t0 + (built_s if precompute_ref else 0.0)
     return dict(
         seconds=sec,
         pairs_per_s=len(encs) * cfg.epochs / sec,
