@@ -1,4 +1,4 @@
-"""Theorem 1 (THEORY.md §2): an IM-RM can verify without being able to generate. Hamiltonian cycles
+"""Theorem 1 (theory/README.md §2): an IM-RM can verify without being able to generate. Hamiltonian cycles
 on small random graphs, with a response space small enough to sum π(C(x)|x) exactly.
 
     python simulations/generation_verification.py          # ≈ 15 s → figures/generation_verification.*
@@ -25,7 +25,6 @@ Paper (10 vertices, Pythia-1B): test accuracy EX 0.980, IM 0.993; correct cycles
 from __future__ import annotations
 
 import argparse
-import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,6 +33,13 @@ from scipy.special import logsumexp
 
 from simulations._common import add_common_args, print_table, run_and_save
 from theory import accuracy, tilted_correct_mass, tilting_bound
+from theory.graphs import (
+    cycle_pairs,
+    hamiltonian_cycles,
+    is_hamiltonian_cycle,
+    planted_cycle_graphs,
+    vertex_permutations,
+)
 
 NAME = "generation_verification"
 
@@ -54,29 +60,6 @@ class Config:
 
 
 QUICK = dict(n=6, n_train=320, n_test=64, hidden=64, epochs=12, samples=32)
-
-
-def make_graphs(cfg: Config, count: int, rng: np.random.Generator) -> np.ndarray:
-    """(count, n, n) symmetric 0/1 adjacency: a planted Hamiltonian cycle plus random edges."""
-    n = cfg.n
-    adj = (rng.random((count, n, n)) < cfg.edge_prob).astype(np.int8)
-    adj = np.triu(adj, 1)
-    for g in range(count):
-        order = rng.permutation(n)
-        adj[g, order, np.roll(order, -1)] = 1
-    adj = ((adj + adj.transpose(0, 2, 1)) > 0).astype(np.int8)
-    adj[:, np.arange(n), np.arange(n)] = 0
-    return adj
-
-
-def is_cycle(adj: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-    """Is each vertex sequence a Hamiltonian cycle: a permutation whose consecutive (and last→first)
-    vertices are adjacent?  adj (n, n) with seqs (m, n), or adj (m, n, n) with one sequence per graph."""
-    n = seqs.shape[-1]
-    ok = (np.sort(seqs, axis=-1) == np.arange(n)).all(axis=-1)
-    nxt = np.roll(seqs, -1, axis=-1)
-    edges = adj[seqs, nxt] if adj.ndim == 2 else adj[np.arange(len(seqs))[:, None], seqs, nxt]
-    return ok & edges.all(axis=-1)
 
 
 class VertexLM(torch.nn.Module):
@@ -139,29 +122,14 @@ class VertexLM(torch.nn.Module):
         return seqs
 
 
-def cycle_sequences(adj: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """All vertex sequences in C(x) for one graph: (m, n)."""
-    return perms[is_cycle(adj, perms)]
-
-
 def correct_mass(model, adj_np, perms) -> float:
     """ln π(C(x)|x), summed exactly over the cycle sequences."""
-    seqs = cycle_sequences(adj_np, perms)
+    seqs = hamiltonian_cycles(adj_np, perms)
     with torch.no_grad():
         lp, _ = model.logprob(
             torch.as_tensor(adj_np, dtype=torch.float32).expand(len(seqs), -1, -1), torch.as_tensor(seqs)
         )
     return float(logsumexp(lp.double().numpy()))
-
-
-def make_pairs(adjs, perms, rng):
-    """One (cycle, non-cycle permutation) pair per graph."""
-    pos, neg = [], []
-    for a in adjs:
-        good = is_cycle(a, perms)
-        pos.append(perms[rng.choice(np.nonzero(good)[0])])
-        neg.append(perms[rng.choice(np.nonzero(~good)[0])])
-    return np.array(pos), np.array(neg)
 
 
 def rewards(model, ref_logp, adj, seqs, kind, beta):
@@ -202,17 +170,18 @@ def generation(model, cfg, adj_t, adj_np, gen):
     samp = model.generate(adj_t.repeat_interleave(cfg.samples, 0), greedy=False, gen=gen).numpy()
     greedy = model.generate(adj_t, greedy=True, gen=gen).numpy()
     return (
-        float(is_cycle(np.repeat(adj_np, cfg.samples, 0), samp).mean()),
-        float(is_cycle(adj_np, greedy).mean()),
+        float(is_hamiltonian_cycle(np.repeat(adj_np, cfg.samples, 0), samp).mean()),
+        float(is_hamiltonian_cycle(adj_np, greedy).mean()),
     )
 
 
 def run(cfg: Config) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    perms = np.array(list(itertools.permutations(range(cfg.n))))
-    adj_tr, adj_te = make_graphs(cfg, cfg.n_train, rng), make_graphs(cfg, cfg.n_test, rng)
-    (p_tr, n_tr), (p_te, n_te) = make_pairs(adj_tr, perms, rng), make_pairs(adj_te, perms, rng)
+    perms = vertex_permutations(cfg.n)
+    adj_tr = planted_cycle_graphs(cfg.n, cfg.edge_prob, cfg.n_train, rng)
+    adj_te = planted_cycle_graphs(cfg.n, cfg.edge_prob, cfg.n_test, rng)
+    (p_tr, n_tr), (p_te, n_te) = cycle_pairs(adj_tr, perms, rng), cycle_pairs(adj_te, perms, rng)
     T = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)  # noqa: E731
     ref_model = VertexLM(cfg.n, cfg.hidden)
     init = {k: v.clone() for k, v in ref_model.state_dict().items()}
@@ -229,7 +198,7 @@ def run(cfg: Config) -> dict:
             sampled_cycle_rate=samp0,
             greedy_cycle_rate=greedy0,
         ),
-        "n_cycle_sequences_mean": float(np.mean([is_cycle(a, perms).sum() for a in adj_te])),
+        "n_cycle_sequences_mean": float(np.mean([is_hamiltonian_cycle(a, perms).sum() for a in adj_te])),
         "response_space_size": cfg.n**cfg.n,
     }
     for kind in ("im", "ex"):

@@ -1,4 +1,4 @@
-"""Theorem 2 (THEORY.md §4): with single-token responses and fixed hidden states, an IM-RM cannot
+"""Theorem 2 (theory/README.md §4): with single-token responses and fixed hidden states, an IM-RM cannot
 generalise to unseen tokens at all, while an EX-RM generalises as far as the hidden states carry
 meaning, following the max-margin separator u*.
 

@@ -1,4 +1,4 @@
-"""Learning dynamics (THEORY.md §3): one preference step moves an IM-RM's rewards by token overlap,
+"""Learning dynamics (theory/README.md §3): one preference step moves an IM-RM's rewards by token overlap,
 an EX-RM's by hidden-state similarity. Predictions of theory.dynamics vs the actual step.
 
     python simulations/token_overlap.py            # ≈ 10 s → figures/token_overlap.{png,json}
@@ -28,6 +28,7 @@ import argparse
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from scipy.special import log_softmax
 from scipy.stats import pearsonr
 
@@ -110,6 +111,15 @@ def im_gradient(world, cfg, h_prompt, tokens, W) -> np.ndarray:
     return -cfg.beta * p.T @ pred
 
 
+def ex_step(h_plus, h_minus, lr: float) -> np.ndarray:
+    """u after one real gradient step (autograd on the Bradley–Terry loss) from u0 = 0 on the triple
+    whose EX-RM states are h_plus, h_minus (D,): the observation the prediction is checked against."""
+    u = torch.zeros(len(h_plus), dtype=torch.float64, requires_grad=True)
+    hp, hm = torch.as_tensor(h_plus, dtype=torch.float64), torch.as_tensor(h_minus, dtype=torch.float64)
+    torch.nn.functional.softplus(hm @ u - hp @ u).backward()
+    return (u - lr * u.grad).detach().numpy()
+
+
 def make_variants(world, cfg, source, other, rng):
     """Responses from ``source`` keeping k tokens (k = 0..L) and replacing the rest by unrelated
     tokens or by synonyms. Returns a list of dicts (group, kept fraction, tokens)."""
@@ -146,6 +156,8 @@ def one_step(world: World, cfg: Config, rng: np.random.Generator, lrs=None):
         im_gradient(world, cfg, world.h_train, y_plus, W0)
         - im_gradient(world, cfg, world.h_train, y_minus, W0)
     )
+    u_last = ex_step(last_p, last_m, cfg.lr)  # the EX-RM after one real step, for each state choice
+    u_mean = ex_step(mean_p, mean_m, cfg.lr)
     evals = [
         dict(group="original", overlap=1.0, source="y+", tokens=y_plus),
         dict(group="original", overlap=1.0, source="y-", tokens=y_minus),
@@ -157,10 +169,9 @@ def one_step(world: World, cfg: Config, rng: np.random.Generator, lrs=None):
         bar = token_states(world, cfg, world.h_eval, e["tokens"], W0)
         _, last, mean = seq_states(world, cfg, world.h_eval, e["tokens"])
         e["ex_pred"] = ex_reward_change(last, last_p, last_m, lr=cfg.lr, g=g)
-        e["ex_obs"] = float(
-            (cfg.lr * g * (last_p - last_m)) @ last
-        )  # r_EX is linear in u: u1 = η g (h+ − h−)
+        e["ex_obs"] = float(last @ u_last)  # r(u1) − r(u0), u0 = 0: re-scored after the real step
         e["ex_mean_pred"] = ex_reward_change(mean, mean_p, mean_m, lr=cfg.lr, g=g)
+        e["ex_mean_obs"] = float(mean @ u_mean)
         for lr in lrs:
             e[f"im_pred@{lr:g}"] = im_reward_change(bar, plus, minus, beta=cfg.beta, lr=lr, g=g)
             e[f"im_obs@{lr:g}"] = im_reward(world, cfg, W0 - lr * grad_loss, world.h_eval, e["tokens"])
@@ -196,7 +207,7 @@ def run(cfg: Config) -> dict:
     evals = one_step(world, cfg, rng, lrs)
     pearson = {
         k: float(pearsonr([e[f"{k}_pred"] for e in evals], [e[f"{k}_obs"] for e in evals])[0])
-        for k in ("ex", "im")
+        for k in ("ex", "ex_mean", "im")
     }
     rel_err = {
         f"{lr:g}": float(
@@ -327,7 +338,12 @@ def main(argv=None) -> dict:
                 pa["ex_relative_change"],
                 pa["ex_fraction_wrong_sign"],
             ),
-            ("EX-RM (mean states)", "-", pa["ex_mean_relative_change"], "-"),
+            (
+                "EX-RM (mean states)",
+                summary["pearson_pred_vs_obs"]["ex_mean"],
+                pa["ex_mean_relative_change"],
+                "-",
+            ),
             (
                 "IM-RM",
                 summary["pearson_pred_vs_obs"]["im"],

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from simulations import generation_verification, single_token, token_overlap
@@ -62,7 +63,14 @@ def test_token_overlap_predictions_match_the_actual_step(overlap):
     s, out = overlap
     assert (out / "token_overlap.png").exists()
     assert s["pearson_pred_vs_obs"]["ex"] > 0.999999
+    assert s["pearson_pred_vs_obs"]["ex_mean"] > 0.999999
     assert s["pearson_pred_vs_obs"]["im"] > 0.9999
+    # the EX-RM's observation is a real autograd step on u, re-scored: r_EX is linear in u, so the
+    # first-order prediction must equal it to rounding (a wrong g or sign in the formula fails here)
+    for key in ("ex", "ex_mean"):
+        pred = np.array([p[f"{key}_pred"] for p in s["points"]])
+        obs = np.array([p[f"{key}_obs"] for p in s["points"]])
+        np.testing.assert_allclose(pred, obs, rtol=1e-9, atol=1e-15)
     errs = [s["im_relative_error_by_lr"][k] for k in ("0.01", "0.001")]
     assert errs[1] < 1e-3 and 7 < errs[0] / errs[1] < 13  # O(η)
 
@@ -97,12 +105,17 @@ def test_generation_verification_verifies_without_generating(tmp_path):
 def test_is_cycle_against_brute_force():
     import numpy as np
 
+    from theory.graphs import hamiltonian_cycles, is_hamiltonian_cycle, planted_cycle_graphs
+
     rng = np.random.default_rng(0)
-    cfg = generation_verification.Config(n=5)
-    adj = generation_verification.make_graphs(cfg, 3, rng)
+    adj = planted_cycle_graphs(5, 0.3, 3, rng)
     seqs = rng.integers(0, 5, (200, 5))
     seqs[:50] = [rng.permutation(5) for _ in range(50)]
     for a in adj:
-        got = generation_verification.is_cycle(a, seqs)
+        got = is_hamiltonian_cycle(a, seqs)
         want = [len(set(q)) == 5 and all(a[q[i], q[(i + 1) % 5]] for i in range(5)) for q in seqs]
         assert got.tolist() == want
+        # every cycle appears once per start and direction: a multiple of 2n sequences, each a cycle
+        cycles = hamiltonian_cycles(a)
+        assert len(cycles) > 0 and len(cycles) % 10 == 0 and is_hamiltonian_cycle(a, cycles).all()
+        assert np.all(a == a.T) and not np.any(np.diag(a))

@@ -1,9 +1,12 @@
-"""Pure math of explicit vs implicit reward models (THEORY.md). Arrays in, arrays out; no I/O.
+"""Pure math of explicit vs implicit reward models (theory/README.md). Arrays in, arrays out; no I/O.
 
 theory.rewards       reward definitions, Bradley–Terry loss, accuracy with ties       (§1)
 theory.dynamics      ρ coefficients and first-order reward changes, EX and IM         (§3)
 theory.max_margin    the max-margin separator an EX-RM converges to                   (§4)
 theory.verification  the tilting construction: verify without generating             (§2)
+theory.graphs        the Hamiltonian-cycle task of Theorem 1's experiment              (§2)
+
+The statement of every result, in this project's words: theory/README.md.
 """
 
 from theory.dynamics import (

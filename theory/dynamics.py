@@ -1,4 +1,4 @@
-"""First-order reward dynamics of EX-RMs and IM-RMs with fixed hidden states (THEORY.md §3).
+"""First-order reward dynamics of EX-RMs and IM-RMs with fixed hidden states (theory/README.md §3).
 
 One gradient step with learning rate η on the Bradley–Terry loss of a triple (x, y+, y−), with
 g = σ(r(x,y−) − r(x,y+)), changes the reward of any evaluation pair (x̄, ȳ) by
@@ -183,7 +183,7 @@ def _rho_parts(tok_a, rows_a: _Rows, tok_b, rows_b: _Rows, chunk, dtype):
 
 @dataclass(frozen=True)
 class RhoTerms:
-    """ρ = match − p_bar_at_v + inner − q_at_ybar, each (K, L) (THEORY.md §3).
+    """ρ = match − p_bar_at_v + inner − q_at_ybar, each (K, L) (theory/README.md §3).
 
     match[k, l] = 1[ȳ_k = v_l];  p_bar_at_v[k, l] = p_k[v_l];  q_at_ybar[k, l] = q_l[ȳ_k];
     inner[k, l] = ⟨p_k, q_l⟩.
@@ -219,7 +219,7 @@ def rho(
     """ρ_{k,l} = ⟨e_{ȳ_k} − p_k, e_{v_l} − q_l⟩, a (K, L) array with entries in [−2, 2].
 
     tokens_bar: (K,) evaluation tokens; logits_bar: (K, V) logits at the positions predicting them;
-    tokens: (L,) training-response tokens; logits: (L, V). THEORY.md §3.
+    tokens: (L,) training-response tokens; logits: (L, V). theory/README.md §3.
     """
     return rho_terms(tokens_bar, logits_bar, tokens, logits, vocab_chunk=vocab_chunk, dtype=dtype).rho
 
@@ -300,7 +300,7 @@ def im_reward_change(
 
     = lr · g · β² · (⟨∇_W ln π(ȳ|x̄), ∇_W ln π(y+|x)⟩ − ⟨∇_W ln π(ȳ|x̄), ∇_W ln π(y−|x)⟩).
     bar/plus/minus: :class:`TokenStates` with K, L+, L− tokens and shared V, D.
-    g: σ(r(x,y−) − r(x,y+)) (see ``theory.rewards.bt_grad_scale``). THEORY.md §3.
+    g: σ(r(x,y−) − r(x,y+)) (see ``theory.rewards.bt_grad_scale``). theory/README.md §3.
     """
     c = _per_token([bar], [(plus, 1.0), (minus, -1.0)], route, vocab_chunk, dtype)
     return float(lr * g * beta**2 * c.sum())
@@ -368,7 +368,7 @@ def ex_reward_change(h_bar, h_plus, h_minus, *, lr: float, g: float):
     """First-order Δr_EX(x̄, ȳ) = lr · g · ⟨h_{x̄,ȳ}, h_{x,y+} − h_{x,y−}⟩ after one GD step on u.
 
     h_bar: (D,) or (N, D) last-token states of the evaluation pairs; h_plus, h_minus: (D,).
-    Returns a float for (D,) input, else (N,). THEORY.md §3.
+    Returns a float for (D,) input, else (N,). theory/README.md §3.
     """
     hb = np.asarray(h_bar, dtype=np.float64)
     diff = np.asarray(h_plus, dtype=np.float64) - np.asarray(h_minus, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The max-margin separator that gradient descent on an EX-RM converges to (THEORY.md §4).
+"""The max-margin separator that gradient descent on an EX-RM converges to (theory/README.md §4).
 
     u* = argmin_u ‖u‖²  s.t.  ⟨u, X_i⟩ ≥ 1  for every row X_i = h_{x_i, y_i+} − h_{x_i, y_i−}
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cvxpy as cp
 import numpy as np
 
 __all__ = ["MaxMarginResult", "NotSeparableError", "max_margin_separator"]
@@ -51,6 +50,8 @@ def max_margin_separator(X, *, support_tol: float = 1e-6, solver: str | None = N
             f"rows {zero[:5].tolist()} are all-zero differences (chosen and rejected have identical "
             "representations): no separator has a positive margin on them"
         )
+    import cvxpy as cp  # here, not at import time: `import theory` works without cvxpy
+
     u = cp.Variable(X.shape[1])
     constraint = X @ u >= 1
     problem = cp.Problem(cp.Minimize(cp.sum_squares(u)), [constraint])

@@ -1,4 +1,4 @@
-"""Reward models, the Bradley–Terry loss and accuracy with ties (THEORY.md §1).
+"""Reward models, the Bradley–Terry loss and accuracy with ties (theory/README.md §1).
 
     r_EX(x, y) = ⟨u, h_{x,y}⟩                        explicit RM: linear head on the last hidden state
     r_IM(x, y) = β · (ln π_θ(y|x) − ln π_ref(y|x))   implicit RM (DPO), summed over response tokens
@@ -70,7 +70,7 @@ def bt_loss(r_chosen, r_rejected, reduction: str = "mean"):
 
 
 def bt_grad_scale(r_chosen, r_rejected) -> np.ndarray:
-    """g = σ(r− − r+): the magnitude of ∂ℓ/∂(r+ − r−) that scales a gradient step (THEORY.md §3)."""
+    """g = σ(r− − r+): the magnitude of ∂ℓ/∂(r+ − r−) that scales a gradient step (theory/README.md §3)."""
     rc, rr = _pair(r_chosen, r_rejected)
     return expit(rr - rc)
 

@@ -1,4 +1,4 @@
-"""Verification does not require generation (THEORY.md §2, the paper's Theorem 1).
+"""Verification does not require generation (theory/README.md §2, the paper's Theorem 1).
 
 Setting: one prompt x, a finite response space, π_ref a distribution over it, C ⊆ responses the
 correct ones with p = π_ref(C) ∈ (0, 1). An IM-RM r(y) = β ln(π_θ(y)/π_ref(y)) is a δ-verifier if
@@ -48,7 +48,7 @@ def tilted_correct_mass(p, *, margin: float, beta: float):
 
 
 def tilting_bound(p, *, margin: float, beta: float):
-    """The simple upper bound min(1, e^{δ/β} · p) ≥ τ(p) (THEORY.md §2's "≤ π_ref(C)·const")."""
+    """The simple upper bound min(1, e^{δ/β} · p) ≥ τ(p) (theory/README.md §2's "≤ π_ref(C)·const")."""
     p = _check_p(p)
     out = np.minimum(1.0, np.exp(np.minimum(margin / beta, 700.0)) * p)
     return float(out) if out.ndim == 0 else out
