@@ -33,17 +33,12 @@ from pathlib import Path
 
 import torch
 
-from lm_probes.loading import _smollm2_checkpoint, load_lm
-from lm_probes.persona_experiment import persona_data
+from lm_probes.data import encode_pairs
+from lm_probes.loading import load_lm, smollm2_checkpoint
+from lm_probes.persona import persona_data
+from lm_probes.rewards import initial_head
 from lm_probes.scoring import pad_id_of
-from lm_probes.train import (
-    RewardModel,
-    TrainConfig,
-    encode_pairs,
-    evaluate,
-    initial_head,
-    train_reward_model,
-)
+from lm_probes.train import RewardModel, TrainConfig, evaluate, train_reward_model
 
 
 def matmul_rate(n=2048, repeat=3) -> float:
@@ -64,7 +59,7 @@ def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
     ``load_weights(rm)`` copies a TRL-trained model into a fresh RewardModel after the reference pass."""
     lm = load_lm("smollm2")
     rm = RewardModel(lm, cfg)
-    encs = encode_pairs(lm, test_pairs, cfg)[0]
+    encs = encode_pairs(lm.tokenizer, test_pairs).encodings
     rm.fill_eval_reference("held_out", encs)
     if load_weights:
         load_weights(rm)
@@ -85,7 +80,7 @@ def model_flops(objective: str, n_body: int, n_head: int, tokens: int, response_
 
 
 def ours(pairs, test_pairs, cfg, flops):
-    s = train_reward_model(load_lm("smollm2"), pairs, {"held_out": test_pairs}, cfg)
+    s = train_reward_model(load_lm("smollm2"), pairs, {"held_out": test_pairs}, cfg).summary
     # optimisation steps plus the one reference pass (TRL's DPOTrainer does its reference passes inside
     # its steps); evaluation excluded
     sec = s["train_seconds"] + s["reference_seconds"]
@@ -205,10 +200,10 @@ def main(argv=None) -> dict:
     n_emb = lm.model.get_input_embeddings().weight.numel()
     n_body = lm.info["n_parameters"] - n_head - (0 if lm.info["tied_head"] else n_emb)
     cfg0 = TrainConfig(epochs=1, lr=1e-6, batch_size=16, micro_batch=8, progress=False)
-    encs = encode_pairs(lm, pairs, cfg0)[0]
+    encs = encode_pairs(lm.tokenizer, pairs).encodings
     tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in encs)
     response_tokens = sum(c.response_len + r.response_len for c, r in encs)
-    path = str(_smollm2_checkpoint()[0])  # the cached HF checkpoint, for TRL's own loaders
+    path = str(smollm2_checkpoint()[0])  # the cached HF checkpoint, for TRL's own loaders
     del lm
     print(
         f"float32 matmul rate {rate:.1f} GFLOP/s; {len(pairs)} training pairs, {tokens} tokens per epoch, "

@@ -17,9 +17,10 @@ from functools import partial
 import torch
 from train import held_out_metrics, trl_trainer  # benchmarks/train.py, beside this script
 
-from lm_probes.loading import _smollm2_checkpoint, load_lm
-from lm_probes.persona_experiment import persona_data
-from lm_probes.train import TrainConfig, encode_pairs, train_reward_model
+from lm_probes.data import encode_pairs
+from lm_probes.loading import load_lm, smollm2_checkpoint
+from lm_probes.persona import persona_data
+from lm_probes.train import TrainConfig, train_reward_model
 
 
 def response_logprob(forward, enc) -> float:
@@ -35,8 +36,8 @@ def main() -> dict:
     train_pairs, probe_pairs = data[:16], data[16:24]
     cfg = TrainConfig(objective="im_rm", epochs=1, lr=1e-6, batch_size=16, micro_batch=8, progress=False)
     lm = load_lm("smollm2")
-    encs, probe = encode_pairs(lm, train_pairs, cfg)[0], encode_pairs(lm, probe_pairs, cfg)[0]
-    path = str(_smollm2_checkpoint()[0])
+    encs, probe = (encode_pairs(lm.tokenizer, p).encodings for p in (train_pairs, probe_pairs))
+    path = str(smollm2_checkpoint()[0])
     del lm
     out = {}
     print(
@@ -66,7 +67,7 @@ def main() -> dict:
         lp_fp32 = response_logprob(partial(type(model).forward, model), probe[0][0])
         out[f"bf16={bf16}"] = dict(logged_margin=logged, fp32_margin=fp32, lnpi_trl=lp_trl, lnpi_fp32=lp_fp32)
         print(f"{bf16!s:>9} {logged:>17.6f} {fp32:>11.6f} {lp_trl:>14.2f} {lp_fp32:>11.2f}", flush=True)
-    s = train_reward_model(load_lm("smollm2"), train_pairs, {"probe": probe_pairs}, cfg)
+    s = train_reward_model(load_lm("smollm2"), train_pairs, {"probe": probe_pairs}, cfg).summary
     out["rmgap_margin"] = s["final"]["probe"]["rewards/margins"]
     print(f"\nrmgap, the same step: fp32 margin {out['rmgap_margin']:.6f}")
     return out

@@ -73,7 +73,7 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _smollm2_checkpoint() -> tuple[Path, dict]:
+def smollm2_checkpoint() -> tuple[Path, dict]:
     """Dequantise the GGUF once into an HF checkpoint in the cache; return (dir, provenance)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,7 +140,7 @@ def load_lm(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     if name == "smollm2":
-        path, info = _smollm2_checkpoint()
+        path, info = smollm2_checkpoint()
     else:
         path, info = name, {"model": name, "revision": revision}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)

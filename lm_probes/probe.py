@@ -1,23 +1,26 @@
-"""Which responses does one preference update move, by how much, and why? (THEORY.md §3 on real LMs)
+"""Which responses does one preference update move, by how much, and why? (theory/README.md §3 on
+real LMs). Computation only; ``lm_probes.reports`` writes and prints the report.
 
-For training triple(s) (x, y+, y−) and evaluation pairs (x̄, ȳ+, ȳ−) this computes, for an EX-RM
-(r = ⟨u, h_last⟩, u a fresh random head) and an IM-RM (r = β ln π_θ/π_ref, π_ref = the loaded LM):
+For training triple(s) (x, y+, y−) and evaluation pairs (x̄, ȳ+, ȳ−) this computes, for every reward
+type asked for (``ProbeConfig.rewards``, entries of the reward registry; default im_rm and ex_rm, the
+heads of explicit types starting from ``initial_head(D, head_seed)`` and π_ref = the loaded LM):
 
-  fixed-state prediction   theory.dynamics with the LM's own states and logits (only W or u move);
-  exact first order        η·⟨∇_θ r̄, −∇_θ ℓ⟩ over all parameters (forward-mode JVP, batched);
-  observed, head-only      one real SGD step on an untied copy of the output head W (IM) or on u (EX);
-  observed, full           one real SGD step on all parameters (and u for the EX-RM).
+  fixed_state   the type's fixed-state prediction (theory.dynamics with the LM's own states and
+                logits: only the head u or the unembedding W moves), where the type has one;
+  first_order   exact first order over all trainable parameters, η·⟨∇_θ r̄, −∇_θ ℓ⟩ (forward-mode JVP);
+  head_only     observed after one real SGD step on what the fixed-state setting trains (u, or an
+                untied copy of the output head W), re-scored;
+  full          observed after one real SGD step on all trainable parameters, re-scored.
 
-ℓ is the mean Bradley–Terry loss over the training triples. Before training the IM-RM's rewards are
-all 0, so g = ½ there; the EX-RM's g comes from its random head. Everything is restored after each
-step, so the four columns refer to the same θ0.
+ℓ is the mean of the type's per-pair loss over the training triples; g = σ(r− − r+) at θ0 (½ for an
+untrained IM-RM, whose rewards are all 0). Everything is restored after each step, so every column
+refers to the same θ0. Records carry each type's reward at θ0 (``<type>_reward``) and its changes
+(``<type>_<column>``).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,17 +28,15 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch.func import functional_call, jvp
 
-from lm_probes.data import Pair
+from lm_probes.common import Timer, progress
+from lm_probes.data import DataError, Pair, encode_pairs
 from lm_probes.loading import LoadedLM
-from lm_probes.scoring import Encoded, Scorer, encode, extract_states, pad_id_of, prompt_groups, score
-from theory import (
-    bt_grad_scale,
-    ex_reward_change,
-    im_reward_change_batch,
-    im_token_contributions,
-    max_margin_separator,
-)
+from lm_probes.rewards import RewardParams, get_reward_type, initial_head
+from lm_probes.scoring import Scorer, extract_states, pad_id_of, prompt_groups, score, stack_states
+from theory import bt_grad_scale, max_margin_separator
 from theory.max_margin import NotSeparableError
+
+COLUMNS = ("fixed_state", "head_only", "first_order", "full")
 
 
 @dataclass(frozen=True)
@@ -45,33 +46,9 @@ class ProbeConfig:
     chat_template: bool = True
     batch_size: int = 16
     modes: tuple = ("head_only", "full")
-    ex_head_seed: int = 0
+    head_seed: int = 0
+    rewards: tuple = ("im_rm", "ex_rm")
     progress: bool = True
-
-
-def _bar(it, desc, enabled):
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, desc=desc, leave=False)
-
-
-class Timer:
-    """Accumulates wall time per phase: ``with timer("model"): ...``."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def compare(pred, obs) -> dict:
@@ -87,132 +64,162 @@ def compare(pred, obs) -> dict:
     )
 
 
-class _Probe:
-    def __init__(self, lm: LoadedLM, cfg: ProbeConfig):
-        self.lm, self.cfg = lm, cfg
-        self.model, self.pad = lm.model, pad_id_of(lm.tokenizer)
-        self.max_len = lm.info.get("max_positions")
+class _Run:
+    """One probe run's shared state: the model, its encodings and states at θ0, the timer."""
 
-    def encode_pairs(self, pairs: list[Pair]) -> list[Encoded]:
-        """[chosen_0, rejected_0, chosen_1, ...] encoded through the one scoring path."""
-        out = []
-        for p in pairs:
-            for role, resp in (("chosen", p.chosen), ("rejected", p.rejected)):
-                out.append(
-                    encode(
-                        self.lm.tokenizer,
-                        p.prompt,
-                        resp,
-                        chat_template=self.cfg.chat_template,
-                        max_length=self.max_len,
-                        where=f"{p.where} ({role})",
-                    )
-                )
-        return out
+    def __init__(self, lm: LoadedLM, cfg: ProbeConfig, train: list[Pair], evals: list[Pair]):
+        self.lm, self.cfg, self.model = lm, cfg, lm.model
+        self.pad, self.T = pad_id_of(lm.tokenizer), Timer()
+        with self.T("tokenise"):
+            tr = self.encode(train)
+            if tr.dropped["identical"]:
+                raise DataError(f"{tr.dropped['identical'][0]}: a training triple must have two responses")
+            ev = self.encode(evals)
+        self.tr_encs = [e for pr in tr.encodings for e in pr]
+        self.ev_encs = [e for pr in ev.encodings for e in pr]
+        self.evals, self.dropped = ev.kept, ev.dropped["identical"]
+        with self.T("model: states at θ0"):
+            self.tr_states = extract_states(self.model, self.tr_encs, self.pad)
+            self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
+        self.n = len(train)
 
-    def batches(self, encs, desc):
-        """Chunks of encodings that share a prompt (so score() runs each prompt once)."""
-        chunks = [[encs[i] for i in idx] for idx in prompt_groups(encs, self.cfg.batch_size)]
-        return _bar(chunks, desc, self.cfg.progress)
+    def encode(self, pairs):
+        return encode_pairs(
+            self.lm.tokenizer,
+            pairs,
+            chat_template=self.cfg.chat_template,
+            max_length=self.lm.info.get("max_positions"),
+            too_long="raise",
+        )
+
+    def params(self, rt, head, states, dtype) -> RewardParams:
+        """RewardParams of ``rt`` for encodings whose θ0 states are ``states`` (ref = their ln π)."""
+        ref = torch.tensor([s.logprob for s in states], dtype=dtype) if rt.uses_reference else None
+        return RewardParams(self.cfg.beta, None if head is None else head.to(dtype), ref)
+
+    def chunks(self, encs):
+        """Index lists of encodings that share a prompt (so score() runs each prompt once)."""
+        return prompt_groups(encs, self.cfg.batch_size)
 
     @torch.no_grad()
-    def logprobs_and_last(self, encs, desc="forward"):
-        """(ln π (N,), last states (N, D)) in the order of ``encs``."""
-        order = [i for idx in prompt_groups(encs, self.cfg.batch_size) for i in idx]
-        lps, lasts = [], []
-        for chunk in self.batches(encs, desc):
-            sc = score(self.model, chunk, self.pad)
-            lps.append(sc.logprob)
-            lasts.append(sc.last_hidden)
-        inv = torch.empty(len(order), dtype=torch.long)
-        inv[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(lps)[inv], torch.cat(lasts)[inv]
+    def rewards_after(self, rt, head, desc) -> np.ndarray:
+        """Rewards (float64) of every evaluation response under the model's current weights."""
+        out = np.empty(len(self.ev_encs))
+        for idx in progress(self.chunks(self.ev_encs), desc, enabled=self.cfg.progress):
+            sc = score(self.model, [self.ev_encs[i] for i in idx], self.pad, need_logits=rt.needs_logits)
+            p = self.params(rt, head, [self.ev_states[i] for i in idx], self.lm.dtype)
+            out[idx] = rt.reward(sc, p).double().cpu().numpy()
+        return out
 
-    def train_loss(self, tr_encs, ref_lp, kind, u=None):
-        """Mean BT loss over the training triples (encs = [c0, r0, c1, r1, ...])."""
-        sc = score(self.model, tr_encs, self.pad)
-        r = self.cfg.beta * (sc.logprob - ref_lp) if kind == "im" else sc.last_hidden @ u
-        return torch.nn.functional.softplus(r[1::2] - r[0::2]).mean()
+    def train_loss(self, rt, head):
+        p = self.params(rt, head, self.tr_states, self.lm.dtype)
+        r = rt.score(self.model, self.tr_encs, self.pad, p)
+        return rt.loss(r[0::2], r[1::2]).mean()
 
-    def jvp_rewards(self, encs, tangents, kind, u, v_u=None):
-        """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode, batched by prompt)."""
+    def first_order(self, rt, tangents: dict, head, v_head) -> np.ndarray:
+        """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode JVP, batched by prompt)."""
         scorer = Scorer(self.model)
         params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
         tan = {f"model.{n}": t for n, t in tangents.items()}
-        order = [i for idx in prompt_groups(encs, self.cfg.batch_size) for i in idx]
-        out = []
-        for chunk in self.batches(encs, f"jvp {kind}"):
+        out = np.empty(len(self.ev_encs))
+        for idx in progress(self.chunks(self.ev_encs), f"jvp {rt.name}", enabled=self.cfg.progress):
+            chunk = [self.ev_encs[i] for i in idx]
+            ref = self.params(rt, None, [self.ev_states[i] for i in idx], self.lm.dtype).ref
 
-            def f(p, uu, chunk=chunk):
-                sc = functional_call(scorer, p, (chunk, self.pad))
-                return self.cfg.beta * sc.logprob if kind == "im" else sc.last_hidden @ uu
+            def f(p, *h, chunk=chunk, ref=ref):
+                sc = functional_call(scorer, p, (chunk, self.pad), {"need_logits": rt.needs_logits})
+                return rt.reward(sc, RewardParams(self.cfg.beta, h[0] if h else None, ref))
 
-            v = v_u if v_u is not None else torch.zeros_like(u)
-            _, t = jvp(f, (params, u.detach()), (tan, v))
-            out.append(t.detach())
-        inv = torch.empty(len(order), dtype=torch.long)
-        inv[torch.tensor(order)] = torch.arange(len(order))
-        return self.cfg.lr * torch.cat(out)[inv]
-
-
-def _head_only_changes(P: _Probe, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_tr, h_ev) -> dict:
-    """One real SGD step on an untied copy of the output head W (IM-RM) and on u (EX-RM)."""
-    cfg, model = P.cfg, P.model
-    head = model.get_output_embeddings()
-    original = head.weight
-    head.weight = torch.nn.Parameter(original.detach().clone())
-    try:
-        loss = P.train_loss(tr_encs, ref_tr, "im")
-        (gW,) = torch.autograd.grad(loss, [head.weight])
-        with torch.no_grad():
-            head.weight -= cfg.lr * gW
-        lp1, _ = P.logprobs_and_last(ev_encs, "head-only IM step")
-    finally:
-        head.weight = original
-    u = u0.clone().requires_grad_(True)
-    h_tr_t = torch.as_tensor(h_tr, dtype=u0.dtype)
-    loss = torch.nn.functional.softplus(h_tr_t[1::2] @ u - h_tr_t[0::2] @ u).mean()
-    (gu,) = torch.autograd.grad(loss, [u])
-    return {
-        "im_head_only": (cfg.beta * (lp1 - ref_ev)).double().numpy(),
-        "ex_head_only": h_ev @ (-cfg.lr * gu).double().numpy(),
-    }
+            if head is None:
+                _, t = jvp(f, (params,), (tan,))
+            else:
+                _, t = jvp(f, (params, head.detach()), (tan, v_head))
+            out[idx] = t.detach().double().cpu().numpy()
+        return self.cfg.lr * out
 
 
-def _full_changes(P: _Probe, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_ev, T: Timer) -> dict:
-    """Exact first order (JVP along −∇ℓ) and one real SGD step on all parameters, for IM and EX."""
-    cfg, model = P.cfg, P.model
-    named = list(model.named_parameters())
-    params = [p for _, p in named]
-    backup = [p.detach().clone() for p in params]
-    cols = {}
-    for kind in ("im", "ex"):
-        u = u0.clone().requires_grad_(kind == "ex")
+def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
+    """One reward type's columns, its θ0 rewards, g per triple, and per-token contributions (or [])."""
+    cfg, T, n, model = run.cfg, run.T, run.n, run.model
+    sc_tr, sc_ev = stack_states(run.tr_states), stack_states(run.ev_states)
+    r_tr = rt.reward(sc_tr, run.params(rt, head0, run.tr_states, torch.float64)).numpy()
+    r0 = rt.reward(sc_ev, run.params(rt, head0, run.ev_states, torch.float64)).numpy()
+    g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
+    cols, contributions = {}, []
+    if rt.fixed_state is not None:
+        with T("dynamics arithmetic"):
+            cols["fixed_state"] = sum(
+                rt.fixed_state(
+                    run.ev_states,
+                    run.tr_states[2 * i],
+                    run.tr_states[2 * i + 1],
+                    beta=cfg.beta,
+                    lr=cfg.lr / n,
+                    g=float(g[i]),
+                )
+                for i in range(n)
+            )
+            if rt.contributions is not None:
+                for bar in run.ev_states:
+                    per_triple = []
+                    for i in range(n):
+                        c_plus, c_minus = rt.contributions(
+                            bar,
+                            *run.tr_states[2 * i : 2 * i + 2],
+                            beta=cfg.beta,
+                            lr=cfg.lr / n,
+                            g=float(g[i]),
+                        )
+                        per_triple.append({"plus": c_plus.tolist(), "minus": c_minus.tolist()})
+                    contributions.append(per_triple)
+    if "head_only" in cfg.modes and rt.fixed_state_moves == "head":
+        with T("model: head-only steps"):
+            u = head0.clone().requires_grad_(True)
+            sc_tr_model = stack_states(run.tr_states, dtype=run.lm.dtype)
+            r = rt.reward(sc_tr_model, run.params(rt, u, run.tr_states, run.lm.dtype))
+            (gu,) = torch.autograd.grad(rt.loss(r[0::2], r[1::2]).mean(), [u])
+            u1 = (head0 - cfg.lr * gu).detach()
+            cols["head_only"] = (
+                rt.reward(sc_ev, run.params(rt, u1, run.ev_states, torch.float64)).numpy() - r0
+            )
+    elif "head_only" in cfg.modes and rt.fixed_state_moves == "unembedding":
+        with T("model: head-only steps"):
+            out_head = model.get_output_embeddings()
+            original = out_head.weight
+            out_head.weight = torch.nn.Parameter(original.detach().clone())
+            try:
+                (gW,) = torch.autograd.grad(run.train_loss(rt, None), [out_head.weight])
+                with torch.no_grad():
+                    out_head.weight -= cfg.lr * gW
+                cols["head_only"] = run.rewards_after(rt, None, f"head-only {rt.name} step") - r0
+            finally:
+                out_head.weight = original
+    if "full" in cfg.modes:
+        named = list(model.named_parameters())
+        params = [p for _, p in named]
+        u = None if head0 is None else head0.clone().requires_grad_(True)
         with T("model: full-parameter gradient"):
             for p in params:
                 p.requires_grad_(True)
-            loss = P.train_loss(tr_encs, ref_tr, kind, u)
+            loss = run.train_loss(rt, u)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {kind} training loss is {loss.item()} at θ0")
-            grads = torch.autograd.grad(loss, params + ([u] if kind == "ex" else []))
+                raise FloatingPointError(f"the {rt.name} training loss is {loss.item()} at θ0")
+            grads = torch.autograd.grad(loss, params + ([u] if u is not None else []))
             for p in params:
                 p.requires_grad_(False)
-        tangents = {nm: -g for (nm, _), g in zip(named, grads[: len(params)], strict=True)}
-        v_u = -grads[-1] if kind == "ex" else None
+        tangents = {nm: -gr for (nm, _), gr in zip(named, grads[: len(params)], strict=True)}
+        g_head = grads[-1] if u is not None else None
         with T("model: first-order JVP"):
-            cols[f"{kind}_first_order"] = P.jvp_rewards(ev_encs, tangents, kind, u0, v_u).double().numpy()
+            cols["first_order"] = run.first_order(rt, tangents, head0, None if u is None else -g_head)
+        backup = [p.detach().clone() for p in params]
         with T("model: full-parameter step"), torch.no_grad():
-            for p, g in zip(params, grads, strict=False):
-                p -= cfg.lr * g
-            lp1, last1 = P.logprobs_and_last(ev_encs, f"full {kind} step")
-            if kind == "im":
-                cols["im_full"] = (cfg.beta * (lp1 - ref_ev)).double().numpy()
-            else:
-                u1 = u0 - cfg.lr * grads[-1]
-                cols["ex_full"] = (last1 @ u1).double().numpy() - h_ev @ u0.double().numpy()
+            for p, gr in zip(params, grads, strict=False):
+                p -= cfg.lr * gr
+            u1 = None if u is None else head0 - cfg.lr * g_head
+            cols["full"] = run.rewards_after(rt, u1, f"full {rt.name} step") - r0
             for p, b in zip(params, backup, strict=True):
                 p.copy_(b)
-    return cols
+    return cols, r0, [float(x) for x in g], contributions
 
 
 def run_probe(
@@ -222,99 +229,30 @@ def run_probe(
     cfg: ProbeConfig = ProbeConfig(),
     margin: list[Pair] | None = None,
 ) -> dict:
-    """Run the probe; returns {"records": [...per evaluation response...], "summary": {...}}."""
+    """Run the probe → {"records": [per evaluation response], "summary": {...}, "contributions": [...]}."""
     if not train:
         raise ValueError("run_probe needs at least one training triple")
     if not evals:
         raise ValueError("run_probe needs at least one evaluation pair")
-    P = _Probe(lm, cfg)
-    T = Timer()
-    model, dtype = lm.model, lm.dtype
-    with T("tokenise"):
-        tr_encs, ev_encs = P.encode_pairs(train), P.encode_pairs(evals)
-    merged = [e.where for e in tr_encs + ev_encs if e.boundary_merged]
-
-    # --- states at θ0 --------------------------------------------------------------------------
-    with T("model: states at θ0"):
-        tr_states = extract_states(model, tr_encs, P.pad)
-        ev_states = extract_states(model, ev_encs, P.pad)
-    ref_tr = torch.tensor([s.logprob for s in tr_states], dtype=dtype)
-    ref_ev = torch.tensor([s.logprob for s in ev_states], dtype=dtype)
-    D = lm.info["hidden_size"]
-    gen = torch.Generator().manual_seed(cfg.ex_head_seed)
-    u0 = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(dtype)
-    h_tr = np.stack([s.last_hidden for s in tr_states])
-    h_ev = np.stack([s.last_hidden for s in ev_states])
-    r_ex_tr = h_tr @ u0.double().numpy()
-    g_ex = bt_grad_scale(r_ex_tr[0::2], r_ex_tr[1::2])
-    n = len(train)
-
-    # --- fixed-state predictions (theory.dynamics) ------------------------------------------------
-    bars = [s.states for s in ev_states]
-    with T("dynamics arithmetic"):
-        im_fixed = sum(
-            im_reward_change_batch(
-                bars,
-                tr_states[2 * i].states,
-                tr_states[2 * i + 1].states,
-                beta=cfg.beta,
-                lr=cfg.lr / n,
-                g=0.5,
-            )
-            for i in range(n)
-        )
-        ex_fixed = sum(
-            ex_reward_change(h_ev, h_tr[2 * i], h_tr[2 * i + 1], lr=cfg.lr / n, g=float(g_ex[i]))
-            for i in range(n)
-        )
-        # which token pairs drive the IM-RM's predicted change: C±[k, l] = η g β² ρ_{k,l} ⟨h̄_k, h±_l⟩
-        contributions = []
-        for j, bar in enumerate(bars):
-            per_triple = []
-            for i in range(n):
-                plus, minus = tr_states[2 * i].states, tr_states[2 * i + 1].states
-                c_plus, c_minus = im_token_contributions(
-                    bar, plus, minus, beta=cfg.beta, lr=cfg.lr / n, g=0.5
-                )
-                per_triple.append({"plus": c_plus.tolist(), "minus": c_minus.tolist()})
-            contributions.append({"index": j, "tokens": bar.tokens.tolist(), "im": per_triple})
-    cols = {"im_fixed_state": im_fixed, "ex_fixed_state": ex_fixed}
-    for p in model.parameters():
+    types = [get_reward_type(name) for name in cfg.rewards]
+    run = _Run(lm, cfg, train, evals)
+    if not run.ev_encs:
+        raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
+    requires_grad = [p.requires_grad for p in lm.model.parameters()]
+    for p in lm.model.parameters():
         p.requires_grad_(False)
-    if "head_only" in cfg.modes:
-        with T("model: head-only steps"):
-            cols.update(_head_only_changes(P, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_tr, h_ev))
-    if "full" in cfg.modes:
-        cols.update(_full_changes(P, tr_encs, ev_encs, ref_tr, ref_ev, u0, h_ev, T))
-
-    # --- max-margin check (the paper's footnote) --------------------------------------------------
-    mm = None
-    if margin:
-        mg_states = extract_states(model, P.encode_pairs(margin), P.pad, verify_head=False)
-        X = np.stack(
-            [mg_states[2 * i].last_hidden - mg_states[2 * i + 1].last_hidden for i in range(len(margin))]
-            + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(n)]
-        )
-        try:
-            u_star = max_margin_separator(X).u
-            mm = {
-                g: float(
-                    np.mean(
-                        [
-                            (h_ev[2 * i] - h_ev[2 * i + 1]) @ u_star > 0
-                            for i, p in enumerate(evals)
-                            if p.group == g
-                        ]
-                    )
-                )
-                for g in dict.fromkeys(p.group for p in evals)
-            }
-        except NotSeparableError as exc:
-            mm = {"error": str(exc)}
-
+    cols, rewards0, gs, contributions = {}, {}, {}, {}
+    try:
+        for rt in types:
+            head0 = initial_head(lm.info["hidden_size"], cfg.head_seed, lm.dtype) if rt.uses_head else None
+            c, rewards0[rt.name], gs[rt.name], contributions[rt.name] = _columns(run, rt, head0)
+            cols.update({f"{rt.name}_{k}": v for k, v in c.items()})
+    finally:
+        for p, flag in zip(lm.model.parameters(), requires_grad, strict=True):
+            p.requires_grad_(flag)
     records = []
-    for j, e in enumerate(ev_encs):
-        pair = evals[j // 2]
+    for j, e in enumerate(run.ev_encs):
+        pair = run.evals[j // 2]
         rec = dict(
             group=pair.group,
             where=pair.where,
@@ -323,80 +261,103 @@ def run_probe(
             n_tokens=e.response_len,
             boundary_merged=e.boundary_merged,
         )
+        rec.update({f"{name}_reward": float(r[j]) for name, r in rewards0.items()})
         rec.update({k: float(v[j]) for k, v in cols.items()})
         records.append(rec)
-    summary = summarise(records, cols)
+    summary = summarise(records, [rt.name for rt in types])
     summary.update(
-        timings=T.seconds,
-        max_margin_fraction_positive=mm,
-        boundary_merged=merged,
-        n_train_triples=n,
-        n_eval_pairs=len(evals),
+        timings=run.T.seconds,
+        max_margin_fraction_positive=_max_margin_check(run, margin) if margin else None,
+        boundary_merged=[e.where for e in run.tr_encs + run.ev_encs if e.boundary_merged],
+        dropped_identical=run.dropped,
+        n_train_triples=run.n,
+        n_eval_pairs=len(run.evals),
         config=asdict(cfg),
         model=lm.info,
-        ex_g=[float(x) for x in g_ex],
-        im_g=0.5,
+        g=gs,
     )
-    tok = lm.tokenizer
+    return {"records": records, "summary": summary, "contributions": _contribution_rows(run, contributions)}
+
+
+def _contribution_rows(run: _Run, contributions: dict) -> list[dict]:
+    """Per evaluation response: its tokens and, per type with a decomposition, C±[k, l] per triple."""
+    if not any(contributions.values()):
+        return []
+    tok = run.lm.tokenizer
     train_tokens = [
-        [tok.convert_ids_to_tokens(s.states.tokens.tolist()) for s in tr_states[2 * i : 2 * i + 2]]
-        for i in range(n)
+        [tok.convert_ids_to_tokens(s.states.tokens.tolist()) for s in run.tr_states[2 * i : 2 * i + 2]]
+        for i in range(run.n)
     ]
-    for c in contributions:
-        c.update(
-            tokens=tok.convert_ids_to_tokens(c["tokens"]),
-            group=records[c["index"]]["group"],
-            response=records[c["index"]]["response"],
-            train_tokens=train_tokens,
+    rows = []
+    for j, s in enumerate(run.ev_states):
+        pair = run.evals[j // 2]
+        rows.append(
+            dict(
+                index=j,
+                group=pair.group,
+                response=pair.chosen if j % 2 == 0 else pair.rejected,
+                tokens=tok.convert_ids_to_tokens(s.states.tokens.tolist()),
+                train_tokens=train_tokens,
+                **{name: c[j] for name, c in contributions.items() if c},
+            )
         )
-    return {"records": records, "summary": summary, "contributions": contributions}
+    return rows
 
 
-def summarise(records: list[dict], cols: dict) -> dict:
+def _max_margin_check(run: _Run, margin: list[Pair]) -> dict:
+    """The paper's footnote: the fraction of evaluation pairs, per group, on the right side of the
+    max-margin separator u* of the training (and margin-set) last-state differences."""
+    encs = [e for pr in run.encode(margin).encodings for e in pr]
+    states = extract_states(run.model, encs, run.pad, verify_head=False)
+    h_tr = np.stack([s.last_hidden for s in run.tr_states])
+    h_ev = np.stack([s.last_hidden for s in run.ev_states])
+    X = np.stack(
+        [states[2 * i].last_hidden - states[2 * i + 1].last_hidden for i in range(len(states) // 2)]
+        + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(run.n)]
+    )
+    try:
+        u_star = max_margin_separator(X).u
+    except NotSeparableError as exc:
+        return {"error": str(exc)}
+    right = (h_ev[0::2] - h_ev[1::2]) @ u_star > 0
+    groups = np.array([p.group for p in run.evals])
+    return {g: float(np.mean(right[groups == g])) for g in dict.fromkeys(groups)}
+
+
+def summarise(records: list[dict], names: list[str]) -> dict:
+    """Prediction-vs-observation statistics per reward type, overall and per group, and the mean
+    change of r(chosen) − r(rejected) per group for every column."""
     groups = list(dict.fromkeys(r["group"] for r in records))
 
     def pick(key, group=None):
         return np.array([r[key] for r in records if group is None or r["group"] == group])
 
-    out: dict = {}
-    for mode, pairs in (
-        ("head_only", [("im", "im_fixed_state", "im_head_only"), ("ex", "ex_fixed_state", "ex_head_only")]),
-    ):
-        if all(obs in cols for _, _, obs in pairs):
-            out[mode] = {}
-            for kind, pred, obs in pairs:
-                c = compare(pick(pred), pick(obs))
-                c["by_group"] = {g: compare(pick(pred, g), pick(obs, g)) for g in groups}
-                out[mode][kind] = c
-    if "im_full" in cols:
-        out["full"] = {}
-        for kind in ("im", "ex"):
-            fo = compare(pick(f"{kind}_first_order"), pick(f"{kind}_full"))
-            fs = compare(pick(f"{kind}_fixed_state"), pick(f"{kind}_full"))
-            out["full"][kind] = {
-                "pearson_first_order": fo["pearson"],
-                "pearson_fixed_state": fs["pearson"],
-                "first_order": fo,
-                "fixed_state": fs,
-                "by_group": {
-                    g: {
-                        "first_order": compare(pick(f"{kind}_first_order", g), pick(f"{kind}_full", g)),
-                        "fixed_state": compare(pick(f"{kind}_fixed_state", g), pick(f"{kind}_full", g)),
-                    }
-                    for g in groups
-                },
-            }
-    # mean change of r(chosen) − r(rejected) per group, for every column
-    out["groups"] = {}
+    def stats(pred, obs):
+        c = compare(pick(pred), pick(obs))
+        c["by_group"] = {g: compare(pick(pred, g), pick(obs, g)) for g in groups}
+        return c
+
+    have = set(records[0])
+    out: dict = {"head_only": {}, "full": {}, "groups": {}}
+    for name in names:
+        fs, ho, fo, full = (f"{name}_{c}" for c in COLUMNS)
+        if {fs, ho} <= have:
+            out["head_only"][name] = stats(fs, ho)
+        if {fo, full} <= have:
+            out["full"][name] = {"first_order": stats(fo, full)}
+            out["full"][name]["pearson_first_order"] = out["full"][name]["first_order"]["pearson"]
+            if fs in have:
+                out["full"][name]["fixed_state"] = stats(fs, full)
+                out["full"][name]["pearson_fixed_state"] = out["full"][name]["fixed_state"]["pearson"]
     for g in groups:
         rows = [r for r in records if r["group"] == g]
-        ch, rj = rows[0::2], rows[1::2]
+        pairs = list(zip(rows[0::2], rows[1::2], strict=True))
+
+        def moved(key, pairs=pairs):
+            return float(np.mean([a[key] - b[key] for a, b in pairs]))
+
         out["groups"][g] = {
-            kind: {
-                col[len(kind) + 1 :]: float(np.mean([a[col] - b[col] for a, b in zip(ch, rj, strict=True)]))
-                for col in cols
-                if col.startswith(kind + "_")
-            }
-            for kind in ("im", "ex")
+            name: {col: moved(f"{name}_{col}") for col in COLUMNS if f"{name}_{col}" in have}
+            for name in names
         }
-    return out
+    return {k: v for k, v in out.items() if v}

@@ -25,6 +25,10 @@ class ScoringError(ValueError):
     """A (prompt, response) pair that cannot be scored: the message names the row and the problem."""
 
 
+class SequenceTooLongError(ScoringError):
+    """Prompt + response exceed the model's context (training drops such pairs, the probe refuses them)."""
+
+
 class HeadMismatchError(RuntimeError):
     """The output head applied to the extracted states does not reproduce the model's logits."""
 
@@ -82,7 +86,7 @@ def encode(
     joint = tokenizer(text + response, add_special_tokens=special)["input_ids"]
     ids = tuple(p_ids) + tuple(r_ids)
     if max_length is not None and len(ids) > max_length:
-        raise ScoringError(
+        raise SequenceTooLongError(
             f"{at}sequence of {len(ids)} tokens (prompt {len(p_ids)} + response {len(r_ids)}) "
             f"exceeds the model's context of {max_length} tokens"
         )
@@ -112,6 +116,7 @@ class Scored:
     logprob: torch.Tensor | None  # (N,) Σ_k ln π(y_k | x, y_<k); None when scored without logits
     last_hidden: torch.Tensor  # (N, D) state at the last response token (what an EX-RM reads)
     mean_hidden: torch.Tensor  # (N, D) mean state over the response tokens
+    n_tokens: torch.Tensor  # (N,) response lengths K_i
     pred_hidden: list | None = None  # N × (K_i, D) states predicting each response token
     pred_logits: list | None = None  # N × (K_i, V) their logits
 
@@ -220,8 +225,17 @@ def score(
             if keep_states:
                 pred_h[i], pred_l[i] = hid, lgt
     return Scored(
-        torch.stack(logprob) if need_logits else None, torch.stack(last), torch.stack(mean), pred_h, pred_l
+        torch.stack(logprob) if need_logits else None,
+        torch.stack(last),
+        torch.stack(mean),
+        _lengths(encs, device),
+        pred_h,
+        pred_l,
     )
+
+
+def _lengths(encs: list[Encoded], device) -> torch.Tensor:
+    return torch.tensor([e.response_len for e in encs], device=device)
 
 
 def _score_whole(
@@ -247,6 +261,7 @@ def _score_whole(
         torch.stack(logprob) if need_logits else None,
         torch.stack(last),
         torch.stack(mean),
+        _lengths(encs, device),
         pred_h if keep_states else None,
         pred_l if keep_states else None,
     )
@@ -260,8 +275,8 @@ class Scorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, encs, pad_id, keep_states=False):
-        return score(self.model, encs, pad_id, keep_states=keep_states)
+    def forward(self, encs, pad_id, keep_states=False, need_logits=True):
+        return score(self.model, encs, pad_id, keep_states=keep_states, need_logits=need_logits)
 
 
 def forward(model, encs: list[Encoded], pad_id: int):
@@ -282,12 +297,23 @@ class ResponseStates:
     logprob: float
 
 
+def stack_states(states: list[ResponseStates], dtype=torch.float64) -> Scored:
+    """The :class:`Scored` view of extracted states (float64 by default), so that a reward type's
+    ``reward`` can be evaluated on them without another model pass."""
+    return Scored(
+        torch.tensor([s.logprob for s in states], dtype=dtype),
+        torch.as_tensor(np.stack([s.last_hidden for s in states]), dtype=dtype),
+        torch.as_tensor(np.stack([s.mean_hidden for s in states]), dtype=dtype),
+        torch.tensor([s.states.n_tokens for s in states]),
+    )
+
+
 def check_head(
     model, hidden: torch.Tensor, logits: torch.Tensor, *, rtol: float | None = None, precomputed: bool = False
 ) -> float:
     """Relative max error of output_head(hidden) vs the model's logits; raises HeadMismatchError when
     the model post-processes its logits (soft-capping, scaling, a bias): the fixed-state formula of
-    THEORY.md §3 assumes logits = W h."""
+    theory/README.md §3 assumes logits = W h."""
     head = model.get_output_embeddings()
     with torch.no_grad():
         mine = hidden if precomputed else head(hidden)  # precomputed: ``hidden`` is already head(h)

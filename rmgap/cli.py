@@ -1,14 +1,22 @@
-"""The ``rmgap`` console script.
+"""The ``rmgap`` console script (also ``python -m rmgap``).
 
-rmgap simulate single_token [--quick ...]   run a simulation script (same flags as the script)
-rmgap simulate --list                       list the simulations
-rmgap bench dynamics_engine [--quick]       (from a source checkout) run a benchmark
+rmgap simulate NAME [--quick ...]     run a simulation of simulations/ (same flags as the script)
+rmgap simulate --list                 list the simulations
+rmgap data [--verify]                 the datasets shipped with the package: name, split, rows, licence
+rmgap probe persona | --data FILE     which responses one preference update moves (lm_probes.probe)
+rmgap train --train FILE ...          train one reward model of any registered type (lm_probes.train)
+rmgap persona --preset cpu|paper      the Persona experiment (lm_probes.experiments.persona)
+rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
+
+An error in the input ends a command with one line, ``rmgap <command>: error: <what>``, and exit
+status 2; ``--debug`` (or RMGAP_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import runpy
 import sys
@@ -16,42 +24,81 @@ from pathlib import Path
 
 import simulations
 
+COMMANDS = {  # command → (module, function, help)
+    "data": ("lm_probes.cli", "data_main", "list the shipped datasets (rmgap data -h)"),
+    "probe": ("lm_probes.cli", "probe_main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
+    "train": ("lm_probes.cli", "train_main", "train a reward model (rmgap train -h)"),
+    "persona": ("lm_probes.experiments.persona", "main", "the Persona token-level-shift experiment"),
+}
+
 
 def _simulation_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(simulations.__path__) if not m.name.startswith("_"))
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input or settings (their message is the whole story)."""
+    from theory.max_margin import NotSeparableError
+
+    errors: list[type[BaseException]] = [ValueError, FloatingPointError, OSError, NotSeparableError]
+    try:
+        from lm_probes.scoring import HeadMismatchError
+
+        errors.append(HeadMismatchError)
+    except ImportError:  # pragma: no cover - torch/transformers missing
+        pass
+    return tuple(errors)
+
+
+def run_command(name: str, fn, argv: list[str], debug: bool = False) -> int:
+    """Run ``fn(argv)``; an exception becomes one line on stderr and exit status 2 (1 for a bug),
+    unless ``debug``, --debug in ``argv`` or RMGAP_DEBUG=1 asks for the traceback."""
+    debug = debug or "--debug" in argv or os.environ.get("RMGAP_DEBUG", "") not in ("", "0")
+    try:
+        fn(argv)
+    except KeyboardInterrupt:
+        print(f"rmgap {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, _input_errors()):
+            print(f"rmgap {name}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(
+            f"rmgap {name}: error: {type(exc).__name__}: {_one_line(exc)} "
+            "(an internal error: rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="rmgap", description="EX-RM vs IM-RM theory, simulations and probes")
+    ap = argparse.ArgumentParser(
+        prog="rmgap",
+        description="EX-RM vs IM-RM: theory, simulations and probes",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sim = sub.add_parser("simulate", help="run a simulation from simulations/ (extra flags go to it)")
     sim.add_argument("name", nargs="?", help=f"one of: {', '.join(_simulation_names()) or '(none yet)'}")
     sim.add_argument("--list", action="store_true", help="list the simulations and exit")
-    sub.add_parser("probe", help="reward-dynamics probe on a real LM (rmgap probe -h)", add_help=False)
-    sub.add_parser("train", help="train an EX-RM or IM-RM on JSONL data (rmgap train -h)", add_help=False)
-    sub.add_parser(
-        "persona", help="the Persona token-level-shift experiment (rmgap persona -h)", add_help=False
-    )
+    for name, (_, _, text) in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout only)")
     bench.add_argument("name")
-    if argv[:1] == ["probe"]:
-        from lm_probes.probe_cli import main as probe_main
-
-        probe_main(argv[1:])
-        return 0
-    if argv[:1] == ["train"]:
-        from lm_probes.train import main as train_main
-
-        train_main(argv[1:])
-        return 0
-    if argv[:1] == ["persona"]:
-        from lm_probes.persona_experiment import main as persona_main
-
-        persona_main(argv[1:])
-        return 0
+    if argv[:1] and argv[0] in COMMANDS:
+        module, fn, _ = COMMANDS[argv[0]]
+        return run_command(argv[0], lambda a: getattr(importlib.import_module(module), fn)(a), argv[1:])
     args, rest = ap.parse_known_args(argv)
-
     if args.cmd == "simulate":
         names = _simulation_names()
         if args.list or not args.name:
@@ -59,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.name not in names:
             ap.error(f"unknown simulation {args.name!r}; choose from {names}")
-        importlib.import_module(f"simulations.{args.name}").main(rest)
-        return 0
+        fn = importlib.import_module(f"simulations.{args.name}").main
+        return run_command("simulate", fn, [a for a in rest if a != "--debug"], debug="--debug" in rest)
     if args.cmd == "bench":
         path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.name}.py"
         if not path.exists():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lm_probes.data import DataError, Pair, persona_probe_set, read_jsonl
+from lm_probes.data import DataError, Pair, read_jsonl
 from lm_probes.loading import untie_output_head
+from lm_probes.persona import persona_probe_set
 from lm_probes.probe import ProbeConfig, compare, run_probe
 from lm_probes.scoring import (
     HeadMismatchError,
@@ -140,20 +141,21 @@ def tiny_probe():
 
 def test_probe_head_only_predictions_match_a_real_step(tiny_probe):
     s = tiny_probe["summary"]
-    assert s["head_only"]["im"]["pearson"] > 0.9999 and s["head_only"]["im"]["median_rel_error"] < 1e-3
-    assert s["head_only"]["ex"]["pearson"] > 0.999999 and s["head_only"]["ex"]["median_rel_error"] < 1e-9
-    assert s["full"]["im"]["pearson_first_order"] > 0.9999
-    assert s["full"]["ex"]["pearson_first_order"] > 0.9999
-    assert s["full"]["im"]["first_order"]["median_rel_error"] < 1e-3
+    im, ex = s["head_only"]["im_rm"], s["head_only"]["ex_rm"]
+    assert im["pearson"] > 0.9999 and im["median_rel_error"] < 1e-3
+    assert ex["pearson"] > 0.999999 and ex["median_rel_error"] < 1e-9
+    assert s["full"]["im_rm"]["pearson_first_order"] > 0.9999
+    assert s["full"]["ex_rm"]["pearson_first_order"] > 0.9999
+    assert s["full"]["im_rm"]["first_order"]["median_rel_error"] < 1e-3
     assert set(s["groups"]) == {"same", "paraphrase", "overlap"}
-    assert {"fixed_state", "head_only", "first_order", "full"} <= set(s["groups"]["same"]["im"])
+    assert {"fixed_state", "head_only", "first_order", "full"} <= set(s["groups"]["same"]["im_rm"])
 
 
 def test_probe_first_order_error_shrinks_with_eta():
     lm = make_tiny_lm()
     errs = [
         run_probe(lm, TRAIN, EVALS, ProbeConfig(lr=lr, progress=False, modes=("full",)))["summary"]["full"][
-            "im"
+            "im_rm"
         ]["first_order"]["median_rel_error"]
         for lr in (1e-3, 1e-4)
     ]
@@ -172,8 +174,8 @@ def test_probe_restores_the_model(tiny_probe):
 
 def test_contributions_sum_to_the_fixed_state_prediction(tiny_probe):
     for c, r in zip(tiny_probe["contributions"], tiny_probe["records"], strict=True):
-        total = sum(np.sum(t["plus"]) - np.sum(t["minus"]) for t in c["im"])
-        assert np.isclose(total, r["im_fixed_state"], rtol=1e-10, atol=1e-300)
+        total = sum(np.sum(t["plus"]) - np.sum(t["minus"]) for t in c["im_rm"])
+        assert np.isclose(total, r["im_rm_fixed_state"], rtol=1e-10, atol=1e-300)
         assert c["group"] == r["group"] and c["response"] == r["response"]
 
 
@@ -203,14 +205,14 @@ def test_persona_probe_set_groups():
     train_words = set((s["train"][0].chosen + " " + s["train"][0].rejected).lower().replace(",", "").split())
     for p in s["eval"]:
         if p.group == "paraphrase":
-            # no content word in common (THEORY.md §5); the pronoun "I" is the only shared word
+            # no content word in common (theory/README.md §5); the pronoun "I" is the only shared word
             assert set((p.chosen + " " + p.rejected).lower().split()) & train_words <= {"i"}
     prompts = {p.prompt for p in s["eval"]}
     assert s["train"][0].prompt not in prompts
 
 
 def test_probe_cli_writes_report(tmp_path):
-    from lm_probes.probe_cli import main
+    from lm_probes.cli import probe_main as main
 
     data = tmp_path / "pairs.jsonl"
     rows = [TRAIN[0], *EVALS]
@@ -223,14 +225,14 @@ def test_probe_cli_writes_report(tmp_path):
     s = main(["--data", str(data), "--out", str(out), "--quiet", "--lr", "1e-4"], lm=make_tiny_lm())
     on_disk = json.loads((out / "summary.json").read_text())
     for k in ("pearson", "median_rel_error"):
-        assert k in on_disk["head_only"]["im"]
-    assert "pearson_first_order" in on_disk["full"]["im"] and "pearson_fixed_state" in on_disk["full"]["im"]
-    assert "pearson_first_order" in on_disk["full"]["ex"]
+        assert k in on_disk["head_only"]["im_rm"]
+    assert {"pearson_first_order", "pearson_fixed_state"} <= set(on_disk["full"]["im_rm"])
+    assert "pearson_first_order" in on_disk["full"]["ex_rm"]
     assert (out / "scatter.png").exists() and (out / "records.csv").read_text().count("\n") == 11
     assert s["n_eval_pairs"] == 5
     lines = (out / "contributions.jsonl").read_text().splitlines()
     assert len(lines) == 10
     c = json.loads(lines[0])
-    assert len(c["im"][0]["plus"]) == len(c["tokens"]) and len(c["im"][0]["plus"][0]) == len(
+    assert len(c["im_rm"][0]["plus"]) == len(c["tokens"]) and len(c["im_rm"][0]["plus"][0]) == len(
         c["train_tokens"][0][0]
     )

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lm_probes.data import DataError, Pair
-from lm_probes.persona_experiment import make_table, persona_data, table_markdown
-from lm_probes.train import OBJECTIVES, RewardModel, TrainConfig, encode_pairs, train_reward_model
+from lm_probes.data import DataError, Pair, encode_pairs
+from lm_probes.experiments.persona import make_table, table_markdown
+from lm_probes.persona import persona_data
+from lm_probes.reports import write_training
+from lm_probes.rewards import REWARDS
+from lm_probes.train import RewardModel, TrainConfig, train_reward_model
 from tests.conftest import make_tiny_lm
 
 TRAIN = [
@@ -25,10 +28,12 @@ EVAL = {
 }
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", list(REWARDS))
 def test_every_objective_fits_its_training_pairs(objective, tmp_path):
     cfg = TrainConfig(objective=objective, epochs=3, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
-    s = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path)
+    result = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg)
+    write_training(result, tmp_path)
+    s = result.summary
     assert s["history"][0]["epoch"] == 0 and len(s["history"]) == 4
     assert s["history"][-1]["train_loss"] < s["history"][1]["train_loss"]
     assert s["final"]["orig"]["rewards/accuracies"] == 1.0
@@ -52,7 +57,7 @@ def test_every_objective_fits_its_training_pairs(objective, tmp_path):
 
 def test_untrained_im_rm_ties_everywhere():
     rm = RewardModel(make_tiny_lm(), TrainConfig(objective="im_rm"))
-    encs = [e for pr in encode_pairs(rm.lm, TRAIN, rm.cfg)[0] for e in pr]
+    encs = [e for pr in encode_pairs(rm.lm.tokenizer, TRAIN).encodings for e in pr]
     rm.fill_reference(encs)
     with torch.no_grad():
         r = rm.rewards(encs)
@@ -71,35 +76,35 @@ def test_untrained_im_rm_ties_in_evaluation():
             for w in ("people", "kindness", "you", "say", "like")
         ]
     }
-    s = train_reward_model(lm, TRAIN, many, TrainConfig(objective="im_rm", epochs=0, progress=False))
+    s = train_reward_model(lm, TRAIN, many, TrainConfig(objective="im_rm", epochs=0, progress=False)).summary
     h0 = s["history"][0]["orig"]
     assert h0["rewards/tie_rate"] == 1.0 and h0["rewards/accuracies"] == 0.5 and h0["rewards/margins"] == 0.0
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
     cfg = TrainConfig(objective="ex_rm", epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
-    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path / "a")
-    train_reward_model(
-        make_tiny_lm(), TRAIN, EVAL, TrainConfig(**{**cfg.__dict__, "epochs": 1}), out=tmp_path / "b"
-    )
+    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "a").summary
+    one_epoch = TrainConfig(**{**cfg.__dict__, "epochs": 1})
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, one_epoch, tmp_path / "b")
     # a checkpoint written with another configuration is refused
     with pytest.raises(ValueError, match="different configuration"):
-        train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=tmp_path / "b", resume=True)
+        train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b", resume=True)
     # resuming the same configuration after a completed epoch reproduces the uninterrupted run
     part = tmp_path / "c"
-    train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=part)
-    resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, out=part, resume=True)
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part)
+    resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part, resume=True).summary
     assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
 
 
-def test_too_long_pairs_are_dropped_and_reported():
+def test_too_long_and_identical_pairs_are_dropped_and_reported():
     lm = make_tiny_lm()
     long_pair = Pair("i like people " * 30, "yes", "no", "train", "long.jsonl:3")
-    s = train_reward_model(
-        lm, [*TRAIN, long_pair], EVAL, TrainConfig(epochs=1, batch_size=4, micro_batch=2, progress=False)
-    )
-    assert s["n_train_pairs"] == 4 and len(s["dropped_too_long"]) == 1
-    assert "long.jsonl:3" in s["dropped_too_long"][0]
+    same = Pair("i like people", "yes", "yes", "train", "same.jsonl:5")
+    cfg = TrainConfig(epochs=1, batch_size=4, micro_batch=2, progress=False)
+    s = train_reward_model(lm, [*TRAIN, long_pair, same], EVAL, cfg).summary
+    dropped = s["dropped"]["train"]
+    assert s["n_train_pairs"] == 4 and len(dropped["too_long"]) == 1 and len(dropped["identical"]) == 1
+    assert "long.jsonl:3" in dropped["too_long"][0] and "same.jsonl:5" in dropped["identical"][0]
 
 
 def test_nan_loss_is_a_clear_error():

@@ -1,0 +1,77 @@
+"""Helpers every part of lm_probes uses: progress bars, phase timers, JSON output.
+
+for batch in progress(batches, "epoch 1", enabled=not quiet): ...
+timer = Timer(); with timer("model"): ...; timer.seconds   # {"model": 1.2}
+write_json(path, summary)        # NaN/inf → null, numpy scalars → Python, tuples → lists
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def progress(iterable, desc: str, *, enabled: bool = True, total: int | None = None):
+    """``iterable`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed, else unchanged."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the lm extra
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+class Timer:
+    """Accumulates wall time per phase: ``with timer("model"): ...``; read ``timer.seconds``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def jsonable(x):
+    """``x`` with dict keys as strings, tuples as lists, numpy values as Python, non-finite floats as None."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write ``obj`` as indented JSON (see :func:`jsonable`), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    return path
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """One JSON object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(jsonable(row)) + "\n")
+    return path

@@ -1,0 +1,178 @@
+"""The reward registry: every reward type, defined once, used by training, evaluation and the probe.
+
+    from lm_probes.rewards import REWARDS, get_reward_type, RewardParams
+    rt = get_reward_type("im_rm")
+    r = rt.score(model, encs, pad_id, RewardParams(beta=0.01, ref=ref_logprobs))    # (N,)
+    loss = rt.loss(r[0::2], r[1::2]).mean()                                          # per pair → mean
+
+A :class:`RewardType` says
+  * how it turns a scored batch (``lm_probes.scoring.Scored``) into rewards (``reward``);
+  * what it reads: a linear head u (``uses_head``), reference log-probs (``uses_reference``), the
+    LM's logits (``needs_logits``; EX-RMs skip the output head entirely);
+  * which parameters training moves (``trainable``; default: all of the LM, plus u when it has one);
+  * its per-pair loss (``loss``; Bradley–Terry unless the entry declares another);
+  * its fixed-state prediction of a one-step change (theory/README.md §3), where one exists, and what
+    that setting trains (``fixed_state_moves``: "head" = u, "unembedding" = the output matrix W);
+  * optionally the per-token-pair decomposition of that prediction (``contributions``).
+
+A new reward type is one :func:`register` call; ``rmgap train --objective``, the experiments and
+``rmgap probe --rewards`` pick it up from here (tests/test_rewards_registry.py adds a toy one).
+
+Registered (theory/README.md §1, §5):
+    ex_rm         r = ⟨u, h_last⟩                 linear head on the last response token's state
+    ex_rm_mean    r = ⟨u, mean_k h_k⟩             head on the mean of the response's states
+    im_rm         r = β (ln π_θ(y|x) − ln π_ref(y|x))    DPO's implicit reward
+    im_rm_no_ref  r = β ln π_θ(y|x)               implicit reward without a reference model
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lm_probes.scoring import Encoded, ResponseStates, Scored, score
+from theory import ex_reward_change, im_reward_change_batch, im_token_contributions
+
+
+@dataclass(frozen=True)
+class RewardParams:
+    """What a reward needs besides the LM: β, the head u (D,) and ln π_ref (N,), where used."""
+
+    beta: float = 0.01
+    head: torch.Tensor | None = None
+    ref: torch.Tensor | None = None
+
+
+def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley–Terry loss −ln σ(r+ − r−) = softplus(r− − r+), (N,) → (N,)."""
+    return torch.nn.functional.softplus(r_rejected - r_chosen)
+
+
+def initial_head(hidden_size: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """The EX head's initial value u0 (D,): N(0, 1/D) entries drawn in float64 from ``seed``, then cast
+    to ``dtype`` (so the same seed gives the same head in every dtype, in training and in the probe)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(hidden_size, generator=gen, dtype=torch.float64) / math.sqrt(hidden_size)).to(dtype)
+
+
+FixedState = Callable[..., np.ndarray]  # (bars, plus, minus, *, beta, lr, g) → (N,)
+
+
+@dataclass(frozen=True)
+class RewardType:
+    name: str
+    summary: str
+    reward: Callable[[Scored, RewardParams], torch.Tensor]
+    uses_head: bool = False
+    uses_reference: bool = False
+    needs_logits: bool = True
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bradley_terry
+    fixed_state: FixedState | None = None
+    fixed_state_moves: str | None = None  # "head" or "unembedding"
+    contributions: Callable | None = None  # (bar, plus, minus, *, beta, lr, g) → (C+, C−)
+
+    def __post_init__(self):
+        if (self.fixed_state is None) != (self.fixed_state_moves is None):
+            raise ValueError(f"{self.name}: fixed_state and fixed_state_moves come together")
+        if self.fixed_state_moves not in (None, "head", "unembedding"):
+            raise ValueError(f"{self.name}: fixed_state_moves must be 'head' or 'unembedding'")
+        if self.fixed_state_moves == "head" and not self.uses_head:
+            raise ValueError(f"{self.name}: a fixed-state step on the head needs uses_head")
+
+    def score(self, model, encs: list[Encoded], pad_id: int, params: RewardParams) -> torch.Tensor:
+        """Rewards (N,) of ``encs`` through the one scoring path (differentiable)."""
+        return self.reward(score(model, encs, pad_id, need_logits=self.needs_logits), params)
+
+    def trainable(self, model, head: torch.Tensor | None) -> list[torch.Tensor]:
+        """The parameters training moves: every LM parameter, plus u when the type has a head."""
+        params = list(model.parameters())
+        return [*params, head] if self.uses_head else params
+
+
+REWARDS: dict[str, RewardType] = {}
+
+
+def register(rt: RewardType, *, replace: bool = False) -> RewardType:
+    """Add ``rt`` to the registry (``replace=True`` to redefine a name)."""
+    if rt.name in REWARDS and not replace:
+        raise ValueError(f"reward type {rt.name!r} is already registered")
+    REWARDS[rt.name] = rt
+    return rt
+
+
+def get_reward_type(name: str) -> RewardType:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward type {name!r}; registered: {', '.join(REWARDS)}")
+    return REWARDS[name]
+
+
+# --- the fixed-state predictions of theory.dynamics, on extracted states (lm_probes.scoring) ---------
+
+
+def _ex_fixed_state(attr: str) -> FixedState:
+    def predict(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
+        h = np.stack([getattr(b, attr) for b in bars])
+        return ex_reward_change(h, getattr(plus, attr), getattr(minus, attr), lr=lr, g=g)
+
+    return predict
+
+
+def _im_fixed_state(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
+    return im_reward_change_batch([b.states for b in bars], plus.states, minus.states, beta=beta, lr=lr, g=g)
+
+
+def _im_contributions(bar: ResponseStates, plus, minus, *, beta, lr, g):
+    return im_token_contributions(bar.states, plus.states, minus.states, beta=beta, lr=lr, g=g)
+
+
+def _implicit(sc: Scored, p: RewardParams) -> torch.Tensor:
+    return p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype))
+
+
+register(
+    RewardType(
+        "ex_rm",
+        "explicit RM: r = ⟨u, h⟩, a linear head on the last response token's state",
+        lambda sc, p: sc.last_hidden @ p.head,
+        uses_head=True,
+        needs_logits=False,
+        fixed_state=_ex_fixed_state("last_hidden"),
+        fixed_state_moves="head",
+    )
+)
+register(
+    RewardType(
+        "ex_rm_mean",
+        "explicit RM over the mean of the response's states: r = ⟨u, mean_k h_k⟩",
+        lambda sc, p: sc.mean_hidden @ p.head,
+        uses_head=True,
+        needs_logits=False,
+        fixed_state=_ex_fixed_state("mean_hidden"),
+        fixed_state_moves="head",
+    )
+)
+register(
+    RewardType(
+        "im_rm",
+        "implicit (DPO) RM: r = β ln π_θ(y|x)/π_ref(y|x), summed over response tokens",
+        _implicit,
+        uses_reference=True,
+        fixed_state=_im_fixed_state,
+        fixed_state_moves="unembedding",
+        contributions=_im_contributions,
+    )
+)
+register(
+    RewardType(
+        "im_rm_no_ref",
+        "implicit RM without reference: r = β ln π_θ(y|x) (same gradient as im_rm)",
+        lambda sc, p: p.beta * sc.logprob,
+        fixed_state=_im_fixed_state,
+        fixed_state_moves="unembedding",
+        contributions=_im_contributions,
+    )
+)

@@ -1,0 +1,146 @@
+"""The reward registry (lm_probes.rewards): one definition per reward type, shared by training,
+evaluation and the probe; checked against theory.rewards through an independent forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data import Pair, encode_pairs
+from lm_probes.probe import ProbeConfig, run_probe
+from lm_probes.rewards import REWARDS, RewardParams, RewardType, bradley_terry, initial_head, register
+from lm_probes.scoring import pad_id_of
+from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from tests.conftest import make_tiny_lm
+from theory import bt_loss, ex_reward, im_reward
+
+PAIRS = [
+    Pair("i like people", "a truthful reply is yes", "considering the statement , i say no", "t", "r0"),
+    Pair("kindness matters", "my response would be certainly", "i lean toward nope", "t", "r1"),
+    Pair("kindness matters", "a truthful reply is sure", "i say never", "t", "r2"),
+]
+EVALS = [
+    Pair("you would say", "a truthful reply is yes", "considering the statement , i say no", "same", "e0"),
+    Pair("you would say", "my response would be absolutely", "i lean toward not really", "para", "e0"),
+    Pair("people matters", "a truthful reply is sure", "considering the statement , i say never", "ov", "e1"),
+]
+
+
+def independent(model, encs):
+    """ln π (N,), last state (N, D), mean response state (N, D) from one plain forward pass each."""
+    lps, last, mean = [], [], []
+    for e in encs:
+        ids = torch.tensor([e.input_ids])
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+        P, K = e.prompt_len, e.response_len
+        logp = torch.log_softmax(out.logits[0, P - 1 : -1], -1)
+        lps.append(logp[torch.arange(K), ids[0, P:]].sum().item())
+        h = out.hidden_states[-1][0]
+        last.append(h[-1].numpy())
+        mean.append(h[P:].mean(0).numpy())
+    return np.array(lps), np.stack(last), np.stack(mean)
+
+
+def test_registry_rewards_equal_theory_rewards_on_a_tiny_model():
+    lm = make_tiny_lm()
+    encs = [e for pr in encode_pairs(lm.tokenizer, PAIRS).encodings for e in pr]
+    ref_lp, _, _ = independent(lm.model, encs)
+    with torch.no_grad():  # move away from π_ref so the implicit rewards are not all 0
+        for p in lm.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lp, last, mean = independent(lm.model, encs)
+    u, beta = initial_head(32, seed=3, dtype=torch.float64), 0.1
+    params = RewardParams(beta, u, torch.tensor(ref_lp))
+    want = {
+        "ex_rm": ex_reward(u.numpy(), last),
+        "ex_rm_mean": ex_reward(u.numpy(), mean),
+        "im_rm": im_reward(lp, ref_lp, beta),
+        "im_rm_no_ref": im_reward(lp, np.zeros_like(lp), beta),
+    }
+    assert set(want) <= set(REWARDS)
+    pad = pad_id_of(lm.tokenizer)
+    for name, w in want.items():
+        with torch.no_grad():
+            got = REWARDS[name].score(lm.model, encs, pad, params).numpy()
+        np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12, err_msg=name)
+        assert np.ptp(w) > 1e-3, name  # the comparison is not between zeros
+
+
+def test_registry_loss_is_theorys_bradley_terry():
+    rc, rr = np.array([0.3, -1.0, 2.0, 0.0]), np.array([0.1, 0.5, -3.0, 0.0])
+    got = bradley_terry(torch.tensor(rc), torch.tensor(rr)).numpy()
+    np.testing.assert_allclose(got, bt_loss(rc, rr, reduction="none"), rtol=1e-12)
+    assert all(rt.loss is bradley_terry for rt in REWARDS.values())
+
+
+def test_initial_head_is_the_same_in_every_dtype():
+    u64 = initial_head(64, seed=7, dtype=torch.float64)
+    assert torch.equal(initial_head(64, seed=7, dtype=torch.float32), u64.float())
+    assert not torch.equal(initial_head(64, seed=8, dtype=torch.float64), u64)
+    assert abs(float(u64.pow(2).sum()) - 1.0) < 0.5  # N(0, 1/D) entries: ‖u0‖ ≈ 1
+
+
+def test_training_and_the_probe_give_the_same_reward_for_the_same_weights():
+    lm = make_tiny_lm()
+    names = ("im_rm", "ex_rm", "ex_rm_mean", "im_rm_no_ref")
+    res = run_probe(lm, PAIRS[:1], EVALS, ProbeConfig(rewards=names, modes=(), head_seed=5, progress=False))
+    encs = [e for pr in encode_pairs(lm.tokenizer, EVALS).encodings for e in pr]
+    for name in names:
+        rm = RewardModel(lm, TrainConfig(objective=name, seed=5, beta=ProbeConfig.beta))
+        rm.fill_reference(encs)
+        with torch.no_grad():
+            trained_side = rm.rewards(encs).numpy()
+        probe_side = np.array([r[f"{name}_reward"] for r in res["records"]])
+        np.testing.assert_allclose(probe_side, trained_side, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert np.ptp([r["ex_rm_reward"] for r in res["records"]]) > 1e-3
+
+
+@pytest.fixture
+def toy_type():
+    """A new reward type in one entry: the implicit reward averaged over response tokens."""
+    rt = register(
+        RewardType(
+            "toy_im_mean",
+            "toy: β (ln π_θ − ln π_ref) / K",
+            lambda sc, p: p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype)) / sc.n_tokens,
+            uses_reference=True,
+        )
+    )
+    yield rt
+    REWARDS.pop(rt.name)
+
+
+def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
+    from lm_probes.cli import train_main
+
+    # training and evaluation
+    cfg = TrainConfig(objective="toy_im_mean", epochs=3, lr=1e-2, batch_size=2, micro_batch=1, progress=False)
+    s = train_reward_model(make_tiny_lm(), PAIRS, {"t": PAIRS}, cfg).summary
+    assert s["history"][0]["t"]["rewards/tie_rate"] == 1.0  # untrained: every reward exactly 0
+    assert s["final"]["t"]["rewards/accuracies"] == 1.0 and s["reward_type"] == toy_type.summary
+    # the probe: exact first order and the observed all-parameter step (no fixed-state prediction)
+    res = run_probe(
+        make_tiny_lm(), PAIRS[:1], EVALS, ProbeConfig(rewards=("toy_im_mean",), lr=1e-5, progress=False)
+    )
+    full = res["summary"]["full"]["toy_im_mean"]
+    assert full["pearson_first_order"] > 0.9999 and "fixed_state" not in full
+    # the command line
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"prompt": "{p.prompt}", "chosen": "{p.chosen}", "rejected": "{p.rejected}"}}\n' for p in PAIRS
+        )
+    )
+    argv = ["--train", str(data), "--objective", "toy_im_mean", "--epochs", "1", "--out", str(tmp_path / "o")]
+    assert train_main([*argv, "--quiet"], lm=make_tiny_lm())["config"]["objective"] == "toy_im_mean"
+
+
+def test_registry_refuses_inconsistent_entries():
+    with pytest.raises(ValueError, match="already registered"):
+        register(REWARDS["im_rm"])
+    with pytest.raises(ValueError, match="needs uses_head"):
+        RewardType(
+            "bad", "", lambda sc, p: sc.logprob, fixed_state=lambda *a, **k: 0, fixed_state_moves="head"
+        )
