@@ -110,69 +110,65 @@ def get_reward_type(name: str) -> RewardType:
     return REWARDS[name]
 
 
-# --- the fixed-state predictions of theory.dynamics, on extracted states (lm_probes.scoring) ---------
+# --- the registered types ---------------------------------------------------------------------------
 
 
-def _ex_fixed_state(attr: str) -> FixedState:
-    def predict(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
-        h = np.stack([getattr(b, attr) for b in bars])
-        return ex_reward_change(h, getattr(plus, attr), getattr(minus, attr), lr=lr, g=g)
+def linear_head_type(name: str, summary: str, state: str) -> RewardType:
+    """An explicit RM r = ⟨u, s⟩ on the scored state ``state`` ("last_hidden" or "mean_hidden"), with the
+    fixed-state prediction of theory.dynamics.ex_reward_change on the same state."""
 
-    return predict
+    def reward(sc: Scored, p: RewardParams) -> torch.Tensor:
+        return getattr(sc, state) @ p.head
 
+    def fixed_state(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
+        h = np.stack([getattr(b, state) for b in bars])
+        return ex_reward_change(h, getattr(plus, state), getattr(minus, state), lr=lr, g=g)
 
-def _im_fixed_state(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
-    return im_reward_change_batch([b.states for b in bars], plus.states, minus.states, beta=beta, lr=lr, g=g)
-
-
-def _im_contributions(bar: ResponseStates, plus, minus, *, beta, lr, g):
-    return im_token_contributions(bar.states, plus.states, minus.states, beta=beta, lr=lr, g=g)
-
-
-def _implicit(sc: Scored, p: RewardParams) -> torch.Tensor:
-    return p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype))
-
-
-register(
-    RewardType(
-        "ex_rm",
-        "explicit RM: r = ⟨u, h⟩, a linear head on the last response token's state",
-        lambda sc, p: sc.last_hidden @ p.head,
+    return RewardType(
+        name,
+        summary,
+        reward,
         uses_head=True,
         needs_logits=False,
-        fixed_state=_ex_fixed_state("last_hidden"),
+        fixed_state=fixed_state,
         fixed_state_moves="head",
     )
-)
-register(
-    RewardType(
-        "ex_rm_mean",
-        "explicit RM over the mean of the response's states: r = ⟨u, mean_k h_k⟩",
-        lambda sc, p: sc.mean_hidden @ p.head,
-        uses_head=True,
-        needs_logits=False,
-        fixed_state=_ex_fixed_state("mean_hidden"),
-        fixed_state_moves="head",
-    )
-)
-register(
-    RewardType(
-        "im_rm",
-        "implicit (DPO) RM: r = β ln π_θ(y|x)/π_ref(y|x), summed over response tokens",
-        _implicit,
-        uses_reference=True,
-        fixed_state=_im_fixed_state,
+
+
+def log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
+    """An implicit RM r = β (ln π_θ − ln π_ref) (or β ln π_θ without reference), with the fixed-state
+    prediction of theory.dynamics.im_reward_change_batch and its per-token-pair decomposition; both
+    variants have the same gradient, since π_ref does not depend on θ."""
+
+    def reward(sc: Scored, p: RewardParams) -> torch.Tensor:
+        return p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype) if reference else sc.logprob)
+
+    def fixed_state(bars: list[ResponseStates], plus, minus, *, beta, lr, g):
+        return im_reward_change_batch(
+            [b.states for b in bars], plus.states, minus.states, beta=beta, lr=lr, g=g
+        )
+
+    def contributions(bar: ResponseStates, plus, minus, *, beta, lr, g):
+        return im_token_contributions(bar.states, plus.states, minus.states, beta=beta, lr=lr, g=g)
+
+    return RewardType(
+        name,
+        summary,
+        reward,
+        uses_reference=reference,
+        fixed_state=fixed_state,
         fixed_state_moves="unembedding",
-        contributions=_im_contributions,
+        contributions=contributions,
     )
+
+
+register(
+    linear_head_type("ex_rm", "explicit RM: r = ⟨u, h⟩ on the last response token's state", "last_hidden")
 )
 register(
-    RewardType(
-        "im_rm_no_ref",
-        "implicit RM without reference: r = β ln π_θ(y|x) (same gradient as im_rm)",
-        lambda sc, p: p.beta * sc.logprob,
-        fixed_state=_im_fixed_state,
-        fixed_state_moves="unembedding",
-        contributions=_im_contributions,
+    linear_head_type(
+        "ex_rm_mean", "explicit RM on the mean response state: r = ⟨u, mean_k h_k⟩", "mean_hidden"
     )
 )
+register(log_ratio_type("im_rm", "implicit (DPO) RM: r = β ln π_θ(y|x)/π_ref(y|x), summed over tokens", True))
+register(log_ratio_type("im_rm_no_ref", "implicit RM without reference: r = β ln π_θ(y|x)", False))

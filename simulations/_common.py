@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
+from lm_probes.common import jsonable
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
@@ -20,27 +19,11 @@ def add_common_args(ap, default_seed: int = 0) -> None:
     ap.add_argument("--no-figure", action="store_true", help="skip the PNG (the JSON is always written)")
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def write_summary(summary: dict, config, out_dir: Path, name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     payload = {"config": asdict(config), **summary}
-    path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
     return path
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from lm_probes.rewards import bradley_terry
 from simulations._common import add_common_args, print_table, run_and_save
 from theory import accuracy, tilted_correct_mass, tilting_bound
 from theory.graphs import (
@@ -150,7 +151,7 @@ def train(kind: str, cfg: Config, data, init_state, seed: int):
             i = order[b : b + cfg.batch]
             rp = rewards(model, ref[0][i], adj[i], pos[i], kind, cfg.beta)
             rm = rewards(model, ref[1][i], adj[i], neg[i], kind, cfg.beta)
-            loss = torch.nn.functional.softplus(rm - rp).mean()
+            loss = bradley_terry(rp, rm).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{kind} loss became {loss.item()}")
             opt.zero_grad()

@@ -32,6 +32,7 @@ import torch
 from scipy.special import log_softmax
 from scipy.stats import pearsonr
 
+from lm_probes.rewards import bradley_terry
 from simulations._common import add_common_args, print_table, run_and_save
 from theory import TokenStates, ex_reward_change, im_reward_change
 
@@ -116,7 +117,7 @@ def ex_step(h_plus, h_minus, lr: float) -> np.ndarray:
     whose EX-RM states are h_plus, h_minus (D,): the observation the prediction is checked against."""
     u = torch.zeros(len(h_plus), dtype=torch.float64, requires_grad=True)
     hp, hm = torch.as_tensor(h_plus, dtype=torch.float64), torch.as_tensor(h_minus, dtype=torch.float64)
-    torch.nn.functional.softplus(hm @ u - hp @ u).backward()
+    bradley_terry(hp @ u, hm @ u).backward()
     return (u - lr * u.grad).detach().numpy()
 
 
