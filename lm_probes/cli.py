@@ -15,6 +15,7 @@ command with one line, ``rmgap <command>: error: <file:line: what>``, and exit s
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,11 @@ def parse_list(text: str, allowed, what: str) -> tuple[str, ...]:
     if bad or not items:
         raise ValueError(f"{what}: {', '.join(bad) or '(none)'} not among {', '.join(allowed)}")
     return items
+
+
+def command_line(prog: str, argv) -> str:
+    """The command as typed, for the outputs' record: ``prog`` + the arguments."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
 
 
 def load_model(args, **kw):
@@ -128,6 +134,7 @@ def train_main(argv=None, lm=None) -> dict:
     )
     lm = lm or load_model(args)
     result = train_reward_model(lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume)
+    result.summary["command"] = command_line("rmgap train", argv)
     write_training(result, args.out)
     print_training(result.summary)
     print(f"wrote {args.out}/summary.json")
@@ -196,6 +203,7 @@ def probe_main(argv=None, lm=None) -> dict:
     )
     res = run_probe(lm, data["train"], data["eval"], cfg, margin=data.get("margin"))
     res["summary"]["seconds"] = {"load": t_load, "probe": time.perf_counter() - t0 - t_load}
+    res["summary"]["command"] = command_line("rmgap probe", argv)
     write_probe(res, out, figure=not args.no_figure)
     print_probe(res["summary"])
     print(f"wrote {out}/summary.json, records.csv" + ("" if args.no_figure else ", scatter.png"))

@@ -22,12 +22,11 @@ Paper (Pythia-1B, Llama-3.2-1B, Qwen2.5-1.5B): original 1 for both; paraphrased 
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from lm_probes.cli import add_model_args, add_run_args, load_model, parse_list, parser
+from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
 from lm_probes.common import write_json
 from lm_probes.persona import persona_data
 from lm_probes.reports import plot_curves, write_training
@@ -126,7 +125,7 @@ def main(argv=None, lm_factory=None) -> dict:
     )
     model_info = next(iter(runs.values())).summary["model"]
     table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
-    cmd = "rmgap persona " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("rmgap persona", argv)
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (
         f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}; "
