@@ -44,6 +44,9 @@ def add_run_args(ap: argparse.ArgumentParser, out: str | None) -> None:
     """--seed, --out, --quiet (and --debug, which rmgap.cli reads)."""
     g = ap.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="everything random derives from it")
+    g.add_argument(
+        "--head-seed", type=int, help="seed of the EX head's initial value alone (default: --seed)"
+    )
     g.add_argument("--out", type=Path, default=None if out is None else Path(out), help="output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -129,6 +132,7 @@ def train_main(argv=None, lm=None) -> dict:
         batch_size=args.batch_size,
         micro_batch=args.micro_batch,
         seed=args.seed,
+        head_seed=args.head_seed,
         chat_template=not args.no_chat_template,
         progress=not args.quiet,
     )
@@ -197,7 +201,7 @@ def probe_main(argv=None, lm=None) -> dict:
         chat_template=not args.no_chat_template,
         batch_size=args.batch_size,
         modes=modes,
-        head_seed=args.seed,
+        head_seed=args.seed if args.head_seed is None else args.head_seed,
         rewards=rewards,
         progress=not args.quiet,
     )

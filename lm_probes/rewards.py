@@ -53,10 +53,12 @@ def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Ten
 
 
 def initial_head(hidden_size: int, seed: int, dtype=torch.float32) -> torch.Tensor:
-    """The EX head's initial value u0 (D,): N(0, 1/D) entries drawn in float64 from ``seed``, then cast
-    to ``dtype`` (so the same seed gives the same head in every dtype, in training and in the probe)."""
+    """The EX head's initial value u0 (D,): N(0, 1/D) entries drawn in float32 from ``seed``, then cast
+    to ``dtype``, so the same seed gives the same head in every dtype, in training and in the probe.
+    (The draw matters: on the Persona cpu preset the EX-RM's paraphrase accuracy depends on u0, see
+    paper_notes.md; vary it alone with ``--head-seed``.)"""
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(hidden_size, generator=gen, dtype=torch.float64) / math.sqrt(hidden_size)).to(dtype)
+    return (torch.randn(hidden_size, generator=gen) / math.sqrt(hidden_size)).to(dtype)
 
 
 FixedState = Callable[..., np.ndarray]  # (bars, plus, minus, *, beta, lr, g) → (N,)

@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 32  # pairs per optimiser step (effective batch)
     micro_batch: int = 8  # pairs per forward/backward
     seed: int = 0
+    head_seed: int | None = None  # seed of the EX head's initial value (default: seed)
     chat_template: bool = True
     max_length: int | None = None  # default: the model's context
     progress: bool = True
@@ -55,7 +56,8 @@ class RewardModel(torch.nn.Module):
         self.rt = get_reward_type(cfg.objective)
         self.lm, self.cfg, self.model = lm, cfg, lm.model
         self.pad = pad_id_of(lm.tokenizer)
-        head = initial_head(lm.info["hidden_size"], cfg.seed, lm.dtype).to(lm.device)
+        head_seed = cfg.seed if cfg.head_seed is None else cfg.head_seed
+        head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
         # per evaluation set, computed in exactly the batches evaluate() uses, so that before training

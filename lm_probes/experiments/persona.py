@@ -72,11 +72,12 @@ def table_markdown(table: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_persona(lm_factory, data: dict, objectives, config: dict, seed: int, out: Path | None, resume=False):
-    """Train every objective on ``data`` → {objective: TrainResult}; checkpoints in <out>/<objective>/."""
+def run_persona(lm_factory, data: dict, objectives, config: dict, out: Path | None, resume=False):
+    """Train every objective on ``data`` → {objective: TrainResult}; ``config`` holds TrainConfig fields
+    (preset, seeds, progress); checkpoints in <out>/<objective>/."""
     results = {}
     for obj in objectives:
-        cfg = replace(TrainConfig(), objective=obj, seed=seed, **config)
+        cfg = replace(TrainConfig(), objective=obj, **config)
         ckpt = out / obj if out else None
         results[obj] = train_reward_model(lm_factory(), data["train"], data["eval"], cfg, ckpt, resume)
         s = results[obj].summary
@@ -120,15 +121,17 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
     )
     t0 = time.perf_counter()
+    settings = dict(config, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
     runs = run_persona(
-        lm_factory or (lambda: load_model(args)), data, objectives, config, args.seed, args.out, args.resume
+        lm_factory or (lambda: load_model(args)), data, objectives, settings, args.out, args.resume
     )
     model_info = next(iter(runs.values())).summary["model"]
     table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
     cmd = command_line("rmgap persona", argv)
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (
-        f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}; "
+        f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}"
+        f"{'' if args.head_seed is None else f', head seed {args.head_seed}'}; "
         f"accuracy with ties as ½. Command: `{cmd}`"
     )
     result = {
