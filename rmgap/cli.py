@@ -45,7 +45,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe bad input or settings (their message is the whole story)."""
     from theory.max_margin import NotSeparableError
 
-    errors: list[type[BaseException]] = [ValueError, FloatingPointError, OSError, NotSeparableError]
+    # ImportError: a missing optional dependency (e.g. transformers without the `lm` extra)
+    errors: list[type[BaseException]] = [
+        ValueError,
+        FloatingPointError,
+        OSError,
+        ImportError,
+        NotSeparableError,
+    ]
     try:
         from lm_probes.scoring import HeadMismatchError
 
