@@ -349,6 +349,7 @@ def summarise(records: list[dict], names: list[str]) -> dict:
             if fs in have:
                 out["full"][name]["fixed_state"] = stats(fs, full)
                 out["full"][name]["pearson_fixed_state"] = out["full"][name]["fixed_state"]["pearson"]
+    out["by_response_pair"] = by_response_pair(records, names)
     for g in groups:
         rows = [r for r in records if r["group"] == g]
         pairs = list(zip(rows[0::2], rows[1::2], strict=True))
@@ -361,3 +362,26 @@ def summarise(records: list[dict], names: list[str]) -> dict:
             for name in names
         }
     return {k: v for k, v in out.items() if v}
+
+
+def by_response_pair(records: list[dict], names: list[str]) -> list[dict]:
+    """Per (group, chosen, rejected) response pair that recurs across prompts (as in the Persona set):
+    for every column, the mean change of r(chosen) − r(rejected) and the fraction of prompts on which
+    it moved the right way (> 0)."""
+    pairs: dict[tuple, list] = {}
+    for a, b in zip(records[0::2], records[1::2], strict=True):
+        pairs.setdefault((a["group"], a["response"], b["response"]), []).append((a, b))
+    out = []
+    for (group, chosen, rejected), items in pairs.items():
+        if len(items) < 2:
+            continue
+        row = {"group": group, "chosen": chosen, "rejected": rejected, "n": len(items)}
+        for name in names:
+            row[name] = {}
+            for col in COLUMNS:
+                key = f"{name}_{col}"
+                if key in items[0][0]:
+                    d = np.array([a[key] - b[key] for a, b in items])
+                    row[name][col] = {"mean": float(d.mean()), "fraction_right": float(np.mean(d > 0))}
+        out.append(row)
+    return out

@@ -174,6 +174,15 @@ def print_probe(s: dict) -> None:
         for name in names:
             cells = " ".join(f"{v[name].get(col, float('nan')):>13.3e}" for col in cols)
             print(f"{g:>11} {name:>12} {cells}")
+    if s.get("by_response_pair"):
+        print("\nall-parameter step, per response pair: mean Δ(r+ − r−) (fraction of prompts moved right)")
+        for row in s["by_response_pair"]:
+            cells = "  ".join(
+                f"{name} {row[name]['full']['mean']:+.3e} ({row[name]['full']['fraction_right']:.0%})"
+                for name in names
+                if "full" in row[name]
+            )
+            print(f"  {row['group']:>10}  {row['chosen']!r} / {row['rejected']!r}:  {cells}")
     if s.get("max_margin_fraction_positive"):
         print(
             "\nmax-margin u* of training differences, fraction ⟨u*, h̄+ − h̄−⟩ > 0: "

@@ -236,3 +236,15 @@ def test_probe_cli_writes_report(tmp_path):
     assert len(c["im_rm"][0]["plus"]) == len(c["tokens"]) and len(c["im_rm"][0]["plus"][0]) == len(
         c["train_tokens"][0][0]
     )
+
+
+def test_by_response_pair_recomputes_from_records(tiny_probe):
+    """The per-response-pair breakdown equals the mean over its prompts, computed here from records."""
+    s, recs = tiny_probe["summary"], tiny_probe["records"]
+    (row,) = [r for r in s["by_response_pair"] if r["group"] == "same"]  # the only pair on two prompts
+    assert row["n"] == 2 and len(s["by_response_pair"]) == 1
+    pairs = [(a, b) for a, b in zip(recs[0::2], recs[1::2], strict=True) if a["group"] == "same"]
+    for name in ("im_rm", "ex_rm"):
+        d = [a[f"{name}_full"] - b[f"{name}_full"] for a, b in pairs]
+        assert np.isclose(row[name]["full"]["mean"], np.mean(d), rtol=1e-12)
+        assert row[name]["full"]["fraction_right"] == np.mean(np.array(d) > 0)
