@@ -74,10 +74,15 @@ def load_model(args, **kw):
 
 
 def named_set(spec: str, flag: str) -> tuple[str, str]:
-    """ "NAME=VALUE" → (NAME, VALUE), or "VALUE" → (VALUE's stem, VALUE)."""
+    """ "NAME=VALUE" → (NAME, VALUE); a bare VALUE is named after it: a file by its stem
+    ("dir/test.jsonl" → "test"), a shipped dataset by name and split ("rewardmath/test" →
+    "rewardmath_test"), so that two unnamed datasets never share a name."""
     name, sep, value = spec.partition("=")
     if not sep:
-        name, value = Path(spec).name.split(".")[0].replace("/", "_"), spec
+        name, value = (
+            (spec.replace("/", "_") if flag == "--eval-set" else Path(spec).name.split(".")[0]),
+            spec,
+        )
     if not name or not value:
         raise ValueError(f"{flag} takes NAME=VALUE, got {spec!r}")
     return name, value

@@ -84,3 +84,12 @@ def test_import_theory_does_not_need_cvxpy():
     assert p.returncode == 0, p.stderr
     # uniform p = q over 3 tokens, same token: ρ = 1 − ⅓ − ⅓ + ⟨p, q⟩ = 1 − ⅔ + ⅓ = ⅔
     assert p.stdout.split() == ["0.6666666666666667", "needs", "cvxpy"]
+
+
+def test_unnamed_evaluation_sets_keep_distinct_names():
+    from lm_probes.cli import named_set
+
+    assert named_set("rewardmath/test", "--eval-set") == ("rewardmath_test", "rewardmath/test")
+    assert named_set("ultrafeedback/test", "--eval-set") == ("ultrafeedback_test", "ultrafeedback/test")
+    assert named_set("data/test.jsonl", "--eval") == ("test", "data/test.jsonl")
+    assert named_set("fr=ultrafeedback_french/test", "--eval-set") == ("fr", "ultrafeedback_french/test")
