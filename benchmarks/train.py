@@ -38,7 +38,7 @@ from lm_probes.loading import load_lm, smollm2_checkpoint
 from lm_probes.persona import persona_data
 from lm_probes.rewards import initial_head
 from lm_probes.scoring import pad_id_of
-from lm_probes.train import RewardModel, TrainConfig, evaluate, train_reward_model
+from lm_probes.train import RewardModel, TrainConfig, evaluate_sets, train_reward_model
 
 
 def matmul_rate(n=2048, repeat=3) -> float:
@@ -60,11 +60,11 @@ def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
     lm = load_lm("smollm2")
     rm = RewardModel(lm, cfg)
     encs = encode_pairs(lm.tokenizer, test_pairs).encodings
-    rm.fill_eval_reference("held_out", encs)
+    rm.fill_eval_reference({"held_out": encs})
     if load_weights:
         load_weights(rm)
     rm.model.eval()
-    return brief(evaluate(rm, encs, name="held_out")[0])
+    return brief(evaluate_sets(rm, {"held_out": encs})["held_out"].metrics)
 
 
 def brief(m: dict) -> dict:

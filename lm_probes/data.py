@@ -182,11 +182,13 @@ def encode_pairs(
     *,
     chat_template: bool = True,
     max_length: int | None = None,
+    max_part_length: int | None = None,
     too_long: str = "drop",
 ) -> EncodedPairs:
     """Encode chosen and rejected of every pair (lm_probes.scoring.encode). Pairs whose two responses
     encode to the same tokens carry no preference: they are left out and listed under "identical".
-    Pairs longer than ``max_length`` are left out and listed under "too_long" (``too_long="drop"``, the
+    Pairs longer than ``max_length`` (or with a prompt or a response over ``max_part_length``
+    tokens) are left out and listed under "too_long" (``too_long="drop"``, the
     paper's rule), or raise :class:`SequenceTooLongError` (``too_long="raise"``). Other bad rows raise."""
     if too_long not in ("drop", "raise"):
         raise ValueError(f"too_long must be 'drop' or 'raise', got {too_long!r}")
@@ -200,6 +202,7 @@ def encode_pairs(
                     resp,
                     chat_template=chat_template,
                     max_length=max_length,
+                    max_part_length=max_part_length,
                     where=f"{p.where} ({role})",
                 )
                 for role, resp in (("chosen", p.chosen), ("rejected", p.rejected))

@@ -52,15 +52,18 @@ def write_training(result, out: Path) -> None:
 def plot_curves(histories: dict[str, list[dict]]):
     """Accuracy per evaluation set and training loss per epoch, one line style per objective."""
     plt = _pyplot()
-    sets = [k for k in next(iter(histories.values()))[0] if k not in ("epoch", "train_loss")]
+    sets = [k for k in next(iter(histories.values()))[-1] if k not in ("epoch", "train_loss")]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for j, (obj, hist) in enumerate(histories.items()):
-        ep, ls = [h["epoch"] for h in hist], ["-", "--", ":", "-."][j % 4]
+        ls = ["-", "--", ":", "-."][j % 4]
         for i, s in enumerate(sets):
-            acc = [h[s]["rewards/accuracies"] for h in hist]
-            ax[0].plot(ep, acc, marker="o", ms=3, color=f"C{i}", ls=ls, label=f"{obj}: {s}")
-        loss = [h["train_loss"] for h in hist[1:]]
-        ax[1].plot(ep[1:], loss, marker="o", ms=3, ls=ls, color="k", label=obj)
+            done = [h for h in hist if s in h]  # epochs that were evaluated
+            acc = [h[s]["rewards/accuracies"] for h in done]
+            x = [h["epoch"] for h in done]
+            ax[0].plot(x, acc, marker="o", ms=3, color=f"C{i}", ls=ls, label=f"{obj}: {s}")
+        trained = [h for h in hist if h["train_loss"] is not None]
+        loss = [h["train_loss"] for h in trained]
+        ax[1].plot([h["epoch"] for h in trained], loss, marker="o", ms=3, ls=ls, color="k", label=obj)
     ax[0].set(xlabel="epoch", ylabel="accuracy (ties = ½)", ylim=(-0.02, 1.02), title="evaluation sets")
     ax[0].legend(fontsize=7)
     ax[1].set(xlabel="epoch", ylabel="training loss", title="training loss")

@@ -13,7 +13,8 @@ A :class:`RewardType` says
   * its per-pair loss (``loss``; Bradley–Terry unless the entry declares another);
   * its fixed-state prediction of a one-step change (theory/README.md §3), where one exists, and what
     that setting trains (``fixed_state_moves``: "head" = u, "unembedding" = the output matrix W);
-  * optionally the per-token-pair decomposition of that prediction (``contributions``).
+  * optionally the per-token-pair decomposition of that prediction (``contributions``);
+  * optionally the split of a reward into per-token terms that sum to it (``token_rewards``).
 
 A new reward type is one :func:`register` call; ``rmgap train --objective``, the experiments and
 ``rmgap probe --rewards`` pick it up from here (tests/test_rewards_registry.py adds a toy one).
@@ -76,6 +77,9 @@ class RewardType:
     fixed_state: FixedState | None = None
     fixed_state_moves: str | None = None  # "head" or "unembedding"
     contributions: Callable | None = None  # (bar, plus, minus, *, beta, lr, g) → (C+, C−)
+    # per-token split of the reward, where it is a sum over response tokens:
+    # (token_logprob (K,), ref_token_logprob (K,) or None, beta) → (K,) summing to the reward
+    token_rewards: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray] | None = None
 
     def __post_init__(self):
         if (self.fixed_state is None) != (self.fixed_state_moves is None):
@@ -87,7 +91,12 @@ class RewardType:
 
     def score(self, model, encs: list[Encoded], pad_id: int, params: RewardParams) -> torch.Tensor:
         """Rewards (N,) of ``encs`` through the one scoring path (differentiable)."""
-        return self.reward(score(model, encs, pad_id, need_logits=self.needs_logits), params)
+        return self.score_with(model, encs, pad_id, params)[0]
+
+    def score_with(self, model, encs, pad_id: int, params: RewardParams) -> tuple[torch.Tensor, Scored]:
+        """Rewards (N,) and the :class:`Scored` batch they were computed from."""
+        sc = score(model, encs, pad_id, need_logits=self.needs_logits)
+        return self.reward(sc, params), sc
 
     def trainable(self, model, head: torch.Tensor | None) -> list[torch.Tensor]:
         """The parameters training moves: every LM parameter, plus u when the type has a head."""
@@ -153,6 +162,9 @@ def log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
     def contributions(bar: ResponseStates, plus, minus, *, beta, lr, g):
         return im_token_contributions(bar.states, plus.states, minus.states, beta=beta, lr=lr, g=g)
 
+    def token_rewards(lp: np.ndarray, ref: np.ndarray | None, beta: float) -> np.ndarray:
+        return beta * (lp - ref if reference else lp)  # β (ln π_θ(y_k|·) − ln π_ref(y_k|·))
+
     return RewardType(
         name,
         summary,
@@ -161,6 +173,7 @@ def log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
         fixed_state=fixed_state,
         fixed_state_moves="unembedding",
         contributions=contributions,
+        token_rewards=token_rewards,
     )
 
 

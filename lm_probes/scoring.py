@@ -66,9 +66,12 @@ def encode(
     *,
     chat_template: bool = True,
     max_length: int | None = None,
+    max_part_length: int | None = None,
     where: str = "",
 ) -> Encoded:
-    """Tokenise prompt and response separately and concatenate (see module docstring)."""
+    """Tokenise prompt and response separately and concatenate (see module docstring). Raises
+    :class:`SequenceTooLongError` when the whole exceeds ``max_length`` or the (templated) prompt or the
+    response alone exceeds ``max_part_length`` (the paper's rule: 512 tokens each)."""
     at = f"{where}: " if where else ""
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise ScoringError(f"{at}prompt and response must be strings")
@@ -85,6 +88,11 @@ def encode(
         raise ScoringError(f"{at}the response {response!r} tokenises to nothing")
     joint = tokenizer(text + response, add_special_tokens=special)["input_ids"]
     ids = tuple(p_ids) + tuple(r_ids)
+    if max_part_length is not None and max(len(p_ids), len(r_ids)) > max_part_length:
+        raise SequenceTooLongError(
+            f"{at}prompt of {len(p_ids)} or response of {len(r_ids)} tokens exceeds the limit of "
+            f"{max_part_length} tokens per part"
+        )
     if max_length is not None and len(ids) > max_length:
         raise SequenceTooLongError(
             f"{at}sequence of {len(ids)} tokens (prompt {len(p_ids)} + response {len(r_ids)}) "
@@ -119,6 +127,7 @@ class Scored:
     n_tokens: torch.Tensor  # (N,) response lengths K_i
     pred_hidden: list | None = None  # N × (K_i, D) states predicting each response token
     pred_logits: list | None = None  # N × (K_i, V) their logits
+    token_logprob: list | None = None  # N × (K_i,) ln π(y_k | x, y_<k); None without logits
 
 
 def head_is_linear(model) -> bool:
@@ -154,9 +163,10 @@ def _pass(model, fast: bool, **kw):
     return out.hidden_states[-1], out.logits, getattr(out, "past_key_values", None)
 
 
-def _logprob(lgt: torch.Tensor, response_ids, device) -> torch.Tensor:
+def _token_logprob(lgt: torch.Tensor, response_ids, device) -> torch.Tensor:
+    """(K,) ln π(y_k | ·) of the response tokens from their (K, V) logits."""
     lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
-    return lp[torch.arange(len(response_ids), device=device), torch.tensor(response_ids, device=device)].sum()
+    return lp[torch.arange(len(response_ids), device=device), torch.tensor(response_ids, device=device)]
 
 
 def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
@@ -193,7 +203,7 @@ def score(
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     N = len(encs)
-    logprob, last, mean = [None] * N, [None] * N, [None] * N
+    logprob, last, mean, tok_lp = [None] * N, [None] * N, [None] * N, [None] * N
     pred_h, pred_l = ([None] * N, [None] * N) if keep_states else (None, None)
     for idx in prompt_groups(encs, max_group):
         P, B = encs[idx[0]].prompt_len, len(idx)
@@ -221,7 +231,8 @@ def score(
                 continue
             hid = torch.cat([h_first[None], h_r[b, : k - 1]])  # (K, D)
             lgt = head(hid) if fast else torch.cat([l_p[0, -1][None], l_r[b, : k - 1]])  # (K, V)
-            logprob[i] = _logprob(lgt, encs[i].response_ids, device)
+            tok_lp[i] = _token_logprob(lgt, encs[i].response_ids, device)
+            logprob[i] = tok_lp[i].sum()
             if keep_states:
                 pred_h[i], pred_l[i] = hid, lgt
     return Scored(
@@ -231,6 +242,7 @@ def score(
         _lengths(encs, device),
         pred_h,
         pred_l,
+        tok_lp if need_logits else None,
     )
 
 
@@ -245,7 +257,7 @@ def _score_whole(
     ids, mask = pad_batch(encs, pad_id, device)
     hidden, logits, _ = _pass(model, fast, input_ids=ids, attention_mask=mask)
     head = model.get_output_embeddings()
-    logprob, last, mean, pred_h, pred_l = [], [], [], [], []
+    logprob, last, mean, pred_h, pred_l, tok_lp = [], [], [], [], [], []
     for i, e in enumerate(encs):
         P, k = e.prompt_len, e.response_len
         last.append(hidden[i, P + k - 1])
@@ -254,7 +266,8 @@ def _score_whole(
             continue
         hid = hidden[i, P - 1 : P - 1 + k]
         lgt = head(hid) if fast else logits[i, P - 1 : P - 1 + k]
-        logprob.append(_logprob(lgt, e.response_ids, device))
+        tok_lp.append(_token_logprob(lgt, e.response_ids, device))
+        logprob.append(tok_lp[-1].sum())
         pred_h.append(hid)
         pred_l.append(lgt)
     return Scored(
@@ -264,6 +277,7 @@ def _score_whole(
         _lengths(encs, device),
         pred_h if keep_states else None,
         pred_l if keep_states else None,
+        tok_lp if need_logits else None,
     )
 
 

@@ -30,7 +30,7 @@ from lm_probes.rewards import RewardParams, get_reward_type, initial_head
 from lm_probes.scoring import Encoded, pad_id_of, score
 from theory import accuracy
 
-EVAL_BATCH = 16  # pairs per evaluation chunk
+EVAL_TOKENS = 16384  # padded tokens per evaluation chunk
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class TrainConfig:
     head_seed: int | None = None  # seed of the EX head's initial value (default: seed)
     chat_template: bool = True
     max_length: int | None = None  # default: the model's context
+    max_part_length: int | None = None  # drop pairs whose prompt or a response is longer (paper: 512)
+    eval_every_epoch: bool = True  # False: evaluate once, after the last epoch
+    token_rewards: bool = False  # keep the per-token split of the final rewards (types that have one)
     progress: bool = True
 
 
@@ -60,36 +63,47 @@ class RewardModel(torch.nn.Module):
         head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
-        # per evaluation set, computed in exactly the batches evaluate() uses, so that before training
-        # every IM reward is exactly 0 (float32 rounding depends on a batch's padding and composition)
-        self.ref_by_set: dict[str, dict[tuple, float]] = {}
+        # evaluation encodings → ln π_ref and its per-token terms, computed in exactly the chunks
+        # evaluate_sets() uses, so that before training every IM reward is exactly 0 (float32 rounding
+        # depends on a batch's padding and composition)
+        self.ref_eval: dict[tuple, float] = {}
+        self.ref_eval_tokens: dict[tuple, np.ndarray] = {}
 
     def trainable(self) -> list[torch.Tensor]:
         return self.rt.trainable(self.model, self.u)
 
     @torch.no_grad()
-    def fill_reference(self, encs: list[Encoded], batch: int = 32, table: dict | None = None) -> None:
-        """ln π_ref from the current (initial) weights, in chunks of ``batch`` encodings in order."""
+    def fill_reference(self, encs: list[Encoded], batch: int = 32) -> None:
+        """ln π_ref of the training encodings from the current (initial) weights, ``batch`` at a time."""
         if not self.rt.uses_reference:
             return
-        table = self.ref if table is None else table
         for i in range(0, len(encs), batch):
             chunk = encs[i : i + batch]
             for e, lp in zip(chunk, score(self.model, chunk, self.pad).logprob.tolist(), strict=True):
-                table[e.input_ids] = lp
+                self.ref[e.input_ids] = lp
 
-    def fill_eval_reference(self, name: str, pairs: list[tuple[Encoded, Encoded]]) -> None:
-        """ln π_ref of an evaluation set, in exactly the chunks :func:`evaluate` uses (EVAL_BATCH pairs),
-        so that before training every IM reward is exactly 0."""
-        encs = [e for pr in pairs for e in pr]
-        self.fill_reference(encs, batch=2 * EVAL_BATCH, table=self.ref_by_set.setdefault(name, {}))
+    @torch.no_grad()
+    def fill_eval_reference(self, ev: dict[str, list[tuple[Encoded, Encoded]]]) -> None:
+        """ln π_ref (and its per-token terms) of every evaluation encoding, in exactly the chunks
+        :func:`evaluate_sets` uses, so that before training every IM reward is exactly 0."""
+        if not self.rt.uses_reference:
+            return
+        for chunk in eval_chunks(ev):
+            sc = score(self.model, chunk, self.pad)
+            for e, lp, tok in zip(chunk, sc.logprob.tolist(), sc.token_logprob, strict=True):
+                self.ref_eval[e.input_ids] = lp
+                self.ref_eval_tokens[e.input_ids] = tok.double().cpu().numpy()
 
-    def rewards(self, encs: list[Encoded], table: dict | None = None) -> torch.Tensor:
+    def rewards(self, encs: list[Encoded], table: dict | None = None, *, with_scored: bool = False):
+        """Rewards (N,) of ``encs`` (and the Scored batch with ``with_scored``); ``table`` maps encodings
+        to ln π_ref (default: the training table)."""
         ref = None
         if self.rt.uses_reference:
             table = self.ref if table is None else table
             ref = torch.tensor([table[e.input_ids] for e in encs], dtype=torch.float64, device=self.lm.device)
-        return self.rt.score(self.model, encs, self.pad, RewardParams(self.cfg.beta, self.u, ref))
+        params = RewardParams(self.cfg.beta, self.u, ref)
+        r, sc = self.rt.score_with(self.model, encs, self.pad, params)
+        return (r, sc) if with_scored else r
 
 
 def length_buckets(
@@ -121,29 +135,72 @@ def reward_metrics(rt, r: np.ndarray) -> dict:
     }
 
 
+def eval_chunks(ev: dict[str, list[tuple[Encoded, Encoded]]], max_tokens: int = EVAL_TOKENS) -> list[list]:
+    """The distinct encodings of all evaluation sets, grouped by prompt across sets (a prompt's KV cache
+    is computed once for every response to it, e.g. a test set and its rewrites), groups ordered by
+    length and packed, whole groups at a time, into chunks of at most ``max_tokens`` padded tokens (a
+    larger group is a chunk of its own). Deterministic in ``ev``."""
+    by_prompt: dict[tuple, dict[tuple, Encoded]] = {}
+    for pairs in ev.values():
+        for pr in pairs:
+            for e in pr:
+                by_prompt.setdefault(e.input_ids[: e.prompt_len], {}).setdefault(e.input_ids, e)
+    groups = sorted(by_prompt.values(), key=lambda g: max(len(k) for k in g))
+    chunks, cur, longest = [], [], 0
+    for group in groups:
+        n, L = len(group), max(len(k) for k in group)
+        if cur and (len(cur) + n) * max(longest, L) > max_tokens:
+            chunks.append(cur)
+            cur, longest = [], 0
+        cur.extend(group.values())
+        longest = max(longest, L)
+    return [*chunks, cur] if cur else chunks
+
+
+@dataclass
+class SetEval:
+    metrics: dict  # reward_metrics
+    rewards: np.ndarray  # (N, 2) chosen, rejected
+    token_rewards: list | None = None  # N × (chosen (K+,), rejected (K−,)) per-token terms, if kept
+
+
 @torch.no_grad()
-def evaluate(
-    rm: RewardModel, pairs: list[tuple[Encoded, Encoded]], name: str = "", epoch: int | None = None
-) -> tuple[dict, np.ndarray]:
-    """Metrics of one evaluation set and its (N, 2) rewards (chosen, rejected), in EVAL_BATCH chunks."""
-    rw = []
-    for i in range(0, len(pairs), EVAL_BATCH):
-        enc = [e for pr in pairs[i : i + EVAL_BATCH] for e in pr]
-        rw.append(rm.rewards(enc, rm.ref_by_set.get(name)).double().cpu().numpy().reshape(-1, 2))
-    r = np.concatenate(rw)
-    if not np.all(np.isfinite(r)):
-        bad = int(np.argwhere(~np.isfinite(r))[0][0])
-        raise FloatingPointError(
-            f"{rm.cfg.objective}: non-finite reward on evaluation set {name!r} at epoch {epoch} "
-            f"(first at {pairs[bad][0].where}); the model's weights or outputs are NaN/inf"
-        )
-    return reward_metrics(rm.rt, r), r
+def evaluate_sets(
+    rm: RewardModel, ev: dict[str, list[tuple[Encoded, Encoded]]], epoch: int | None = None, tokens=False
+) -> dict[str, SetEval]:
+    """Rewards and metrics of every evaluation set, scoring each distinct encoding once in the chunks of
+    :func:`eval_chunks`; with ``tokens`` (and a reward type with ``token_rewards``) also the per-token
+    terms of each reward."""
+    values: dict[tuple, float] = {}
+    toks: dict[tuple, np.ndarray] = {}
+    split = tokens and rm.rt.token_rewards is not None
+    for chunk in eval_chunks(ev):
+        r, sc = rm.rewards(chunk, rm.ref_eval, with_scored=True)
+        for j, (e, v) in enumerate(zip(chunk, r.double().cpu().tolist(), strict=True)):
+            values[e.input_ids] = v
+            if split:
+                ref = rm.ref_eval_tokens.get(e.input_ids)
+                lp = sc.token_logprob[j].double().cpu().numpy()
+                toks[e.input_ids] = rm.rt.token_rewards(lp, ref, rm.cfg.beta)
+    out = {}
+    for name, pairs in ev.items():
+        r = np.array([[values[c.input_ids], values[x.input_ids]] for c, x in pairs], dtype=np.float64)
+        if not np.all(np.isfinite(r)):
+            bad = int(np.argwhere(~np.isfinite(r))[0][0])
+            raise FloatingPointError(
+                f"{rm.cfg.objective}: non-finite reward on evaluation set {name!r} at epoch {epoch} "
+                f"(first at {pairs[bad][0].where}); the model's weights or outputs are NaN/inf"
+            )
+        tr = [(toks[c.input_ids], toks[x.input_ids]) for c, x in pairs] if split else None
+        out[name] = SetEval(reward_metrics(rm.rt, r), r, tr)
+    return out
 
 
 @dataclass
 class TrainResult:
     summary: dict  # config, model, final and per-epoch metrics, counts, timings
     rewards: dict[str, np.ndarray] = field(default_factory=dict)  # set → (N, 2) final rewards
+    token_rewards: dict[str, list] = field(default_factory=dict)  # set → per-pair per-token terms
     eval_pairs: dict[str, list[Pair]] = field(default_factory=dict)  # set → the pairs kept, in order
 
 
@@ -153,6 +210,7 @@ def _encode(lm: LoadedLM, pairs: list[Pair], cfg: TrainConfig) -> EncodedPairs:
         pairs,
         chat_template=cfg.chat_template,
         max_length=cfg.max_length or lm.info.get("max_positions"),
+        max_part_length=cfg.max_part_length,
     )
 
 
@@ -186,8 +244,7 @@ def train_reward_model(
     t_ref = time.perf_counter()  # before any update: π_ref is the initial model
     rm.fill_reference([e for pr in tr for e in pr])
     reference_s = time.perf_counter() - t_ref
-    for name, pairs in ev.items():
-        rm.fill_eval_reference(name, pairs)
+    rm.fill_eval_reference(ev)
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
     history, start_epoch = [], 0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
@@ -199,15 +256,17 @@ def train_reward_model(
         if rm.u is not None:
             rm.u.data.copy_(state["u"])
         opt.load_state_dict(state["optimizer"])
-        rm.ref, rm.ref_by_set = state["ref"], state["ref_by_set"]
+        rm.ref, rm.ref_eval, rm.ref_eval_tokens = state["ref"], state["ref_eval"], state["ref_eval_tokens"]
         history, start_epoch = state["history"], state["epoch"]
 
-    def log(epoch, train_loss):
-        metrics = {n: evaluate(rm, p, name=n, epoch=epoch)[0] for n, p in ev.items()}
-        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+    def log(epoch, train_loss, evaluate=True, tokens=False):
+        res = evaluate_sets(rm, ev, epoch, tokens) if evaluate else {}
+        history.append({"epoch": epoch, "train_loss": train_loss, **{n: v.metrics for n, v in res.items()}})
+        return res
 
-    if not history:
+    if not history and cfg.eval_every_epoch:
         log(0, None)
+    final = None
     accum = cfg.batch_size // cfg.micro_batch
     t0, train_s = time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -231,7 +290,9 @@ def train_reward_model(
                 opt.zero_grad(set_to_none=True)
         train_s += time.perf_counter() - t_epoch
         rm.model.eval()
-        log(epoch, float(np.mean(losses)))
+        last = epoch == cfg.epochs
+        res = log(epoch, float(np.mean(losses)), last or cfg.eval_every_epoch, last and cfg.token_rewards)
+        final = res if last else None
         if ckpt:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -240,19 +301,21 @@ def train_reward_model(
                     "u": None if rm.u is None else rm.u.detach(),
                     "optimizer": opt.state_dict(),
                     "ref": rm.ref,
-                    "ref_by_set": rm.ref_by_set,
+                    "ref_eval": rm.ref_eval,
+                    "ref_eval_tokens": rm.ref_eval_tokens,
                     "history": history,
                     "epoch": epoch,
                     "config": asdict(cfg),
                 },
                 ckpt,
             )
-    final = {n: evaluate(rm, p, name=n, epoch=cfg.epochs) for n, p in ev.items()}
+    if final is None:  # resumed after the last epoch (or no epoch to run)
+        final = evaluate_sets(rm, ev, cfg.epochs, cfg.token_rewards)
     summary = {
         "config": asdict(cfg),
         "reward_type": rm.rt.summary,
         "model": lm.info,
-        "final": {n: m for n, (m, _) in final.items()},
+        "final": {n: v.metrics for n, v in final.items()},
         "history": history,
         "n_train_pairs": len(tr),
         "dropped": dropped,
@@ -260,4 +323,6 @@ def train_reward_model(
         "train_seconds": train_s,  # optimiser epochs only
         "reference_seconds": reference_s,  # ln π_ref of the training set (~0 without a reference)
     }
-    return TrainResult(summary, {n: r for n, (_, r) in final.items()}, ev_pairs)
+    rewards = {n: v.rewards for n, v in final.items()}
+    tokens = {n: v.token_rewards for n, v in final.items() if v.token_rewards is not None}
+    return TrainResult(summary, rewards, token_rewards=tokens, eval_pairs=ev_pairs)

@@ -29,6 +29,7 @@ COMMANDS = {  # command → (module, function, help)
     "probe": ("lm_probes.cli", "probe_main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
     "train": ("lm_probes.cli", "train_main", "train a reward model (rmgap train -h)"),
     "persona": ("lm_probes.experiments.persona", "main", "the Persona token-level-shift experiment"),
+    "shifts": ("lm_probes.experiments.shifts", "main", "real-world token-level and domain shifts"),
 }
 
 

@@ -12,7 +12,7 @@ WORDS = (
 ).split()
 
 
-def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
+def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -32,7 +32,7 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=tie,
         attn_implementation="eager",
     )
@@ -47,7 +47,7 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0):
         tied_head=tie,
         vocab_size=len(vocab),
         hidden_size=32,
-        max_positions=64,
+        max_positions=max_positions,
         chat_template=True,
     )
     return LoadedLM(model, tok, info)

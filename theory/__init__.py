@@ -22,7 +22,7 @@ from theory.dynamics import (
     rho_terms,
 )
 from theory.max_margin import MaxMarginResult, NotSeparableError, max_margin_separator
-from theory.rewards import Accuracy, accuracy, bt_grad_scale, bt_loss, ex_reward, im_reward
+from theory.rewards import Accuracy, accuracy, bt_grad_scale, bt_loss, ex_reward, im_reward, pair_outcomes
 from theory.verification import tilted_correct_mass, tilted_policy, tilting_bound, verifier_margin
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "RhoTerms",
     "TokenStates",
     "accuracy",
+    "pair_outcomes",
     "bt_grad_scale",
     "bt_loss",
     "ex_reward",

@@ -101,8 +101,20 @@ class Accuracy:
         }
 
 
+def pair_outcomes(r_chosen, r_rejected, atol: float = 0.0) -> np.ndarray:
+    """Per-pair outcome of a reward model: 1 if r+ > r−, ½ on a tie (|r+ − r−| ≤ atol), 0 otherwise.
+
+    r_chosen, r_rejected: (N,) rewards → (N,) in {0, ½, 1}; its mean is the accuracy with ties as ½.
+    """
+    rc, rr = _pair(r_chosen, r_rejected)
+    diff = rc - rr
+    ties = np.abs(diff) <= atol
+    return np.where(ties, 0.5, (diff > 0).astype(float))
+
+
 def accuracy(r_chosen, r_rejected, atol: float = 0.0) -> Accuracy:
-    """Strict accuracy, tie rate, accuracy with ties as ½, and the normalised absolute margin.
+    """Strict accuracy, tie rate, accuracy with ties as ½, and the normalised absolute margin
+    mean |r+ − r−| / (std of all 2N rewards, unbiased, + 1e-8).
 
     r_chosen, r_rejected: (N,) rewards of the preferred and dispreferred responses, N ≥ 1.
     atol: differences with |r+ − r−| ≤ atol count as ties (default 0: exact ties only).
@@ -110,10 +122,8 @@ def accuracy(r_chosen, r_rejected, atol: float = 0.0) -> Accuracy:
     rc, rr = _pair(r_chosen, r_rejected)
     if rc.ndim != 1 or rc.size == 0:
         raise ValueError(f"accuracy needs 1-D reward arrays with at least one pair, got shape {rc.shape}")
-    diff = rc - rr
-    ties = np.abs(diff) <= atol
-    wins = (diff > 0) & ~ties
+    out = pair_outcomes(rc, rr, atol)
     std = np.concatenate([rc, rr]).std(ddof=1)
-    margin = float(np.mean(np.abs(diff)) / (std + 1e-8))
-    strict, tie_rate = float(wins.mean()), float(ties.mean())
+    margin = float(np.mean(np.abs(rc - rr)) / (std + 1e-8))
+    strict, tie_rate = float((out == 1).mean()), float((out == 0.5).mean())
     return Accuracy(strict, tie_rate, strict + tie_rate / 2, margin, int(rc.size))

@@ -1,0 +1,290 @@
+"""The paper's real-world generalisation experiment: train an EX-RM and an IM-RM on UltraFeedback (or
+RewardMATH), evaluate under token-level shifts (paraphrases, translations) and domain shifts (math,
+code), and count wins with paired-bootstrap CIs (theory/README.md §5).
+
+    rmgap shifts --preset cpu --out figures/shifts_cpu                               # ≈ 70 min, 2 cores
+    rmgap shifts --preset cpu --train-set rewardmath --out figures/shifts_cpu_rewardmath
+    rmgap shifts --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda --seeds 0,1,2
+    rmgap shifts --combine figures/shifts_cpu figures/shifts_cpu_rewardmath --out figures/shifts_combined
+    rmgap shifts --preset cpu --out figures/shifts_cpu --resume    # finish or re-report a run
+
+Data (shipped, lm_probes/datasets): training on ``ultrafeedback`` = the 200 UltraFeedback training
+pairs whose originals sit in the rewrite files (the prompt with orig_chosen/orig_rejected), or on
+``rewardmath`` (its train split). Evaluation sets (EVAL_SETS): ultrafeedback/test, its paraphrased,
+French and Spanish rewrites (same prompts, both responses rewritten), rewardbench_math, rewardbench_code,
+rewardmath; plus ``train_subset`` (200 training pairs). Shift types per training set: SHIFTS. The paper's
+drop rule: a pair whose (templated) prompt or either response exceeds 512 tokens is left out, never
+truncated; the count is reported per set (``dropped_too_long``).
+
+Presets (PRESETS): ``paper`` = the authors' settings (5 epochs, Adam lr 1e-6, effective batch 32,
+β 0.01, chat template, 2000/1000 training pairs, every kept evaluation pair) for a GPU. ``cpu`` =
+SmolLM2-135M-Instruct on 2 cores in ≈ 70 min for both RMs: 200 training pairs, 1 epoch at lr 1e-5 with
+batch 8 (24 Adam steps; 10× the paper's lr, as the Persona cpu preset, so that so few steps move
+the model), evaluation only after training and on 100 pairs per set (a seeded subset of the kept pairs;
+the UltraFeedback test set and its rewrites use the same prompts where they survive the drop rule, so
+that their prompts' KV caches are shared). Training and scoring cost ≈ 8 ms and ≈ 2.7 ms per token
+here, so the full sets (≈ 700 k tokens per pass, two passes for the IM-RM's reference) would take
+over 3 hours.
+
+Outputs (--out): results.json, table.md, win_rates.png (lm_probes.experiments.shifts_report), and each
+RM's training outputs under <out>/<ex_rm|im_rm>/ (<out>/seed<k>/<rm>/ with several seeds), including
+rewards_<set>.jsonl (reward_chosen, reward_rejected) and, for the IM-RM, the per-token rewards
+token_rewards_<set>.jsonl.gz of the in-distribution and token-level sets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lm_probes.data import Pair, encode_pairs, load_pairs, load_rows
+from lm_probes.train import TrainConfig, TrainResult, train_reward_model
+
+TRAIN_SETS = ("ultrafeedback", "rewardmath")
+UF_FAMILY = ("ultrafeedback", "ultrafeedback_paraphrased", "ultrafeedback_french", "ultrafeedback_spanish")
+EVAL_SETS = (*UF_FAMILY, "rewardbench_math", "rewardbench_code", "rewardmath")
+REWRITES = UF_FAMILY[1:]
+SHIFTS = {  # training set → evaluation set → shift type
+    "ultrafeedback": {
+        "ultrafeedback": "in_distribution",
+        **{s: "token_level" for s in REWRITES},
+        "rewardbench_math": "domain",
+        "rewardbench_code": "domain",
+        "rewardmath": "domain",
+        "train_subset": "train",
+    },
+    "rewardmath": {
+        "rewardmath": "in_distribution",
+        **{s: "token_level" for s in REWRITES},
+        "rewardbench_math": "domain",
+        "rewardbench_code": "domain",
+        "ultrafeedback": "domain",
+        "train_subset": "train",
+    },
+}
+TOKEN_SETS = ("in_distribution", "token_level")  # whose per-token IM rewards are kept
+
+PRESETS = {
+    "paper": dict(
+        train=dict(epochs=5, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
+        n_train={"ultrafeedback": 2000, "rewardmath": 1000},
+        n_eval=None,
+        max_part_length=512,
+    ),
+    "cpu": dict(
+        train=dict(epochs=1, lr=1e-5, batch_size=8, micro_batch=2, beta=0.01),
+        n_train={"ultrafeedback": 200, "rewardmath": 200},
+        n_eval=100,
+        max_part_length=512,
+    ),
+}
+
+
+@dataclass
+class ShiftData:
+    train: list[Pair]
+    eval: dict[str, list[Pair]]  # set → the evaluated pairs, in order
+    dropped_too_long: dict[str, int]  # set → pairs left out by the length rule (of all its pairs)
+    dropped_identical: dict[str, int]
+    n_available: dict[str, int] = field(default_factory=dict)  # set → pairs kept by the rule
+
+
+def training_pairs(train_set: str) -> list[Pair]:
+    """All shipped training pairs of ``train_set``: UltraFeedback = the originals of the rewrite files."""
+    if train_set == "ultrafeedback":
+        rows = load_rows("ultrafeedback_paraphrased", "train")
+        return [
+            Pair(r["prompt"], r["orig_chosen"], r["orig_rejected"], "train", f"{w} (original)")
+            for w, r in rows
+        ]
+    if train_set == "rewardmath":
+        return load_pairs("rewardmath", "train", group="train")
+    raise ValueError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {train_set!r}")
+
+
+def _kept(tokenizer, pairs: list[Pair], max_part: int | None, max_length: int | None):
+    """Indices of the pairs that survive the drop rule, and the counts of those left out."""
+    keep, n_long, n_same = [], 0, 0
+    for i, p in enumerate(pairs):
+        e = encode_pairs(tokenizer, [p], max_length=max_length, max_part_length=max_part)
+        keep += [i] if e.kept else []
+        n_long += len(e.dropped["too_long"])
+        n_same += len(e.dropped["identical"])
+    return keep, n_long, n_same
+
+
+def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: int | None) -> ShiftData:
+    """Training pairs and evaluation sets after the drop rule, subsampled as the preset says (seeded).
+    The UltraFeedback test set and its rewrites draw the same row order, so they keep the same prompts
+    wherever the rule allows."""
+    rng = np.random.default_rng([seed, 10])
+    max_part, n_eval = preset["max_part_length"], preset["n_eval"]
+    pool = training_pairs(train_set)
+    keep, n_long, n_same = _kept(tokenizer, pool, max_part, max_length)
+    order = [keep[i] for i in rng.permutation(len(keep))]
+    train = [pool[i] for i in order[: preset["n_train"][train_set]]]
+    data = ShiftData(train, {}, {"train": n_long}, {"train": n_same}, {"train": len(keep)})
+    uf_order = None
+    for name in EVAL_SETS:
+        pairs = load_pairs(name, "test", group=name)
+        if uf_order is None:  # the first set: ultrafeedback, whose rows the rewrites follow
+            uf_order = rng.permutation(len(pairs))
+        keep, n_long, n_same = _kept(tokenizer, pairs, max_part, max_length)
+        row_order = uf_order if name in UF_FAMILY else rng.permutation(len(pairs))
+        kept = set(keep)
+        chosen = [i for i in row_order if i in kept][:n_eval]
+        data.eval[name] = [pairs[i] for i in chosen]
+        data.dropped_too_long[name], data.dropped_identical[name] = n_long, n_same
+        data.n_available[name] = len(keep)
+    subset = train[:200]  # a 200-pair subset of the training pairs
+    data.eval["train_subset"] = subset[:n_eval] if n_eval else subset
+    data.n_available["train_subset"] = len(subset)
+    return data
+
+
+def cell_dir(out: Path, seed: int, objective: str, n_seeds: int) -> Path:
+    return out / objective if n_seeds == 1 else out / f"seed{seed}" / objective
+
+
+def run_cell(lm_factory, data: ShiftData, cfg: TrainConfig, ckpt: Path | None, resume: bool) -> TrainResult:
+    """Train and evaluate one RM (per-token IM rewards kept for the token-level analysis)."""
+    return train_reward_model(lm_factory(), data.train, data.eval, cfg, ckpt, resume)
+
+
+def train_config(preset: dict, objective: str, seed: int, head_seed, quiet: bool) -> TrainConfig:
+    return replace(
+        TrainConfig(),
+        objective=objective,
+        seed=seed,
+        head_seed=head_seed,
+        max_part_length=preset["max_part_length"],
+        eval_every_epoch=False,
+        token_rewards=True,
+        progress=not quiet,
+        **preset["train"],
+    )
+
+
+def preset_record(name: str, preset: dict, train_set: str) -> dict:
+    return {"preset": name, "train_set": train_set, **preset, "time": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def token_rows(tokenizer, pairs: list[Pair], terms: list, cfg: TrainConfig) -> list[dict]:
+    """Per pair: the response tokens (decoded one by one) and their reward terms, chosen and rejected."""
+    e = encode_pairs(tokenizer, pairs, chat_template=cfg.chat_template, max_part_length=cfg.max_part_length)
+    if len(e.encodings) != len(terms):
+        raise RuntimeError("token rows: the evaluation pairs re-encode differently")
+    rows = []
+    for p, (c, r), (tc, tr) in zip(pairs, e.encodings, terms, strict=True):
+        rows.append(
+            {
+                "where": p.where,
+                "chosen_tokens": [tokenizer.decode([t]) for t in c.response_ids],
+                "chosen_terms": np.asarray(tc).tolist(),
+                "rejected_tokens": [tokenizer.decode([t]) for t in r.response_ids],
+                "rejected_terms": np.asarray(tr).tolist(),
+            }
+        )
+    return rows
+
+
+def run_shifts(lm_factory, args, preset: dict, seeds, objectives) -> dict:
+    """Train and evaluate every (seed, objective) cell, writing each as it finishes (so ``--resume``
+    skips finished cells and continues a cell from its checkpoint). → {"data": {seed: ShiftData}}."""
+    from lm_probes.experiments.shifts_report import write_cell
+
+    lm0 = lm_factory()
+    tok, max_len = lm0.tokenizer, lm0.info.get("max_positions")
+    shift = SHIFTS[args.train_set]
+    datas = {}
+    for seed in seeds:
+        data = datas[seed] = shift_data(tok, args.train_set, preset, seed, max_len)
+        for obj in objectives:
+            d = cell_dir(args.out, seed, obj, len(seeds))
+            if args.resume and (d / "summary.json").exists():
+                print(f"seed {seed} {obj}: done before, read from {d}", flush=True)
+                continue
+            cfg = train_config(preset, obj, seed, args.head_seed, args.quiet)
+            t0 = time.perf_counter()
+            lm = lm0 if lm0 is not None else lm_factory()
+            lm0 = None  # a model is trained in place: each cell after the first loads a fresh one
+            result = run_cell(lambda lm=lm: lm, data, cfg, d, args.resume)
+            tokens = {
+                name: token_rows(tok, data.eval[name], terms, cfg)
+                for name, terms in result.token_rewards.items()
+                if shift.get(name) in TOKEN_SETS
+            }
+            write_cell(result, tokens, d)
+            accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in result.summary["final"].items())
+            print(f"seed {seed} {obj}: {accs}  [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
+    return {"data": datas, "tokenizer": tok}
+
+
+def main(argv=None, lm_factory=None) -> dict:
+    from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+    from lm_probes.experiments import shifts_analysis, shifts_report
+
+    ap = parser("rmgap shifts", __doc__)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--train-set", choices=TRAIN_SETS, default="ultrafeedback")
+    ap.add_argument("--objectives", default="ex_rm,im_rm", help="comma list of two reward types: EX, IM")
+    ap.add_argument("--seeds", help="comma list of seeds (default: --seed); results are aggregated")
+    ap.add_argument("--epochs", type=int, help="override the preset")
+    ap.add_argument("--lr", type=float, help="override the preset")
+    ap.add_argument("--n-train", type=int, help="override the preset's number of training pairs")
+    ap.add_argument("--n-eval", type=int, help="override the preset's pairs per evaluation set (0: all)")
+    ap.add_argument("--n-boot", type=int, default=10_000, help="paired-bootstrap resamples")
+    ap.add_argument("--resume", action="store_true", help="skip finished RMs, continue from checkpoints")
+    ap.add_argument(
+        "--combine", nargs="+", type=Path, metavar="RUN", help="combine finished runs' results.json files"
+    )
+    add_model_args(ap)
+    add_run_args(ap, "runs/shifts")
+    args = ap.parse_args(argv)
+    cmd = command_line("rmgap shifts", argv)
+    if args.combine:
+        runs = [shifts_report.read_results(p) for p in args.combine]
+        combined = shifts_analysis.combine(runs, [str(p) for p in args.combine], command=cmd)
+        combined["markdown"] = shifts_report.combined_markdown(combined)
+        shifts_report.write_combined(combined, args.out)
+        print(combined["markdown"])
+        return combined
+    from lm_probes.rewards import REWARDS
+
+    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    if len(objectives) != 2:
+        raise ValueError("--objectives takes two reward types: the explicit one, then the implicit one")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    preset = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
+    preset["train"].update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v})
+    if args.n_train:
+        preset["n_train"][args.train_set] = args.n_train
+    if args.n_eval is not None:
+        preset["n_eval"] = args.n_eval or None
+    t0 = time.perf_counter()
+    run = run_shifts(lm_factory or (lambda: load_model(args)), args, preset, seeds, objectives)
+    cells = {
+        seed: {obj: shifts_report.load_cell(cell_dir(args.out, seed, obj, len(seeds))) for obj in objectives}
+        for seed in seeds
+    }
+    result = shifts_analysis.analyze(
+        cells,
+        run["data"],
+        SHIFTS[args.train_set],
+        objectives,
+        config={**preset_record(args.preset, preset, args.train_set), "seeds": seeds, "command": cmd},
+        n_boot=args.n_boot,
+        tokenize=lambda text: run["tokenizer"](text, add_special_tokens=False)["input_ids"],
+    )
+    result["seconds_this_invocation"] = time.perf_counter() - t0
+    result["markdown"] = shifts_report.table_markdown(result)
+    shifts_report.write_results(result, args.out)
+    print("\n" + result["markdown"])
+    return result
+
+
+if __name__ == "__main__":
+    main()

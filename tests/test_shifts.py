@@ -1,0 +1,209 @@
+"""rmgap shifts on a tiny model and synthetic stand-ins of the shipped datasets (via RMGAP_DATA): the
+split and the drop rule, pooled evaluation vs pair-by-pair scoring, per-token IM rewards summing to
+the reward, the outputs and their keys, --resume, --combine, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data import Pair, encode_pairs
+from lm_probes.experiments import shifts
+from lm_probes.train import RewardModel, TrainConfig, eval_chunks, evaluate_sets
+from tests.conftest import WORDS, make_tiny_lm
+
+N_ROWS = 12
+LONG = 6  # max_part_length used below: responses of more words are dropped
+
+
+def _text(rng, n):
+    return " ".join(rng.choice(WORDS, n))
+
+
+def _write(root, name, split, rows):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch):
+    """Synthetic datasets with the shipped names; rows 0 and 1 of each test set have a long response."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    uf = []
+    for i in range(N_ROWS):
+        n = 9 if i < 2 else 3
+        uf.append({"prompt": _text(rng, 3), "chosen": _text(rng, n), "rejected": _text(rng, 3)})
+    _write(root, "ultrafeedback", "test", uf)
+    for name in shifts.REWRITES:
+        rows = [
+            {
+                "orig_index": i,
+                "prompt": r["prompt"],
+                "chosen": _text(rng, 9 if i < 2 else 3),
+                "rejected": _text(rng, 3),
+                "orig_chosen": r["chosen"],
+                "orig_rejected": r["rejected"],
+            }
+            for i, r in enumerate(uf)
+        ]
+        _write(root, name, "test", rows)
+        train = [
+            {**r, "orig_chosen": _text(rng, 3), "orig_rejected": _text(rng, 3), "prompt": _text(rng, 3)}
+            for r in rows
+        ]
+        _write(root, name, "train", train)
+    for name in ("rewardbench_math", "rewardbench_code", "rewardmath"):
+        rows = [
+            {"prompt": _text(rng, 3), "chosen": _text(rng, 9 if i < 2 else 3), "rejected": _text(rng, 3)}
+            for i in range(N_ROWS)
+        ]
+        _write(root, name, "test", rows)
+    _write(root, "rewardmath", "train", [{"prompt": "is the", "chosen": "yes", "rejected": "no"}] * 2)
+    monkeypatch.setenv("RMGAP_DATA", str(root))
+    return root
+
+
+PRESET = {
+    "train": dict(epochs=1, lr=1e-2, batch_size=4, micro_batch=2, beta=0.1),
+    "n_train": {"ultrafeedback": 8, "rewardmath": 2},
+    "n_eval": 5,
+    "max_part_length": LONG,
+}
+
+
+def test_split_and_drop_rule(data_root):
+    tok = make_tiny_lm().tokenizer
+    d = shifts.shift_data(tok, "ultrafeedback", PRESET, seed=0, max_length=None)
+    # training pairs are the rewrite files' originals (short: none dropped), 8 of 12
+    assert len(d.train) == 8 and d.dropped_too_long["train"] == 0
+    originals = {(r.chosen, r.rejected) for r in d.train}
+    assert all(p.where.endswith("(original)") for p in d.train) and len(originals) == 8
+    for name in shifts.EVAL_SETS:
+        assert d.dropped_too_long[name] == 2 and d.n_available[name] == N_ROWS - 2
+        assert len(d.eval[name]) == 5
+        lines = [int(p.where.split(":")[-1]) for p in d.eval[name]]
+        assert min(lines) >= 3  # rows 0 and 1 (lines 1, 2) were dropped, never truncated
+    # the UltraFeedback test set and its rewrites keep the same rows (shared prompts)
+    rows = {n: [p.where.split(":")[-1] for p in d.eval[n]] for n in shifts.UF_FAMILY}
+    assert len({tuple(v) for v in rows.values()}) == 1
+    assert [p.prompt for p in d.eval["ultrafeedback"]] == [p.prompt for p in d.eval["ultrafeedback_french"]]
+    assert d.eval["train_subset"] == d.train[:5]
+    other = shifts.shift_data(tok, "ultrafeedback", PRESET, seed=1, max_length=None)
+    assert [p.where for p in other.eval["rewardmath"]] != [p.where for p in d.eval["rewardmath"]]
+
+
+def test_pooled_evaluation_equals_pair_by_pair_scoring_and_token_rewards_sum_to_rewards():
+    lm = make_tiny_lm(max_positions=128)
+    prompts = ["is the following statement", "i like people"]
+    sets = {
+        s: [Pair(p, f"yes {w}", f"no {w} {s}") for p in prompts for w in ("sure", "never")]
+        for s in ("a", "b")
+    }
+    ev = {s: encode_pairs(lm.tokenizer, ps).encodings for s, ps in sets.items()}
+    chunks = eval_chunks(ev, max_tokens=40)
+    flat = [e.input_ids for c in chunks for e in c]
+    assert len(flat) == len(set(flat)) == len({e.input_ids for v in ev.values() for p in v for e in p})
+    for c in chunks:  # a chunk holds whole prompt groups
+        assert (
+            len(c) * max(len(e.input_ids) for e in c) <= 40
+            or len({e.input_ids[: e.prompt_len] for e in c}) == 1
+        )
+    rm = RewardModel(lm, TrainConfig(objective="im_rm", beta=0.1))
+    rm.fill_eval_reference(ev)
+    before = evaluate_sets(rm, ev)
+    assert all(np.all(v.rewards == 0) for v in before.values())  # π_θ = π_ref: exactly 0
+    with torch.no_grad():
+        for p in rm.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = evaluate_sets(rm, ev, tokens=True)
+    for s, pairs in ev.items():
+        with torch.no_grad():
+            one_by_one = np.array(
+                [[float(rm.rewards([c], rm.ref_eval)), float(rm.rewards([r], rm.ref_eval))] for c, r in pairs]
+            )
+        np.testing.assert_allclose(after[s].rewards, one_by_one, rtol=1e-9, atol=1e-12)
+        sums = np.array([[tc.sum(), tr.sum()] for tc, tr in after[s].token_rewards])
+        np.testing.assert_allclose(sums, after[s].rewards, rtol=1e-9, atol=1e-12)
+        assert np.abs(after[s].rewards).max() > 1e-4
+
+
+def _run(out, *extra):
+    return shifts.main(
+        ["--out", str(out), "--quiet", "--n-boot", "200", *extra],
+        lm_factory=lambda: make_tiny_lm(max_positions=128),
+    )
+
+
+def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(shifts.PRESETS, "cpu", PRESET)
+    out = tmp_path / "run"
+    res = _run(out)
+    body = json.loads((out / "results.json").read_text())
+    for name in shifts.EVAL_SETS:
+        e = body["eval"][name]
+        assert e["shift"] in ("in_distribution", "token_level", "domain")
+        for m in ("ex_rm", "im_rm"):
+            assert 0 <= e[m]["accuracy"] <= 1 and e[m]["normalized_abs_margin"] >= 0
+        lo, hi = e["diff_ci95"]
+        assert lo <= e["diff"] <= hi and e["winner"] in ("ex_rm", "im_rm", "tie")
+        assert body["dropped_too_long"][name] == 2
+    assert body["eval"]["ultrafeedback_french"]["shift"] == "token_level"
+    assert body["eval"]["rewardmath"]["shift"] == "domain"
+    for t in ("token_level", "domain"):
+        w = body["win_rate"][t]
+        assert w["n"] == 3 and w["ex_rm"] + w["im_rm"] + w["tie"] == pytest.approx(1)
+    for name in shifts.REWRITES:
+        q = body["rewrite_quality"][name]
+        assert {"token_overlap", "chrf", "bleu", "length_ratio_chars"} <= set(q)
+    assert body["config"]["train_set"] == "ultrafeedback" and "command" in body["config"]
+    rows = [
+        json.loads(x) for x in (out / "ex_rm" / "rewards_ultrafeedback_french.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 5 and {"reward_chosen", "reward_rejected"} <= set(rows[0])
+    assert (out / "im_rm" / "token_rewards_ultrafeedback_french.jsonl.gz").exists()
+    assert not (out / "ex_rm" / "token_rewards_ultrafeedback_french.jsonl.gz").exists()
+    assert (out / "table.md").read_text().count("| token_level |") >= 3
+    assert (out / "win_rates.png").exists() and (out / "flips.jsonl").exists()
+    for f in (json.loads(x) for x in (out / "flips.jsonl").read_text().splitlines()):
+        assert f["im_rm"][0] < f["im_rm"][1] and f["ex_rm"][0] > f["ex_rm"][1]
+        assert sum(f["chosen_terms"]) == pytest.approx(f["im_rm"][0], abs=1e-9)
+    # --resume reads the finished cells back: same numbers, no training
+    again = _run(out, "--resume")
+    assert again["eval"]["rewardmath"]["diff"] == res["eval"]["rewardmath"]["diff"]
+    assert again["eval"]["rewardmath"]["ex_rm"] == res["eval"]["rewardmath"]["ex_rm"]
+    # a second run trained on RewardMATH, then both combined
+    out2 = tmp_path / "run2"
+    res2 = _run(out2, "--train-set", "rewardmath")
+    assert res2["eval"]["rewardmath"]["shift"] == "in_distribution"
+    assert res2["eval"]["ultrafeedback"]["shift"] == "domain"
+    comb = shifts.main(["--combine", str(out), str(out2), "--out", str(tmp_path / "both")])
+    assert comb["win_rate"]["token_level"]["n"] == 6 and comb["win_rate"]["domain"]["n"] == 6
+    assert (tmp_path / "both" / "table.md").exists()
+
+
+def test_seeds_aggregate(data_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(shifts.PRESETS, "cpu", PRESET)
+    res = _run(tmp_path / "s", "--seeds", "0,1", "--objectives", "ex_rm,im_rm")
+    e = res["eval"]["ultrafeedback"]
+    assert len(e["ex_rm"]["accuracy_per_seed"]) == 2
+    assert e["ex_rm"]["accuracy"] == pytest.approx(np.mean(e["ex_rm"]["accuracy_per_seed"]))
+    assert (tmp_path / "s" / "seed1" / "im_rm" / "summary.json").exists()
+
+
+def test_bad_input_is_one_line(data_root, tmp_path, capsys):
+    from rmgap.cli import run_command
+
+    def tiny(argv):
+        return shifts.main(argv, lm_factory=lambda: make_tiny_lm(max_positions=128))
+
+    (data_root / "rewardbench_code" / "test.jsonl").write_text('{"prompt": "is", "chosen": "yes"}\n')
+    code = run_command("shifts", tiny, ["--out", str(tmp_path / "x"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("rmgap shifts: error:") and "rewardbench_code/test:1" in err[-1]
+    assert "rejected" in err[-1]
+    code = run_command("shifts", tiny, ["--combine", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")])
+    assert code == 2 and "no results.json" in capsys.readouterr().err
