@@ -33,19 +33,14 @@ from pathlib import Path
 
 import torch
 
+from lm_probes.common import matmul_rate
+from lm_probes.common import train_flops as model_flops
 from lm_probes.data import encode_pairs
 from lm_probes.loading import load_lm, smollm2_checkpoint
 from lm_probes.persona import persona_data
 from lm_probes.rewards import initial_head
 from lm_probes.scoring import pad_id_of
 from lm_probes.train import RewardModel, TrainConfig, evaluate_sets, train_reward_model
-
-
-def matmul_rate(n=2048, repeat=3) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_t(lambda: a @ b) for _ in range(repeat))
-    return 2 * n**3 / best / 1e9
 
 
 def _t(fn) -> float:
@@ -69,14 +64,6 @@ def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
 
 def brief(m: dict) -> dict:
     return {"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]}
-
-
-def model_flops(objective: str, n_body: int, n_head: int, tokens: int, response_tokens: int) -> float:
-    """Useful FLOPs of one epoch (see the module docstring)."""
-    if objective.startswith("ex_rm"):
-        return 6.0 * n_body * tokens
-    pass_flops = n_body * tokens + n_head * response_tokens
-    return 6.0 * pass_flops + 2.0 * pass_flops  # training + the reference pass
 
 
 def ours(pairs, test_pairs, cfg, flops):

@@ -38,6 +38,12 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a hub id or a local path")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="float32", choices=DTYPES)
+    g.add_argument(
+        "--attention",
+        default="eager",
+        choices=("eager", "sdpa"),
+        help="eager (default; float64-exact, forward-mode autodiff) or sdpa (faster on long sequences)",
+    )
 
 
 def add_run_args(ap: argparse.ArgumentParser, out: str | None) -> None:
@@ -70,7 +76,7 @@ def load_model(args, **kw):
     """The LM named by --model/--device/--dtype (lm_probes.loading.load_lm)."""
     from lm_probes.loading import load_lm
 
-    return load_lm(args.model, device=args.device, dtype=args.dtype, **kw)
+    return load_lm(args.model, device=args.device, dtype=args.dtype, attention=args.attention, **kw)
 
 
 def named_set(spec: str, flag: str) -> tuple[str, str]:
@@ -197,6 +203,8 @@ def probe_main(argv=None, lm=None) -> dict:
         name = "persona"
     out = args.out or Path("runs") / f"probe-{name}"
     t0 = time.perf_counter()
+    if args.attention != "eager":
+        raise ValueError("rmgap probe: --attention sdpa has no forward-mode autodiff; the probe needs eager")
     lm = lm or load_model(args, untie_head=args.untie_head)
     t_load = time.perf_counter() - t0
     cfg = replace(

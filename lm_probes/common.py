@@ -3,6 +3,7 @@
 for batch in progress(batches, "epoch 1", enabled=not quiet): ...
 timer = Timer(); with timer("model"): ...; timer.seconds   # {"model": 1.2}
 write_json(path, summary)        # NaN/inf → null, numpy scalars → Python, tuples → lists
+matmul_rate(); train_flops("im_rm", n_body, n_head, tokens, response_tokens)   # for the benchmarks
 """
 
 from __future__ import annotations
@@ -75,3 +76,37 @@ def write_jsonl(path: Path, rows) -> Path:
         for row in rows:
             f.write(json.dumps(jsonable(row)) + "\n")
     return path
+
+
+def matmul_rate(n: int = 2048, repeat: int = 3) -> float:
+    """This machine's float32 (n × n) @ (n × n) rate in GFLOP/s, best of ``repeat`` (the benchmarks'
+    yardstick)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops(
+    objective: str, n_body: int, n_head: int, tokens: int, response_tokens: int, *, reference: bool = True
+) -> float:
+    """Useful FLOPs of one training pass over ``tokens`` tokens: 6 · N_body per token (forward +
+    backward), plus, for objectives that read the LM's log-probs (IM-RMs), 6 · N_head per response
+    position and (``reference``) 2 · (both) for the one reference pass. EX-RMs never form logits.
+    Attention-score FLOPs are left out (see :func:`attention_flops`)."""
+    if objective.startswith("ex_rm"):
+        return 6.0 * n_body * tokens
+    pass_flops = n_body * tokens + n_head * response_tokens
+    return 6.0 * pass_flops + (2.0 * pass_flops if reference else 0.0)
+
+
+def attention_flops(lengths, n_layers: int, width: int, *, passes: float = 3.0) -> float:
+    """Attention-score FLOPs (QKᵀ and AV, causal halves not exploited: 4 · T² · width per layer) of
+    sequences of ``lengths``, times ``passes`` (3 = forward + backward)."""
+    return passes * sum(4.0 * T * T * width * n_layers for T in lengths)

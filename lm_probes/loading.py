@@ -131,12 +131,18 @@ def load_lm(
     dtype: str = "float32",
     untie_head: bool = False,
     revision: str | None = None,
+    attention: str = "eager",
 ) -> LoadedLM:
-    """Load ``name`` ("smollm2", a hub id or a local path) in ``dtype`` on ``device``, in eval mode."""
+    """Load ``name`` ("smollm2", a hub id or a local path) in ``dtype`` on ``device``, in eval mode.
+    ``attention``: "eager" (lm_probes.numerics: keeps float64 and forward-mode autodiff, which the probe
+    needs) or "sdpa" (PyTorch's fused attention: faster and lighter for training and evaluating long
+    sequences; no forward-mode autodiff)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if attention not in ("eager", "sdpa"):
+        raise ValueError(f"attention must be 'eager' or 'sdpa', got {attention!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     if name == "smollm2":
@@ -144,7 +150,7 @@ def load_lm(
     else:
         path, info = name, {"model": name, "revision": revision}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
-    model.set_attn_implementation(register_attention())
+    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
     n_norms = keep_rms_norms_in_dtype(model)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if name != "smollm2":
@@ -154,6 +160,7 @@ def load_lm(
     info.update(
         dtype=dtype,
         device=device,
+        attention=attention,
         tied_head=was_tied,
         float64_rms_norms=n_norms,
         untied=bool(untie_head and was_tied),

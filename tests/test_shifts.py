@@ -207,3 +207,27 @@ def test_bad_input_is_one_line(data_root, tmp_path, capsys):
     assert "rejected" in err[-1]
     code = run_command("shifts", tiny, ["--combine", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")])
     assert code == 2 and "no results.json" in capsys.readouterr().err
+
+
+def test_sdpa_attention_scores_like_the_eager_one():
+    """--attention sdpa (faster on long sequences) against the default eager path, float64 tiny model."""
+    from lm_probes.scoring import pad_id_of, score
+
+    lm = make_tiny_lm(max_positions=128)
+    encs = [
+        e
+        for p in encode_pairs(lm.tokenizer, [Pair("is the", "yes sure", "no never i like")]).encodings
+        for e in p
+    ]
+    eager = score(lm.model, encs, pad_id_of(lm.tokenizer), mode="whole")
+    lm.model.set_attn_implementation("sdpa")
+    fused = score(lm.model, encs, pad_id_of(lm.tokenizer), mode="whole")
+    torch.testing.assert_close(fused.logprob, eager.logprob, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.last_hidden, eager.last_hidden, rtol=1e-10, atol=1e-10)
+
+
+def test_the_probe_refuses_sdpa(capsys):
+    from rmgap.cli import main as rmgap_main
+
+    assert rmgap_main(["probe", "persona", "--attention", "sdpa"]) == 2
+    assert "forward-mode" in capsys.readouterr().err

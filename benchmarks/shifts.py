@@ -1,0 +1,156 @@
+"""Speed of ``rmgap shifts`` on SmolLM2-135M-Instruct (CPU, float32), all measured in one run:
+
+1. Evaluation with and without prompt sharing. The UltraFeedback test set and its three rewrites share
+   prompts; lm_probes.train.evaluate_sets pools the sets, scores each distinct (prompt, response) once
+   and runs each prompt once, expanding its KV cache over all its responses. "Without" evaluates each
+   set on its own (two responses per prompt: whole padded sequences). Same pairs, same IM-RM (the one
+   that needs logits), same reference table; tokens/s counts every pair's two whole sequences, so
+   both sides do the same useful work. Best of two alternating repetitions. Target (issue 10): ≥ 1.3×.
+2. Training throughput on these lengths against this machine's float32 matmul rate: a few optimiser
+   micro-batches (2 pairs, as the cpu preset) of UltraFeedback pairs for the EX-RM and the IM-RM;
+   useful FLOPs as lm_probes.common.train_flops (+ the attention scores, reported separately). Target:
+   ≥ 60 % of the matmul rate. ``--attention sdpa`` (or ``both``) measures PyTorch's fused attention
+   (``load_lm(attention="sdpa")``, ``--attention sdpa`` on the commands) instead of the default eager
+   attention, which keeps the probe's float64 / forward-mode path.
+
+    python benchmarks/shifts.py --json benchmarks/results/shifts.json
+    python benchmarks/shifts.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lm_probes.common import attention_flops, matmul_rate, train_flops, write_json
+from lm_probes.data import encode_pairs
+from lm_probes.experiments.shifts import PRESETS, UF_FAMILY, shift_data
+from lm_probes.loading import load_lm
+from lm_probes.train import RewardModel, TrainConfig, evaluate_sets
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def sharing(lm, n_pairs: int) -> dict:
+    preset = dict(PRESETS["cpu"], n_eval=n_pairs)
+    data = shift_data(lm.tokenizer, "ultrafeedback", preset, seed=0, max_length=lm.info["max_positions"])
+    ev = {n: encode_pairs(lm.tokenizer, data.eval[n], max_part_length=512).encodings for n in UF_FAMILY}
+    rm = RewardModel(lm, TrainConfig(objective="im_rm"))
+    rm.fill_eval_reference(ev)
+    for n in UF_FAMILY:  # the reference in the chunks of the one-set evaluations too
+        rm.fill_eval_reference({n: ev[n]})
+    tokens = sum(len(c.input_ids) + len(r.input_ids) for v in ev.values() for c, r in v)
+    distinct = {e.input_ids for v in ev.values() for p in v for e in p}
+    shared, alone = [], []
+    for _ in range(2):
+        shared.append(_timed(lambda: evaluate_sets(rm, ev)))
+        alone.append(_timed(lambda: [evaluate_sets(rm, {n: v}) for n, v in ev.items()]))
+    res = {
+        "pairs": sum(len(v) for v in ev.values()),
+        "tokens": tokens,
+        "distinct_sequences": len(distinct),
+        "shared_seconds": min(shared),
+        "alone_seconds": min(alone),
+        "shared_tokens_per_s": tokens / min(shared),
+        "alone_tokens_per_s": tokens / min(alone),
+    }
+    res["speedup"] = res["alone_seconds"] / res["shared_seconds"]
+    return res
+
+
+def training(lm, objective: str, n_steps: int, rate: float) -> dict:
+    preset = dict(PRESETS["cpu"], n_eval=1)
+    data = shift_data(lm.tokenizer, "ultrafeedback", preset, seed=0, max_length=lm.info["max_positions"])
+    cfg = TrainConfig(objective=objective, lr=1e-5, progress=False)
+    rm = RewardModel(lm, cfg)
+    micro = PRESETS["cpu"]["train"]["micro_batch"]
+    encs = encode_pairs(lm.tokenizer, data.train[: micro * (n_steps + 1)], max_part_length=512).encodings
+    rm.fill_reference([e for p in encs for e in p])
+    opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
+    batches = [encs[i : i + micro] for i in range(0, len(encs), micro)]
+    rm.model.train()
+
+    def step(b):
+        r = rm.rewards([e for p in b for e in p])
+        rm.rt.loss(r[0::2], r[1::2]).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])  # warm-up
+    seq = [e for b in batches[1:] for p in b for e in p]
+    sec = sum(_timed(lambda b=b: step(b)) for b in batches[1:])
+    info = lm.info
+    n_head = lm.model.get_output_embeddings().weight.numel()
+    n_body = info["n_parameters"] - n_head - (0 if info["tied_head"] else n_head)
+    tokens = sum(len(e.input_ids) for e in seq)
+    resp = sum(e.response_len for e in seq)
+    flops = train_flops(objective, n_body, n_head, tokens, resp, reference=False)  # (not timed here)
+    cfg_m = lm.model.config
+    att = attention_flops([len(e.input_ids) for e in seq], cfg_m.num_hidden_layers, cfg_m.hidden_size)
+    return {
+        "objective": objective,
+        "sequences": len(seq),
+        "tokens": tokens,
+        "mean_length": tokens / len(seq),
+        "seconds": sec,
+        "tokens_per_s": tokens / sec,
+        "gflops": flops / sec / 1e9,
+        "of_matmul": flops / sec / 1e9 / rate,
+        "of_matmul_with_attention": (flops + att) / sec / 1e9 / rate,
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="4 pairs per set, 2 training steps")
+    ap.add_argument("--pairs", type=int, default=12, help="pairs per UltraFeedback set")
+    ap.add_argument("--steps", type=int, default=5, help="timed training micro-batches per objective")
+    ap.add_argument("--attention", default="eager", choices=("eager", "sdpa", "both"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    pairs, steps = (4, 2) if args.quick else (args.pairs, args.steps)
+    rate = matmul_rate()
+    print(f"float32 matmul rate {rate:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)
+    out = {"matmul_gflops": rate, "threads": torch.get_num_threads()}
+    out["sharing"] = sharing(load_lm("smollm2"), pairs)
+    s = out["sharing"]
+    print(
+        f"evaluation, {s['pairs']} pairs in 4 sets ({s['tokens']} tokens, {s['distinct_sequences']} distinct "
+        f"sequences): shared {s['shared_tokens_per_s']:.0f} tok/s, alone {s['alone_tokens_per_s']:.0f} tok/s "
+        f"→ {s['speedup']:.2f}× (target ≥ 1.3×)",
+        flush=True,
+    )
+    kinds = ("eager", "sdpa") if args.attention == "both" else (args.attention,)
+    for kind in kinds:
+        for obj in ("ex_rm", "im_rm"):
+            lm = load_lm("smollm2", attention=kind)
+            r = out[f"train/{obj}/{kind}"] = training(lm, obj, steps, rate)
+            print(
+                f"training {obj} ({kind} attention): {r['tokens_per_s']:.0f} tok/s at mean length "
+                f"{r['mean_length']:.0f}, {r['gflops']:.1f} GFLOP/s = {100 * r['of_matmul']:.0f} % of matmul "
+                f"({100 * r['of_matmul_with_attention']:.0f} % counting attention scores; target ≥ 60 %)",
+                flush=True,
+            )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                **out,
+                "command": " ".join(
+                    ["python benchmarks/shifts.py", *(sys.argv[1:] if argv is None else argv)]
+                ),
+            },
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()
