@@ -16,6 +16,7 @@ rewards/chosen, rewards/rejected, rewards/margins, rewards/normalized_abs_margin
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -246,7 +247,7 @@ def train_reward_model(
     reference_s = time.perf_counter() - t_ref
     rm.fill_eval_reference(ev)
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
-    history, start_epoch = [], 0
+    history, start_epoch, pending_loss = [], 0, None
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -258,6 +259,11 @@ def train_reward_model(
         opt.load_state_dict(state["optimizer"])
         rm.ref, rm.ref_eval, rm.ref_eval_tokens = state["ref"], state["ref_eval"], state["ref_eval_tokens"]
         history, start_epoch = state["history"], state["epoch"]
+        if (ckpt.parent / "history.json").exists():  # the evaluations that followed the checkpoint
+            saved = json.loads((ckpt.parent / "history.json").read_text())
+            history = [h for h in saved if h["epoch"] <= start_epoch]
+        if not history or history[-1]["epoch"] < start_epoch:  # stopped during that epoch's evaluation
+            pending_loss = state.get("train_loss")
 
     def log(epoch, train_loss, evaluate=True, tokens=False):
         res = evaluate_sets(rm, ev, epoch, tokens) if evaluate else {}
@@ -290,10 +296,8 @@ def train_reward_model(
                 opt.zero_grad(set_to_none=True)
         train_s += time.perf_counter() - t_epoch
         rm.model.eval()
-        last = epoch == cfg.epochs
-        res = log(epoch, float(np.mean(losses)), last or cfg.eval_every_epoch, last and cfg.token_rewards)
-        final = res if last else None
-        if ckpt:
+        train_loss = float(np.mean(losses))
+        if ckpt:  # before the evaluation, so that a run stopped there keeps its trained weights
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {
@@ -305,11 +309,19 @@ def train_reward_model(
                     "ref_eval_tokens": rm.ref_eval_tokens,
                     "history": history,
                     "epoch": epoch,
+                    "train_loss": train_loss,
                     "config": asdict(cfg),
                 },
                 ckpt,
             )
-    if final is None:  # resumed after the last epoch (or no epoch to run)
+        last = epoch == cfg.epochs
+        res = log(epoch, train_loss, last or cfg.eval_every_epoch, last and cfg.token_rewards)
+        final = res if last else None
+        if ckpt:
+            (ckpt.parent / "history.json").write_text(json.dumps(history))
+    if final is None and pending_loss is not None:  # resumed into the last epoch's evaluation
+        final = log(cfg.epochs, pending_loss, True, cfg.token_rewards)
+    elif final is None:  # resumed after the last epoch (or no epoch to run)
         final = evaluate_sets(rm, ev, cfg.epochs, cfg.token_rewards)
     summary = {
         "config": asdict(cfg),

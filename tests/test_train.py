@@ -96,6 +96,29 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
 
 
+def test_a_run_stopped_during_its_last_evaluation_resumes_without_retraining(tmp_path, monkeypatch):
+    import lm_probes.train as train_mod
+
+    cfg = TrainConfig(objective="im_rm", epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
+    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "a").summary
+    real = train_mod.evaluate_sets
+
+    def stop_at_the_end(rm, ev, epoch=None, tokens=False):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(rm, ev, epoch, tokens)
+
+    monkeypatch.setattr(train_mod, "evaluate_sets", stop_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b")
+    monkeypatch.setattr(train_mod, "evaluate_sets", real)
+    monkeypatch.setattr(train_mod, "length_buckets", None)  # resuming must not train again
+    resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b", resume=True).summary
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][2]["train_loss"] == full["history"][2]["train_loss"]
+    assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
+
+
 def test_too_long_and_identical_pairs_are_dropped_and_reported():
     lm = make_tiny_lm()
     long_pair = Pair("i like people " * 30, "yes", "no", "train", "long.jsonl:3")
