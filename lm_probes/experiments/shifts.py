@@ -66,6 +66,17 @@ SHIFTS = {  # training set → evaluation set → shift type
     },
 }
 TOKEN_SETS = ("in_distribution", "token_level")  # whose per-token IM rewards are kept
+PAPER = {  # the paper's models (1B–8B); mean accuracies from a third-party summary of the paper
+    "ultrafeedback": {
+        "win_rate": {"token_level": {"ex_rm": 0.834, "im_rm": 0.166}, "domain": {"im_rm": 0.667}},
+        "mean_accuracy": {
+            "in_distribution": {"ex_rm": 0.752, "im_rm": 0.646},
+            "token_level": {"ex_rm": 0.665, "im_rm": 0.602},
+            "domain": {"ex_rm": 0.621, "im_rm": 0.720},
+        },
+    },
+    "rewardmath": {"win_rate": {"token_level": {"ex_rm": 1.0}, "domain": {"ex_rm": 0.666}}},
+}
 
 PRESETS = {
     "paper": dict(
@@ -279,6 +290,7 @@ def main(argv=None, lm_factory=None) -> dict:
         n_boot=args.n_boot,
         tokenize=lambda text: run["tokenizer"](text, add_special_tokens=False)["input_ids"],
     )
+    result["paper"] = PAPER[args.train_set]
     result["seconds_this_invocation"] = time.perf_counter() - t0
     result["markdown"] = shifts_report.table_markdown(result)
     shifts_report.write_results(result, args.out)
