@@ -75,9 +75,11 @@ class RewardModel(torch.nn.Module):
 
     @torch.no_grad()
     def fill_reference(self, encs: list[Encoded], batch: int = 32) -> None:
-        """ln π_ref of the training encodings from the current (initial) weights, ``batch`` at a time."""
+        """ln π_ref of the training encodings from the current (initial) weights, ``batch`` at a time,
+        in order of length (less padding)."""
         if not self.rt.uses_reference:
             return
+        encs = sorted(encs, key=lambda e: len(e.input_ids))
         for i in range(0, len(encs), batch):
             chunk = encs[i : i + batch]
             for e, lp in zip(chunk, score(self.model, chunk, self.pad).logprob.tolist(), strict=True):
