@@ -15,6 +15,12 @@ import numpy as np
 from lm_probes.common import write_json, write_jsonl
 
 
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Write ``fig`` and close it (pyplot keeps every open figure alive)."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
 def _pyplot():
     import matplotlib
 
@@ -46,7 +52,7 @@ def write_training(result, out: Path) -> None:
         write_jsonl(out / f"rewards_{name.replace('/', '_')}.jsonl", rows)
     objective = result.summary["config"]["objective"]
     fig = plot_curves({objective: result.summary["history"]})
-    fig.savefig(out / "learning_curves.png", dpi=120, bbox_inches="tight")
+    save_figure(fig, out / "learning_curves.png")
 
 
 def plot_curves(histories: dict[str, list[dict]]):
@@ -104,7 +110,7 @@ def write_probe(res: dict, out: Path, figure: bool = True) -> None:
         w.writerows(recs)
     write_jsonl(out / "contributions.jsonl", res.get("contributions", []))
     if figure:
-        probe_scatter(recs, res["summary"]).savefig(out / "scatter.png", dpi=130, bbox_inches="tight")
+        save_figure(probe_scatter(recs, res["summary"]), out / "scatter.png", dpi=130)
 
 
 def probe_scatter(records: list[dict], summary: dict):

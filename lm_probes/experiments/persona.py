@@ -29,7 +29,7 @@ from pathlib import Path
 from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
 from lm_probes.common import write_json
 from lm_probes.persona import persona_data
-from lm_probes.reports import plot_curves, write_training
+from lm_probes.reports import plot_curves, save_figure, write_training
 from lm_probes.rewards import REWARDS
 from lm_probes.train import TrainConfig, train_reward_model
 
@@ -93,7 +93,7 @@ def write_persona(result: dict, out: Path) -> None:
     (out / "table.md").write_text(result["markdown"])
     write_json(out / "table.json", {k: v for k, v in result.items() if k not in ("runs", "markdown")})
     histories = {obj: r.summary["history"] for obj, r in result["runs"].items()}
-    plot_curves(histories).savefig(out / "persona_curves.png", dpi=120, bbox_inches="tight")
+    save_figure(plot_curves(histories), out / "persona_curves.png")
 
 
 def main(argv=None, lm_factory=None) -> dict:

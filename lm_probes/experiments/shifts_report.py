@@ -12,7 +12,7 @@ import numpy as np
 
 from lm_probes.common import jsonable, write_json, write_jsonl
 from lm_probes.data import DataError
-from lm_probes.reports import write_training
+from lm_probes.reports import save_figure, write_training
 
 SHIFT_ORDER = ("in_distribution", "token_level", "domain", "train")
 NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
@@ -183,7 +183,7 @@ def write_results(res: dict, out: Path) -> None:
     (out / "table.md").write_text(res["markdown"], encoding="utf-8")
     title = f"trained on {res['config']['train_set']}"
     fig = win_rate_figure(res["win_rate"], res["win_rate_plain"], res["eval"], title)
-    fig.savefig(out / "win_rates.png", dpi=120, bbox_inches="tight")
+    save_figure(fig, out / "win_rates.png")
 
 
 def read_results(run: Path) -> dict:
@@ -227,4 +227,4 @@ def write_combined(comb: dict, out: Path) -> None:
     write_json(out / "results.json", {k: v for k, v in comb.items() if k != "markdown"})
     (out / "table.md").write_text(comb["markdown"], encoding="utf-8")
     fig = win_rate_figure(comb["win_rate"], comb["win_rate_plain"], title="all runs combined")
-    fig.savefig(out / "win_rates.png", dpi=120, bbox_inches="tight")
+    save_figure(fig, out / "win_rates.png")
