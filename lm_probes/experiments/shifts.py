@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_probes.data import Pair, encode_pairs, load_pairs, load_rows
-from lm_probes.train import TrainConfig, TrainResult, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 
 TRAIN_SETS = ("ultrafeedback", "rewardmath")
 UF_FAMILY = ("ultrafeedback", "ultrafeedback_paraphrased", "ultrafeedback_french", "ultrafeedback_spanish")
@@ -121,13 +121,10 @@ def training_pairs(train_set: str) -> list[Pair]:
 
 def _kept(tokenizer, pairs: list[Pair], max_part: int | None, max_length: int | None):
     """Indices of the pairs that survive the drop rule, and the counts of those left out."""
-    keep, n_long, n_same = [], 0, 0
-    for i, p in enumerate(pairs):
-        e = encode_pairs(tokenizer, [p], max_length=max_length, max_part_length=max_part)
-        keep += [i] if e.kept else []
-        n_long += len(e.dropped["too_long"])
-        n_same += len(e.dropped["identical"])
-    return keep, n_long, n_same
+    e = encode_pairs(tokenizer, pairs, max_length=max_length, max_part_length=max_part)
+    kept = {id(p) for p in e.kept}
+    keep = [i for i, p in enumerate(pairs) if id(p) in kept]
+    return keep, len(e.dropped["too_long"]), len(e.dropped["identical"])
 
 
 def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: int | None) -> ShiftData:
@@ -161,11 +158,6 @@ def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: i
 
 def cell_dir(out: Path, seed: int, objective: str, n_seeds: int) -> Path:
     return out / objective if n_seeds == 1 else out / f"seed{seed}" / objective
-
-
-def run_cell(lm_factory, data: ShiftData, cfg: TrainConfig, ckpt: Path | None, resume: bool) -> TrainResult:
-    """Train and evaluate one RM (per-token IM rewards kept for the token-level analysis)."""
-    return train_reward_model(lm_factory(), data.train, data.eval, cfg, ckpt, resume)
 
 
 def train_config(preset: dict, objective: str, seed: int, head_seed, quiet: bool) -> TrainConfig:
@@ -225,7 +217,7 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives) -> dict:
             t0 = time.perf_counter()
             lm = lm0 if lm0 is not None else lm_factory()
             lm0 = None  # a model is trained in place: each cell after the first loads a fresh one
-            result = run_cell(lambda lm=lm: lm, data, cfg, d, args.resume)
+            result = train_reward_model(lm, data.train, data.eval, cfg, d, args.resume)
             tokens = {
                 name: token_rows(tok, data.eval[name], terms, cfg)
                 for name, terms in result.token_rewards.items()
