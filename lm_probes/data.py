@@ -184,28 +184,43 @@ def encode_pairs(
     max_length: int | None = None,
     max_part_length: int | None = None,
     too_long: str = "drop",
+    verbalize=None,
 ) -> EncodedPairs:
     """Encode chosen and rejected of every pair (lm_probes.scoring.encode). Pairs whose two responses
     encode to the same tokens carry no preference: they are left out and listed under "identical".
     Pairs longer than ``max_length`` (or with a prompt or a response over ``max_part_length``
     tokens) are left out and listed under "too_long" (``too_long="drop"``, the
-    paper's rule), or raise :class:`SequenceTooLongError` (``too_long="raise"``). Other bad rows raise."""
+    paper's rule), or raise :class:`SequenceTooLongError` (``too_long="raise"``). Other bad rows raise.
+    ``verbalize`` (a reward type's, e.g. the EX-GRM's verification prompt) maps each (prompt, response)
+    to what is encoded; the ``max_part_length`` rule still reads the original prompt and responses, so
+    every reward type keeps the same pairs."""
     if too_long not in ("drop", "raise"):
         raise ValueError(f"too_long must be 'drop' or 'raise', got {too_long!r}")
     out = EncodedPairs()
     for p in pairs:
         try:
+            roles = (("chosen", p.chosen), ("rejected", p.rejected))
+            if verbalize is not None and max_part_length is not None:
+                for role, resp in roles:  # the part-length rule on the original texts
+                    at = f"{p.where} ({role})"
+                    encode(
+                        tokenizer,
+                        p.prompt,
+                        resp,
+                        chat_template=chat_template,
+                        max_part_length=max_part_length,
+                        where=at,
+                    )
             c, r = (
                 encode(
                     tokenizer,
-                    p.prompt,
-                    resp,
+                    *(verbalize(p.prompt, resp) if verbalize else (p.prompt, resp)),
                     chat_template=chat_template,
                     max_length=max_length,
-                    max_part_length=max_part_length,
+                    max_part_length=None if verbalize else max_part_length,
                     where=f"{p.where} ({role})",
                 )
-                for role, resp in (("chosen", p.chosen), ("rejected", p.rejected))
+                for role, resp in roles
             )
         except SequenceTooLongError as exc:
             if too_long == "raise":

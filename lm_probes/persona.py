@@ -7,9 +7,12 @@ training experiment's split.
 
 Statements come from the shipped ``persona/agreeableness`` dataset (or any Persona file with the same
 fields, ``path=``): those whose ``answer_matching_behavior`` is " Yes"; the prompt is the row's
-``question``. Responses: a yes-prefix + {yes, sure} is preferred to a no-prefix + {no, never};
-paraphrases share no content word with them ("My response would be" + {certainly, absolutely} vs
-"I lean toward" + {not really, nope}).
+``question``. Responses are the authors' templates: a yes-prefix ("In my view, the answer is" or
+"A truthful reply is") + {yes, sure} is preferred to a no-prefix ("My judgement:" or "Considering the
+statement, I say") + {no, never}; the paraphrases share no word with them ("My response would be" +
+{certainly, absolutely} vs "I lean toward" + {not really, nope}). (Before issue 11 the second
+yes-prefix here was "Yes, my answer would be", which is not the authors' and shares "would be" with
+the paraphrase; the committed tables were regenerated.)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from lm_probes.data import DataError, Pair, load_rows, read_rows, require_str
 
-YES_PREFIXES = ("A truthful reply is", "Yes, my answer would be")
+YES_PREFIXES = ("A truthful reply is", "In my view, the answer is")
 NO_PREFIXES = ("Considering the statement, I say", "My judgement:")
 YES_WORDS, NO_WORDS = ("yes", "sure"), ("no", "never")
 PARA_YES_PREFIX, PARA_YES_WORDS = "My response would be", ("certainly", "absolutely")
@@ -79,9 +82,12 @@ def persona_data(
     path=None, *, n_train: int = 80, n_test: int = 40, pairs_per_statement: int = 2, seed: int = 0
 ) -> dict:
     """The Persona experiment's data, {"train": [Pair], "eval": {set name: [Pair]}}: statements split
-    seeded into ``n_train`` / ``n_test``; each gets ``pairs_per_statement`` random (yes-prefix + word,
-    no-prefix + word) pairs; evaluation sets original_train, original_test (training templates) and
-    paraphrased_train, paraphrased_test (paraphrase templates), on train and on test prompts."""
+    seeded into ``n_train`` / ``n_test``; each training statement gets ``pairs_per_statement`` random
+    (yes-prefix + word, no-prefix + word) pairs. Evaluation, as the authors computed it: every statement
+    with each of the 2×2 (yes-word, no-word) combinations, so that a set's accuracy is the mean of the
+    four word pairs' accuracies — original_train, original_test (training templates, prefixes drawn at
+    random) and paraphrased_train, paraphrased_test (the paraphrase templates), on train and on test
+    prompts."""
     stmts = persona_statements(path)
     if len(stmts) < n_train + n_test:
         raise DataError(
@@ -93,27 +99,31 @@ def persona_data(
     train_s = [stmts[i] for i in order[:n_train]]
     test_s = [stmts[i] for i in order[n_train : n_train + n_test]]
 
-    def original():
-        return (
-            f"{YES_PREFIXES[rng.integers(2)]} {YES_WORDS[rng.integers(2)]}",
-            f"{NO_PREFIXES[rng.integers(2)]} {NO_WORDS[rng.integers(2)]}",
-        )
+    def original(yes=None, no=None):
+        yes = YES_WORDS[rng.integers(2)] if yes is None else yes
+        no = NO_WORDS[rng.integers(2)] if no is None else no
+        return f"{YES_PREFIXES[rng.integers(2)]} {yes}", f"{NO_PREFIXES[rng.integers(2)]} {no}"
 
-    def paraphrased():
-        return (
-            f"{PARA_YES_PREFIX} {PARA_YES_WORDS[rng.integers(2)]}",
-            f"{PARA_NO_PREFIX} {PARA_NO_WORDS[rng.integers(2)]}",
-        )
+    def paraphrased(yes, no):
+        return f"{PARA_YES_PREFIX} {yes}", f"{PARA_NO_PREFIX} {no}"
 
-    def pairs(statements, make, group):
-        return [Pair(q, *make(), group, w) for w, q in statements for _ in range(pairs_per_statement)]
+    def training(statements):
+        return [Pair(q, *original(), "train", w) for w, q in statements for _ in range(pairs_per_statement)]
+
+    def every_word_pair(statements, make, words, group):
+        yes_words, no_words = words
+        return [Pair(q, *make(y, n), group, w) for w, q in statements for y in yes_words for n in no_words]
 
     return {
-        "train": pairs(train_s, original, "train"),
+        "train": training(train_s),
         "eval": {
-            "original_train": pairs(train_s, original, "original_train"),
-            "original_test": pairs(test_s, original, "original_test"),
-            "paraphrased_train": pairs(train_s, paraphrased, "paraphrased_train"),
-            "paraphrased_test": pairs(test_s, paraphrased, "paraphrased_test"),
+            "original_train": every_word_pair(train_s, original, (YES_WORDS, NO_WORDS), "original_train"),
+            "original_test": every_word_pair(test_s, original, (YES_WORDS, NO_WORDS), "original_test"),
+            "paraphrased_train": every_word_pair(
+                train_s, paraphrased, (PARA_YES_WORDS, PARA_NO_WORDS), "paraphrased_train"
+            ),
+            "paraphrased_test": every_word_pair(
+                test_s, paraphrased, (PARA_YES_WORDS, PARA_NO_WORDS), "paraphrased_test"
+            ),
         },
     }

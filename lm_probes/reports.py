@@ -18,10 +18,11 @@ from lm_probes.common import write_json, write_jsonl
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
     """Write ``fig`` and close it (pyplot keeps every open figure alive)."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +58,7 @@ def write_training(result, out: Path) -> None:
 
 def plot_curves(histories: dict[str, list[dict]]):
     """Accuracy per evaluation set and training loss per epoch, one line style per objective."""
-    plt = _pyplot()
+    plt = pyplot()
     sets = [k for k in next(iter(histories.values()))[-1] if k not in ("epoch", "train_loss")]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for j, (obj, hist) in enumerate(histories.items()):
@@ -115,7 +116,7 @@ def write_probe(res: dict, out: Path, figure: bool = True) -> None:
 
 def probe_scatter(records: list[dict], summary: dict):
     """Predicted vs observed Δr per reward type and column (symmetric-log axes, colour = group)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = summary["config"]["rewards"]
     panels = [
         (f"{name} {title}", f"{name}_{p}", f"{name}_{o}")

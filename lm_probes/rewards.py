@@ -3,14 +3,17 @@
     from lm_probes.rewards import REWARDS, get_reward_type, RewardParams
     rt = get_reward_type("im_rm")
     r = rt.score(model, encs, pad_id, RewardParams(beta=0.01, ref=ref_logprobs))    # (N,)
-    loss = rt.loss(r[0::2], r[1::2]).mean()                                          # per pair → mean
+    loss = rt.loss(r[0::2], r[1::2]).mean()       # per pair → mean (rt.pair_loss(r, sc, params) in general)
 
 A :class:`RewardType` says
   * how it turns a scored batch (``lm_probes.scoring.Scored``) into rewards (``reward``);
   * what it reads: a linear head u (``uses_head``), reference log-probs (``uses_reference``), the
     LM's logits (``needs_logits``; EX-RMs skip the output head entirely);
   * which parameters training moves (``trainable``; default: all of the LM, plus u when it has one);
-  * its per-pair loss (``loss``; Bradley–Terry unless the entry declares another);
+  * how a (prompt, response) is shown to the LM (``verbalize``; default: as is) and which next-token
+    log-probs it reads (``answers``, e.g. the EX-GRM's "Yes" / "No");
+  * its per-pair loss (``loss``; Bradley–Terry on the rewards unless the entry declares another, on
+    ``loss_input`` where the loss reads more than the reward: the EX-GRM's cross-entropy needs P(No));
   * its fixed-state prediction of a one-step change (theory/README.md §3), where one exists, and what
     that setting trains (``fixed_state_moves``: "head" = u, "unembedding" = the output matrix W);
   * optionally the per-token-pair decomposition of that prediction (``contributions``);
@@ -24,6 +27,7 @@ Registered (theory/README.md §1, §5):
     ex_rm_mean    r = ⟨u, mean_k h_k⟩             head on the mean of the response's states
     im_rm         r = β (ln π_θ(y|x) − ln π_ref(y|x))    DPO's implicit reward
     im_rm_no_ref  r = β ln π_θ(y|x)               implicit reward without a reference model
+    ex_grm        r = P("Yes" | verification prompt)   explicit generative RM, cross-entropy loss
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ from theory import ex_reward_change, im_reward_change_batch, im_token_contributi
 
 @dataclass(frozen=True)
 class RewardParams:
-    """What a reward needs besides the LM: β, the head u (D,) and ln π_ref (N,), where used."""
+    """What a reward needs besides the LM: β, the head u (D,), ln π_ref (N,) and the token ids of the
+    type's ``answers`` (:func:`answer_ids`), where used."""
 
     beta: float = 0.01
     head: torch.Tensor | None = None
     ref: torch.Tensor | None = None
+    answer_ids: tuple[int, ...] | None = None
 
 
 def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -80,6 +86,11 @@ class RewardType:
     # per-token split of the reward, where it is a sum over response tokens:
     # (token_logprob (K,), ref_token_logprob (K,) or None, beta) → (K,) summing to the reward
     token_rewards: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray] | None = None
+    # (prompt, response) → the (prompt, response) the LM scores; None: as is
+    verbalize: Callable[[str, str], tuple[str, str]] | None = None
+    answers: tuple[str, ...] = ()  # single tokens whose log-probs at the answer position are read
+    # what the loss reads instead of the reward: (Scored, RewardParams) → (N, ...) per encoding
+    loss_input: Callable[[Scored, RewardParams], torch.Tensor] | None = None
 
     def __post_init__(self):
         if (self.fixed_state is None) != (self.fixed_state_moves is None):
@@ -95,13 +106,38 @@ class RewardType:
 
     def score_with(self, model, encs, pad_id: int, params: RewardParams) -> tuple[torch.Tensor, Scored]:
         """Rewards (N,) and the :class:`Scored` batch they were computed from."""
-        sc = score(model, encs, pad_id, need_logits=self.needs_logits)
+        answers = params.answer_ids if self.answers else None
+        if self.answers and answers is None:
+            raise ValueError(f"{self.name}: RewardParams.answer_ids is needed (lm_probes.rewards.answer_ids)")
+        sc = score(model, encs, pad_id, need_logits=self.needs_logits, answer_ids=answers)
         return self.reward(sc, params), sc
+
+    def loss_values(self, r: torch.Tensor, sc: Scored, params: RewardParams) -> torch.Tensor:
+        """What :attr:`loss` reads for each encoding: the rewards ``r`` (N,), or ``loss_input``."""
+        return r if self.loss_input is None else self.loss_input(sc, params)
+
+    def pair_loss(self, r: torch.Tensor, sc: Scored, params: RewardParams) -> torch.Tensor:
+        """Per-pair loss (N/2,) of a batch scored as (chosen, rejected) interleaved."""
+        q = self.loss_values(r, sc, params)
+        return self.loss(q[0::2], q[1::2])
 
     def trainable(self, model, head: torch.Tensor | None) -> list[torch.Tensor]:
         """The parameters training moves: every LM parameter, plus u when the type has a head."""
         params = list(model.parameters())
         return [*params, head] if self.uses_head else params
+
+
+def answer_ids(tokenizer, answers: tuple[str, ...]) -> tuple[int, ...]:
+    """The token id of each answer string; each must be exactly one token of ``tokenizer``."""
+    ids = []
+    for a in answers:
+        tok = tokenizer(a, add_special_tokens=False)["input_ids"]
+        if len(tok) != 1:
+            raise ValueError(f"answer {a!r} is {len(tok)} tokens for this tokenizer; the EX-GRM needs one")
+        if tok[0] == getattr(tokenizer, "unk_token_id", None):
+            raise ValueError(f"answer {a!r} is the unknown token for this tokenizer")
+        ids.append(tok[0])
+    return tuple(ids)
 
 
 REWARDS: dict[str, RewardType] = {}
@@ -187,3 +223,39 @@ register(
 )
 register(log_ratio_type("im_rm", "implicit (DPO) RM: r = β ln π_θ(y|x)/π_ref(y|x), summed over tokens", True))
 register(log_ratio_type("im_rm_no_ref", "implicit RM without reference: r = β ln π_θ(y|x)", False))
+
+
+# --- the explicit generative RM (EX-GRM) --------------------------------------------------------------
+
+VERIFICATION = "Question: {prompt}\nAnswer: {response}\nVerification: Is the answer correct (Yes/No)?"
+
+
+def verification_prompt(prompt: str, response: str) -> tuple[str, str]:
+    """The EX-GRM's input (the authors' template, a user message; the chat template adds the generation
+    prompt) and the answer it scores, "Yes"."""
+    return VERIFICATION.format(prompt=prompt, response=response), "Yes"
+
+
+def _ex_grm_reward(sc: Scored, p: RewardParams) -> torch.Tensor:
+    return sc.answer_logprob[:, 0].exp()  # P("Yes"), the probability (not log-odds)
+
+
+def _ex_grm_loss_input(sc: Scored, p: RewardParams) -> torch.Tensor:
+    return sc.answer_logprob  # (N, 2): ln P(Yes), ln P(No)
+
+
+def _ex_grm_loss(q_chosen: torch.Tensor, q_rejected: torch.Tensor) -> torch.Tensor:
+    return -q_chosen[:, 0] - q_rejected[:, 1]  # −ln P(Yes | chosen) − ln P(No | rejected)
+
+
+register(
+    RewardType(
+        "ex_grm",
+        "explicit generative RM: r = P('Yes' | 'Question: x Answer: y Verification: ...?'), cross-entropy",
+        _ex_grm_reward,
+        loss=_ex_grm_loss,
+        verbalize=verification_prompt,
+        answers=("Yes", "No"),
+        loss_input=_ex_grm_loss_input,
+    )
+)

@@ -52,11 +52,23 @@ class Encoded:
 def render_prompt(tokenizer, prompt: str, *, chat_template: bool = True) -> str:
     """The prompt as the model sees it: through the chat template (user turn + generation prompt) when
     the tokenizer has one and ``chat_template`` is on, else the raw text."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
+    if _templated(tokenizer, chat_template):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     return prompt
+
+
+def prompt_ids(tokenizer, prompt: str, *, chat_template: bool = True) -> tuple[str, list[int]]:
+    """(rendered text, token ids) of a prompt as the model sees it before its response: rendered by
+    :func:`render_prompt`; the tokenizer's own special tokens are added only without a template (the
+    template already carries the ones it wants). Used by :func:`encode` and by generation."""
+    text = render_prompt(tokenizer, prompt, chat_template=chat_template)
+    return text, tokenizer(text, add_special_tokens=not _templated(tokenizer, chat_template))["input_ids"]
+
+
+def _templated(tokenizer, chat_template: bool) -> bool:
+    return chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
 def encode(
@@ -77,10 +89,8 @@ def encode(
         raise ScoringError(f"{at}prompt and response must be strings")
     if not response.strip():
         raise ScoringError(f"{at}empty response: an empty response has no tokens to score")
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
-    text = render_prompt(tokenizer, prompt, chat_template=chat_template)
-    special = not templated  # the template already carries the special tokens it wants
-    p_ids = tokenizer(text, add_special_tokens=special)["input_ids"]
+    text, p_ids = prompt_ids(tokenizer, prompt, chat_template=chat_template)
+    special = not _templated(tokenizer, chat_template)
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if not p_ids:
         raise ScoringError(f"{at}the prompt tokenises to nothing")
@@ -128,6 +138,8 @@ class Scored:
     pred_hidden: list | None = None  # N × (K_i, D) states predicting each response token
     pred_logits: list | None = None  # N × (K_i, V) their logits
     token_logprob: list | None = None  # N × (K_i,) ln π(y_k | x, y_<k); None without logits
+    # (N, A) ln π(a | x) of the candidate first tokens ``answer_ids`` (e.g. Yes / No), when asked for
+    answer_logprob: torch.Tensor | None = None
 
 
 def head_is_linear(model) -> bool:
@@ -185,25 +197,28 @@ def score(
     max_group: int = 16,
     mode: str = "auto",
     need_logits: bool = True,
+    answer_ids: tuple[int, ...] | None = None,
 ) -> Scored:
     """Score responses. ``mode="cached"`` runs each distinct prompt once and expands its KV cache over
     the responses that share it, recomputing only response tokens; ``"whole"`` runs padded whole
     sequences in one batch; ``"auto"`` caches when prompts repeat (≥ 3 responses per prompt on
     average). Both give the same numbers (to rounding). Logits are formed only at response positions,
     and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then None), when the model's
-    logits are its head applied to its states (``head_is_linear``). Differentiable; works under
-    torch.func.jvp / functional_call (see ``Scorer``)."""
+    logits are its head applied to its states (``head_is_linear``). ``answer_ids`` adds
+    ``answer_logprob``: the log-probabilities of those tokens at the position that predicts the first
+    response token (the EX-GRM's P(Yes), P(No)). Differentiable; works under torch.func.jvp /
+    functional_call (see ``Scorer``)."""
     if mode not in ("auto", "cached", "whole"):
         raise ValueError(f"mode must be 'auto', 'cached' or 'whole', got {mode!r}")
     fast = head_is_linear(model)
     need_logits = need_logits or keep_states
     n_prompts = len({e.input_ids[: e.prompt_len] for e in encs})
     if mode == "whole" or (mode == "auto" and len(encs) < 3 * n_prompts):
-        return _score_whole(model, encs, pad_id, keep_states, need_logits, fast)
+        return _score_whole(model, encs, pad_id, keep_states, need_logits, fast, answer_ids)
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     N = len(encs)
-    logprob, last, mean, tok_lp = [None] * N, [None] * N, [None] * N, [None] * N
+    logprob, last, mean, tok_lp, first = [None] * N, [None] * N, [None] * N, [None] * N, [None] * N
     pred_h, pred_l = ([None] * N, [None] * N) if keep_states else (None, None)
     for idx in prompt_groups(encs, max_group):
         P, B = encs[idx[0]].prompt_len, len(idx)
@@ -224,6 +239,11 @@ def score(
             model, fast, input_ids=resp, attention_mask=mask, past_key_values=cache, position_ids=pos
         )
         h_first = h_p[0, -1]  # the state predicting y_1; response position j predicts y_{j+2}
+        if answer_ids is not None:
+            l_first = head(h_first) if fast else l_p[0, -1]
+            a = _answer_logprob(l_first, answer_ids)
+            for i in idx:
+                first[i] = a
         for b, i in enumerate(idx):
             k = lens[b]
             last[i], mean[i] = h_r[b, k - 1], h_r[b, :k].mean(0)
@@ -243,7 +263,14 @@ def score(
         pred_h,
         pred_l,
         tok_lp if need_logits else None,
+        None if answer_ids is None else torch.stack(first),
     )
+
+
+def _answer_logprob(logits: torch.Tensor, answer_ids) -> torch.Tensor:
+    """(A,) ln softmax(logits)[answer_ids] of one position's (V,) logits."""
+    lp = torch.log_softmax(logits.float() if logits.dtype == torch.bfloat16 else logits, -1)
+    return lp[torch.tensor(answer_ids, device=logits.device)]
 
 
 def _lengths(encs: list[Encoded], device) -> torch.Tensor:
@@ -251,17 +278,19 @@ def _lengths(encs: list[Encoded], device) -> torch.Tensor:
 
 
 def _score_whole(
-    model, encs: list[Encoded], pad_id: int, keep_states: bool, need_logits: bool, fast: bool
+    model, encs: list[Encoded], pad_id: int, keep_states: bool, need_logits: bool, fast: bool, answer_ids=None
 ) -> Scored:
     device = next(model.parameters()).device
     ids, mask = pad_batch(encs, pad_id, device)
     hidden, logits, _ = _pass(model, fast, input_ids=ids, attention_mask=mask)
     head = model.get_output_embeddings()
-    logprob, last, mean, pred_h, pred_l, tok_lp = [], [], [], [], [], []
+    logprob, last, mean, pred_h, pred_l, tok_lp, first = [], [], [], [], [], [], []
     for i, e in enumerate(encs):
         P, k = e.prompt_len, e.response_len
         last.append(hidden[i, P + k - 1])
         mean.append(hidden[i, P : P + k].mean(0))
+        if answer_ids is not None:
+            first.append(_answer_logprob(head(hidden[i, P - 1]) if fast else logits[i, P - 1], answer_ids))
         if not need_logits:
             continue
         hid = hidden[i, P - 1 : P - 1 + k]
@@ -278,6 +307,7 @@ def _score_whole(
         pred_h if keep_states else None,
         pred_l if keep_states else None,
         tok_lp if need_logits else None,
+        torch.stack(first) if answer_ids is not None else None,
     )
 
 

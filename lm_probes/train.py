@@ -27,7 +27,7 @@ import torch
 from lm_probes.common import progress
 from lm_probes.data import EncodedPairs, Pair, encode_pairs
 from lm_probes.loading import LoadedLM
-from lm_probes.rewards import RewardParams, get_reward_type, initial_head
+from lm_probes.rewards import RewardParams, answer_ids, get_reward_type, initial_head
 from lm_probes.scoring import Encoded, pad_id_of, score
 from theory import accuracy
 
@@ -63,6 +63,7 @@ class RewardModel(torch.nn.Module):
         head_seed = cfg.seed if cfg.head_seed is None else cfg.head_seed
         head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
+        self.answer_ids = answer_ids(lm.tokenizer, self.rt.answers) if self.rt.answers else None
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
         # evaluation encodings → ln π_ref and its per-token terms, computed in exactly the chunks
         # evaluate_sets() uses, so that before training every IM reward is exactly 0 (float32 rounding
@@ -98,15 +99,20 @@ class RewardModel(torch.nn.Module):
                 self.ref_eval_tokens[e.input_ids] = tok.double().cpu().numpy()
 
     def rewards(self, encs: list[Encoded], table: dict | None = None, *, with_scored: bool = False):
-        """Rewards (N,) of ``encs`` (and the Scored batch with ``with_scored``); ``table`` maps encodings
-        to ln π_ref (default: the training table)."""
+        """Rewards (N,) of ``encs`` (with ``with_scored``: and the Scored batch and the RewardParams used);
+        ``table`` maps encodings to ln π_ref (default: the training table)."""
         ref = None
         if self.rt.uses_reference:
             table = self.ref if table is None else table
             ref = torch.tensor([table[e.input_ids] for e in encs], dtype=torch.float64, device=self.lm.device)
-        params = RewardParams(self.cfg.beta, self.u, ref)
+        params = RewardParams(self.cfg.beta, self.u, ref, self.answer_ids)
         r, sc = self.rt.score_with(self.model, encs, self.pad, params)
-        return (r, sc) if with_scored else r
+        return (r, sc, params) if with_scored else r
+
+    def pair_losses(self, encs: list[Encoded]) -> torch.Tensor:
+        """The reward type's per-pair loss (N/2,) of training encodings (chosen, rejected) interleaved."""
+        r, sc, params = self.rewards(encs, with_scored=True)
+        return self.rt.pair_loss(r, sc, params)
 
 
 def length_buckets(
@@ -121,12 +127,14 @@ def length_buckets(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def reward_metrics(rt, r: np.ndarray) -> dict:
-    """TRL-named metrics of (N, 2) rewards (chosen, rejected) under the reward type's own loss."""
+def reward_metrics(rt, r: np.ndarray, q: np.ndarray | None = None) -> dict:
+    """TRL-named metrics of (N, 2) rewards (chosen, rejected) under the reward type's own loss, which
+    reads ``q`` (N, 2, ...) where the type has a ``loss_input`` and the rewards otherwise."""
     acc = accuracy(r[:, 0], r[:, 1])
-    rc, rr = torch.as_tensor(r[:, 0]), torch.as_tensor(r[:, 1])
+    q = r if q is None else q
+    qc, qr = torch.as_tensor(q[:, 0]), torch.as_tensor(q[:, 1])
     return {
-        "loss": float(rt.loss(rc, rr).mean()),
+        "loss": float(rt.loss(qc, qr).mean()),
         "rewards/accuracies": acc.half_ties,
         "rewards/accuracies_strict": acc.strict,
         "rewards/tie_rate": acc.tie_rate,
@@ -176,9 +184,13 @@ def evaluate_sets(
     terms of each reward."""
     values: dict[tuple, float] = {}
     toks: dict[tuple, np.ndarray] = {}
+    qs: dict[tuple, np.ndarray] = {}  # what the loss reads, for types with a loss_input
     split = tokens and rm.rt.token_rewards is not None
     for chunk in eval_chunks(ev):
-        r, sc = rm.rewards(chunk, rm.ref_eval, with_scored=True)
+        r, sc, params = rm.rewards(chunk, rm.ref_eval, with_scored=True)
+        if rm.rt.loss_input is not None:
+            q = rm.rt.loss_values(r, sc, params).double().cpu().numpy()
+            qs.update((e.input_ids, q[j]) for j, e in enumerate(chunk))
         for j, (e, v) in enumerate(zip(chunk, r.double().cpu().tolist(), strict=True)):
             values[e.input_ids] = v
             if split:
@@ -195,7 +207,8 @@ def evaluate_sets(
                 f"(first at {pairs[bad][0].where}); the model's weights or outputs are NaN/inf"
             )
         tr = [(toks[c.input_ids], toks[x.input_ids]) for c, x in pairs] if split else None
-        out[name] = SetEval(reward_metrics(rm.rt, r), r, tr)
+        q = np.array([[qs[c.input_ids], qs[x.input_ids]] for c, x in pairs]) if qs else None
+        out[name] = SetEval(reward_metrics(rm.rt, r, q), r, tr)
     return out
 
 
@@ -214,6 +227,7 @@ def _encode(lm: LoadedLM, pairs: list[Pair], cfg: TrainConfig) -> EncodedPairs:
         chat_template=cfg.chat_template,
         max_length=cfg.max_length or lm.info.get("max_positions"),
         max_part_length=cfg.max_part_length,
+        verbalize=get_reward_type(cfg.objective).verbalize,
     )
 
 
@@ -284,8 +298,7 @@ def train_reward_model(
         desc = f"{cfg.objective} epoch {epoch}"
         losses = []
         for step, b in enumerate(progress(batches, desc, enabled=cfg.progress, total=len(batches))):
-            r = rm.rewards([e for i in b for e in tr[i]])
-            loss = rm.rt.loss(r[0::2], r[1::2]).sum() / cfg.batch_size
+            loss = rm.pair_losses([e for i in b for e in tr[i]]).sum() / cfg.batch_size
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{cfg.objective}: loss is {loss.item()} at epoch {epoch}, micro-batch {step} "

@@ -6,6 +6,8 @@ rmgap data [--verify]                 the datasets shipped with the package: nam
 rmgap probe persona | --data FILE     which responses one preference update moves (lm_probes.probe)
 rmgap train --train FILE ...          train one reward model of any registered type (lm_probes.train)
 rmgap persona --preset cpu|paper      the Persona experiment (lm_probes.experiments.persona)
+rmgap shifts --preset cpu|paper       token-level and domain shifts (lm_probes.experiments.shifts)
+rmgap hamiltonian --preset cpu|paper  verification without generation (lm_probes.experiments.hamiltonian)
 rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
 
 An error in the input ends a command with one line, ``rmgap <command>: error: <what>``, and exit
@@ -30,6 +32,7 @@ COMMANDS = {  # command → (module, function, help)
     "train": ("lm_probes.cli", "train_main", "train a reward model (rmgap train -h)"),
     "persona": ("lm_probes.experiments.persona", "main", "the Persona token-level-shift experiment"),
     "shifts": ("lm_probes.experiments.shifts", "main", "real-world token-level and domain shifts"),
+    "hamiltonian": ("lm_probes.experiments.hamiltonian", "main", "verification without generation (cycles)"),
 }
 
 

@@ -123,9 +123,9 @@ class VertexLM(torch.nn.Module):
         return seqs
 
 
-def correct_mass(model, adj_np, perms) -> float:
+def correct_mass(model, adj_np) -> float:
     """ln π(C(x)|x), summed exactly over the cycle sequences."""
-    seqs = hamiltonian_cycles(adj_np, perms)
+    seqs = hamiltonian_cycles(adj_np)
     with torch.no_grad():
         lp, _ = model.logprob(
             torch.as_tensor(adj_np, dtype=torch.float32).expand(len(seqs), -1, -1), torch.as_tensor(seqs)
@@ -190,7 +190,7 @@ def run(cfg: Config) -> dict:
         ref_tr = tuple(ref_model.logprob(T(adj_tr), T(s, torch.long))[0] for s in (p_tr, n_tr))
         ref_te = tuple(ref_model.logprob(T(adj_te), T(s, torch.long))[0] for s in (p_te, n_te))
     data = {"train": (T(adj_tr), T(p_tr, torch.long), T(n_tr, torch.long)), "ref_train": ref_tr}
-    log_p_ref = np.array([correct_mass(ref_model, a, perms) for a in adj_te])
+    log_p_ref = np.array([correct_mass(ref_model, a) for a in adj_te])
     gen = torch.Generator().manual_seed(cfg.seed)
     samp0, greedy0 = generation(ref_model, cfg, T(adj_te), adj_te, gen)
     out = {
@@ -210,7 +210,7 @@ def run(cfg: Config) -> dict:
         )
         res = dict(train_accuracy=tr_acc.strict, test_accuracy=te_acc.strict, test_tie_rate=te_acc.tie_rate)
         if kind == "im":
-            log_p = np.array([correct_mass(model, a, perms) for a in adj_te])
+            log_p = np.array([correct_mass(model, a) for a in adj_te])
             samp, greedy = generation(model, cfg, T(adj_te), adj_te, gen)
             delta = float(np.median(margins))
             p_ref = np.exp(log_p_ref)

@@ -12,7 +12,7 @@ WORDS = (
 ).split()
 
 
-def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64):
+def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64, extra_words=()):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -20,7 +20,8 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64):
     from lm_probes.numerics import keep_rms_norms_in_dtype
     from lm_probes.numerics import register as register_attention
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<user>", "<assistant>", *dict.fromkeys(WORDS)])}
+    words = ["<pad>", "<unk>", "<user>", "<assistant>", *dict.fromkeys([*WORDS, *extra_words])]
+    vocab = {w: i for i, w in enumerate(words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>")

@@ -72,7 +72,7 @@ def test_registry_loss_is_theorys_bradley_terry():
     rc, rr = np.array([0.3, -1.0, 2.0, 0.0]), np.array([0.1, 0.5, -3.0, 0.0])
     got = bradley_terry(torch.tensor(rc), torch.tensor(rr)).numpy()
     np.testing.assert_allclose(got, bt_loss(rc, rr, reduction="none"), rtol=1e-12)
-    assert all(rt.loss is bradley_terry for rt in REWARDS.values())
+    assert all(rt.loss is bradley_terry for rt in REWARDS.values() if rt.loss_input is None)
 
 
 def test_initial_head_is_the_same_in_every_dtype():
@@ -144,3 +144,45 @@ def test_registry_refuses_inconsistent_entries():
         RewardType(
             "bad", "", lambda sc, p: sc.logprob, fixed_state=lambda *a, **k: 0, fixed_state_moves="head"
         )
+
+
+GRM_WORDS = ("Question:", "Answer:", "Verification:", "Is", "correct", "(Yes/No)?", "Yes", "No")
+
+
+def test_ex_grm_reward_and_loss_by_hand():
+    """r = P("Yes") at the answer position of the authors' verification prompt; the loss is
+    −ln P(Yes | chosen) − ln P(No | rejected): both against a plain forward pass of the rendered text."""
+    from lm_probes.scoring import render_prompt
+
+    lm = make_tiny_lm(extra_words=GRM_WORDS)
+    tok = lm.tokenizer
+    yes, no = tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")
+
+    def by_hand(prompt, response):
+        text = render_prompt(
+            tok, f"Question: {prompt}\nAnswer: {response}\nVerification: Is the answer correct (Yes/No)?"
+        )
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(ids).logits[0, -1], -1)
+        return float(lp[yes]), float(lp[no])
+
+    rm = RewardModel(lm, TrainConfig(objective="ex_grm"))
+    encs = [e for pr in encode_pairs(tok, PAIRS, verbalize=REWARDS["ex_grm"].verbalize).encodings for e in pr]
+    with torch.no_grad():
+        r = rm.rewards(encs).numpy()
+        losses = rm.pair_losses(encs).numpy()
+    hand = [by_hand(p.prompt, resp) for p in PAIRS for resp in (p.chosen, p.rejected)]
+    np.testing.assert_allclose(r, [np.exp(y) for y, _ in hand], rtol=1e-10)
+    want = [-hand[2 * i][0] - hand[2 * i + 1][1] for i in range(len(PAIRS))]
+    np.testing.assert_allclose(losses, want, rtol=1e-10)
+    assert np.ptp(r) > 1e-6 and 0 < r.min() and r.max() < 1
+    # evaluation reports the same loss (it reads ln P(No) too), and training lowers it
+    cfg = TrainConfig(objective="ex_grm", epochs=3, lr=1e-2, batch_size=2, micro_batch=1, progress=False)
+    s = train_reward_model(make_tiny_lm(extra_words=GRM_WORDS), PAIRS, {"t": PAIRS}, cfg).summary
+    assert s["history"][0]["t"]["loss"] == pytest.approx(np.mean(want), rel=1e-9)
+    assert s["final"]["t"]["loss"] < s["history"][0]["t"]["loss"]
+    assert s["final"]["t"]["rewards/accuracies"] == 1.0
+    # a tokenizer without a one-token "Yes" is refused with a clear message
+    with pytest.raises(ValueError, match="answer 'Yes' is the unknown token"):
+        RewardModel(make_tiny_lm(), TrainConfig(objective="ex_grm"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -145,12 +146,23 @@ def test_nan_loss_is_a_clear_error():
 
 def test_persona_data_and_table():
     d = persona_data(n_train=80, n_test=40, pairs_per_statement=2, seed=0)
+    # evaluation: each statement with the 2×2 word pairs (the authors' average over word pairs)
     assert len(d["train"]) == 160 and {k: len(v) for k, v in d["eval"].items()} == {
-        "original_train": 160,
-        "original_test": 80,
-        "paraphrased_train": 160,
-        "paraphrased_test": 80,
+        "original_train": 320,
+        "original_test": 160,
+        "paraphrased_train": 320,
+        "paraphrased_test": 160,
     }
+    words = Counter((p.chosen.split()[-1], p.rejected.split()[-1]) for p in d["eval"]["paraphrased_test"])
+    assert words == {(y, n): 40 for y in ("certainly", "absolutely") for n in ("really", "nope")}
+
+    # the authors' templates: a training response and an evaluation paraphrase share only the pronouns
+    # "I" and "my" (the old "Yes, my answer would be" also shared "would be")
+    def words_of(pairs):
+        return {w for p in pairs for w in (p.chosen + " " + p.rejected).lower().split()}
+
+    trained, paraphrases = words_of(d["train"]), words_of(d["eval"]["paraphrased_test"])
+    assert trained & paraphrases == {"i", "my"} and "view," in trained
     train_prompts = {p.prompt for p in d["train"]}
     assert not train_prompts & {p.prompt for p in d["eval"]["original_test"]}
     assert {p.prompt for p in d["eval"]["paraphrased_train"]} == train_prompts

@@ -12,7 +12,7 @@ import numpy as np
 
 from lm_probes.common import jsonable, write_json, write_jsonl
 from lm_probes.data import DataError
-from lm_probes.reports import save_figure, write_training
+from lm_probes.reports import pyplot, save_figure, write_training
 
 SHIFT_ORDER = ("in_distribution", "token_level", "domain", "train")
 NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
@@ -45,15 +45,6 @@ def load_cell(d: Path) -> dict:
         with gzip.open(f, "rt", encoding="utf-8") as fh:
             cell["tokens"][f.name[len("token_rewards_") : -len(".jsonl.gz")]] = [json.loads(x) for x in fh]
     return cell
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _fmt_ci(ci) -> str:
@@ -138,7 +129,7 @@ def _tokens(top) -> str:
 def win_rate_figure(win: dict, win_plain: dict, eval_: dict | None = None, title: str = ""):
     """Stacked EX win / tie / IM win bars per shift type (CI rule and plain rule) and, given the
     evaluation sets, each set's Δ accuracy with its CI."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if eval_ else 1, figsize=(12 if eval_ else 6, 4), squeeze=False)
     ax = axes[0, 0]
     labels, bars = [], []

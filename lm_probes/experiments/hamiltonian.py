@@ -1,0 +1,351 @@
+"""Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
+theory/README.md §2, Theorem 1).
+
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian_cpu      # SmolLM2 on 2 cores (≤ 60 min)
+    rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
+
+Data (lm_probes.hamiltonian): graphs on n vertices, a planted Hamiltonian cycle plus i.i.d. edges;
+y+ = the planted cycle, y− = a random permutation with a non-edge; <sep> and <edge_sep> are new tokens
+(embeddings resized, the new rows drawn with the run's seed, identical in every copy of the model).
+The EX-RM and the IM-RM (and any --objectives of lm_probes.rewards) train on the same pairs from the
+same initial LM. Then, for the reference LM and each trained LM:
+  * generation: one sample per train and test prompt, temperature 1, top-k 0, top-p 1, at most 2n − 1
+    new tokens (a response's length) or until end-of-sequence; correct = exactly n distinct vertices
+    joined by <sep>, consecutive ones (and the last with the first) adjacent;
+  * exact generation mass: every Hamiltonian cycle of each test graph (theory.graphs.hamiltonian_cycles:
+    each start and direction) as a token sequence, ln π(C(x)|x) = logsumexp of their ln π, in batched
+    passes that share the prompt; the EX-RM's LM (its backbone with its own output head) is the control;
+  * Theorem 1's tilt τ(p) (theory.tilted_correct_mass) at p = π_ref(C(x)|x) and δ = the IM-RM's own
+    margin on that graph's test pair: what the least-generating verifier with that margin would put on C.
+
+Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
+15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 with fewer graphs and epochs and
+a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 100 train / 100 test
+prompts and the exact mass on 100 test graphs.
+Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
+.<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
+hamiltonian.png, samples.jsonl (every generation), and each RM's training outputs under <out>/<rm>/.
+Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993; correct generations 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+from lm_probes.common import progress, write_json, write_jsonl
+from lm_probes.generation import SamplingConfig, generate, set_logprob
+from lm_probes.hamiltonian import (
+    GraphSet,
+    add_graph_tokens,
+    cycle_response,
+    hamiltonian_data,
+    is_correct_response,
+    parse_response,
+)
+from lm_probes.reports import pyplot, save_figure, write_training
+from lm_probes.rewards import REWARDS
+from lm_probes.scoring import encode
+from lm_probes.train import TrainConfig, train_reward_model
+from theory import tilted_correct_mass
+from theory.graphs import hamiltonian_cycles
+
+# cpu: SmolLM2 trains at ~150 tokens/s on 2 cores; a pair of 10-vertex graphs is ~290 tokens with the
+# chat template, so 256 pairs × 2 epochs ≈ 17 min per RM, plus the evaluations, generation and masses.
+PRESETS = {
+    "paper": dict(
+        graphs=dict(n=10, edge_prob=0.2, n_train=1000, n_test=200),
+        train=dict(epochs=15, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
+        n_eval_train=200,
+        n_generate=200,
+        n_mass=200,
+    ),
+    "cpu": dict(
+        graphs=dict(n=10, edge_prob=0.2, n_train=256, n_test=100),
+        train=dict(epochs=2, lr=1e-5, batch_size=16, micro_batch=8, beta=0.01),
+        n_eval_train=100,
+        n_generate=100,
+        n_mass=100,
+    ),
+}
+PAPER = {
+    "model": "Pythia-1B",
+    "accuracy": {"train": {"ex_rm": 1.0, "im_rm": 1.0}, "test": {"ex_rm": 0.980, "im_rm": 0.993}},
+    "generation": {"im_rm": {"correct_fraction": {"train": 0.0, "test": 0.0}}},
+}
+
+
+@torch.no_grad()
+def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig, desc="") -> dict:
+    """One sample per prompt of the first ``limit`` graphs → correct / well-formed fractions and samples."""
+    k = min(limit, len(graphs.prompts))
+    outs = generate(lm, graphs.prompts[:k], sampling)
+    correct = [is_correct_response(graphs.adj[g], o.text) for g, o in enumerate(outs)]
+    parsed = [parse_response(o.text, graphs.adj.shape[1]) for o in outs]
+    perm = [p is not None and len(set(p.tolist())) == len(p) for p in parsed]
+    return {
+        "correct_fraction": float(np.mean(correct)),
+        "permutation_fraction": float(np.mean(perm)),  # n distinct vertices, cycle or not
+        "n": k,
+        "samples": [
+            {"graph": g, "text": o.text, "stopped": o.stopped, "correct": c}
+            for g, (o, c) in enumerate(zip(outs, correct, strict=True))
+        ],
+    }
+
+
+@torch.no_grad()
+def generation_mass(lm, graphs: GraphSet, limit: int, *, chat_template=True, quiet=False) -> dict:
+    """log10 π(C(x)|x), exactly: every Hamiltonian-cycle sequence of each of the first ``limit`` graphs
+    scored (prompt cache shared by a graph's sequences) and summed in log space."""
+    log10, counts = [], []
+    k = min(limit, len(graphs.prompts))
+    for g in progress(range(k), "generation mass", enabled=not quiet, total=k):
+        cycles = hamiltonian_cycles(graphs.adj[g])
+        p, where = graphs.prompts[g], f"{graphs.name}:graph{g}"
+        encs = [
+            encode(lm.tokenizer, p, cycle_response(c), chat_template=chat_template, where=where)
+            for c in cycles
+        ]
+        log10.append(set_logprob(lm, encs) / math.log(10))
+        counts.append(len(cycles))
+    return {"log10": log10, "mean_log10": float(np.mean(log10)), "n_sequences": counts}
+
+
+def analyse(lm, data: dict, preset: dict, sampling: SamplingConfig, chat_template: bool, quiet: bool) -> dict:
+    """Generation on train and test prompts and the exact mass on test graphs, for one LM."""
+    lm.model.eval()
+    return {
+        "generation": {
+            split: generation_check(lm, data[split], preset["n_generate"], sampling)
+            for split in ("train", "test")
+        },
+        "mass": generation_mass(lm, data["test"], preset["n_mass"], chat_template=chat_template, quiet=quiet),
+    }
+
+
+def tilt(reference_log10: list, im_rewards: np.ndarray, beta: float) -> dict:
+    """Theorem 1's τ(p) per test graph at p = π_ref(C|x) and δ = the IM-RM's margin on its test pair."""
+    k = len(reference_log10)
+    p = 10.0 ** np.asarray(reference_log10)
+    delta = im_rewards[:k, 0] - im_rewards[:k, 1]
+    tau = np.array([tilted_correct_mass(pi, margin=d, beta=beta) for pi, d in zip(p, delta, strict=True)])
+    with np.errstate(divide="ignore"):
+        log10_tau = np.log10(tau)
+    return {
+        "margin_mean": float(delta.mean()),
+        "log10": log10_tau.tolist(),
+        "mean_log10": float(np.mean(log10_tau)),
+        "bound_mean_log10": float(np.mean(np.log10(p) + np.maximum(delta, 0) / (beta * math.log(10)))),
+    }
+
+
+def run_hamiltonian(
+    lm_factory, data, objectives, preset, cfg: TrainConfig, out, resume, sampling, quiet
+) -> dict:
+    """Train every objective; analyse the reference LM and each trained LM. → {name: record}."""
+    chat = cfg.chat_template
+    records = {"reference": analyse(lm_factory(), data, preset, sampling, chat, quiet)}
+    train = data["train"].pairs()
+    evals = {"train": data["train"].pairs(preset["n_eval_train"]), "test": data["test"].pairs()}
+    for obj in objectives:
+        lm = lm_factory()
+        res = train_reward_model(
+            lm, train, evals, replace(cfg, objective=obj), out / obj if out else None, resume
+        )
+        records[obj] = {"train_result": res, **analyse(lm, data, preset, sampling, chat, quiet)}
+        acc = {s: res.summary["final"][s]["rewards/accuracies"] for s in evals}
+        gen = records[obj]["generation"]["test"]["correct_fraction"]
+        print(f"{obj}: accuracy {acc}, correct generations (test) {gen:.3f}", flush=True)
+    return records
+
+
+def make_summary(records: dict, beta: float) -> dict:
+    rms = [k for k in records if k != "reference"]
+    summary = {
+        "accuracy": {
+            s: {rm: records[rm]["train_result"].summary["final"][s]["rewards/accuracies"] for rm in rms}
+            for s in ("train", "test")
+        },
+        "generation": {
+            name: {
+                key: {s: rec["generation"][s][key] for s in ("train", "test")}
+                for key in ("correct_fraction", "permutation_fraction")
+            }
+            for name, rec in records.items()
+        },
+        "generation_mass": {
+            name: {"mean_log10": rec["mass"]["mean_log10"], "log10": rec["mass"]["log10"]}
+            for name, rec in records.items()
+        },
+        "n_cycle_sequences_mean": float(np.mean(records["reference"]["mass"]["n_sequences"])),
+    }
+    if "im_rm" in records:
+        rewards = records["im_rm"]["train_result"].rewards["test"]
+        summary["tilt"] = tilt(records["reference"]["mass"]["log10"], rewards, beta)
+    return summary
+
+
+def table_markdown(s: dict, header: str) -> str:
+    rms = list(s["accuracy"]["test"])
+    names = ["reference", *rms]
+    paper = PAPER["accuracy"]["test"]
+    lines = [
+        header,
+        "",
+        "| | " + " | ".join(names) + " | paper (IM-RM) |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for split in ("train", "test"):
+        cells = " | ".join(["—", *(f"{s['accuracy'][split][rm]:.3f}" for rm in rms)])
+        lines.append(
+            f"| verification accuracy, {split} | {cells} | {PAPER['accuracy'][split]['im_rm']:.3f} |"
+        )
+    for split in ("train", "test"):
+        cells = " | ".join(f"{s['generation'][n]['correct_fraction'][split]:.3f}" for n in names)
+        lines.append(f"| correct generations, {split} | {cells} | 0 |")
+        cells = " | ".join(f"{s['generation'][n]['permutation_fraction'][split]:.3f}" for n in names)
+        lines.append(f"| permutations generated, {split} | {cells} | — |")
+    cells = " | ".join(f"{s['generation_mass'][n]['mean_log10']:.2f}" for n in names)
+    lines.append(f"| mean log10 π(C(x)\\|x), test | {cells} | — |")
+    if "tilt" in s:
+        lines += [
+            "",
+            f"Theorem 1's tilt at the IM-RM's own test margins (mean δ = {s['tilt']['margin_mean']:.4f}, "
+            f"β = {s['config']['train']['beta']}): mean log10 τ(p) = {s['tilt']['mean_log10']:.2f}: "
+            "what the verifier with those margins that generates least would put on C.",
+        ]
+    lines.append(
+        f"\nPaper (Pythia-1B): test accuracy EX-RM {paper['ex_rm']}, IM-RM {paper['im_rm']}; 0 correct."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def figure(s: dict):
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rms = list(s["accuracy"]["test"])
+    names = ["reference", *rms]
+    x = np.arange(len(names))
+    acc = [np.nan, *(s["accuracy"]["test"][rm] for rm in rms)]
+    gen = [s["generation"][n]["correct_fraction"]["test"] for n in names]
+    a.bar(x - 0.2, acc, 0.4, label="verification accuracy (test)")
+    a.bar(x + 0.2, gen, 0.4, label="correct generations (test)")
+    a.set_xticks(x, names)
+    a.set_ylim(0, 1.05)
+    a.legend(fontsize=8)
+    a.set_title("verifying vs generating Hamiltonian cycles")
+    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
+    for n, marker in zip(rms, "os^v", strict=False):
+        b.scatter(ref, s["generation_mass"][n]["log10"], s=12, marker=marker, label=f"π_θ(C|x), {n}")
+    if "tilt" in s:
+        b.scatter(ref, s["tilt"]["log10"], s=12, marker="x", c="k", label="τ(p) at the IM-RM's margin")
+    lim = [min(ref.min(), b.get_ylim()[0]), max(ref.max(), b.get_ylim()[1])]
+    b.plot(lim, lim, "k:", lw=1, label="= π_ref(C|x)")
+    b.set_xlabel("log10 π_ref(C(x)|x)")
+    b.set_ylabel("log10 π(C(x)|x)")
+    b.legend(fontsize=8)
+    b.set_title("exact generation mass per test graph")
+    fig.tight_layout()
+    return fig
+
+
+def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
+    for name, rec in records.items():
+        if "train_result" in rec:
+            write_training(rec["train_result"], out / name)
+    rows = (
+        {"lm": name, "split": split, **smp}
+        for name, rec in records.items()
+        for split in ("train", "test")
+        for smp in rec["generation"][split]["samples"]
+    )
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
+    (out / "table.md").write_text(result["markdown"])
+    save_figure(figure(result), out / "hamiltonian.png")
+
+
+def main(argv=None, lm_factory=None) -> dict:
+    ap = parser("rmgap hamiltonian", __doc__)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
+    for flag in ("vertices", "edge-prob", "n-train", "n-test", "epochs", "lr"):
+        ap.add_argument(
+            f"--{flag}", type=float if flag in ("edge-prob", "lr") else int, help="override the preset"
+        )
+    ap.add_argument("--no-chat-template", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
+    add_model_args(ap)
+    add_run_args(ap, "runs/hamiltonian")
+    args = ap.parse_args(argv)
+    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
+    overrides = {
+        "n": args.vertices,
+        "edge_prob": args.edge_prob,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+    }
+    preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
+    preset["train"].update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
+    data = hamiltonian_data(**preset["graphs"], seed=args.seed)
+    cfg = replace(
+        TrainConfig(),
+        **preset["train"],
+        seed=args.seed,
+        head_seed=args.head_seed,
+        chat_template=not args.no_chat_template,
+        progress=not args.quiet,
+    )
+    n = preset["graphs"]["n"]
+    sampling = SamplingConfig(
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=2 * n - 1,
+        seed=args.seed,
+        chat_template=cfg.chat_template,
+    )
+    factory = lm_factory or (lambda: load_model(args))
+    t0 = time.perf_counter()
+    records = run_hamiltonian(
+        lambda: add_graph_tokens(factory(), seed=args.seed),
+        data,
+        objectives,
+        preset,
+        cfg,
+        args.out,
+        args.resume,
+        sampling,
+        args.quiet,
+    )
+    summary = make_summary(records, cfg.beta)
+    cmd = command_line("rmgap hamiltonian", argv)
+    summary.update(
+        config={**preset, "train": asdict(cfg), "sampling": asdict(sampling)},
+        preset=args.preset,
+        command=cmd,
+        model=records[objectives[0]]["train_result"].summary["model"],
+        seconds=time.perf_counter() - t0,
+        paper=PAPER,
+    )
+    header = (
+        f"Hamiltonian cycles ({n} vertices, edge probability {preset['graphs']['edge_prob']}, "
+        f"{preset['graphs']['n_train']} train / {preset['graphs']['n_test']} test graphs), "
+        f"{summary['model'].get('model')}, preset {args.preset}. Command: `{cmd}`"
+    )
+    summary["markdown"] = table_markdown(summary, header)
+    write_hamiltonian(summary, records, args.out)
+    print("\n" + summary["markdown"])
+    return summary
+
+
+if __name__ == "__main__":
+    main()
