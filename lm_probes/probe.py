@@ -31,8 +31,8 @@ from torch.func import functional_call, jvp
 from lm_probes.common import Timer, progress
 from lm_probes.data import DataError, Pair, encode_pairs
 from lm_probes.loading import LoadedLM
-from lm_probes.rewards import RewardParams, get_reward_type, initial_head
-from lm_probes.scoring import Scorer, extract_states, pad_id_of, prompt_groups, score, stack_states
+from lm_probes.rewards import RewardParams, answer_ids, get_reward_type, initial_head
+from lm_probes.scoring import Scorer, extract_states, pad_id_of, prompt_groups, stack_states
 from theory import bt_grad_scale, max_margin_separator
 from theory.max_margin import NotSeparableError
 
@@ -77,25 +77,38 @@ class _Run:
             ev = self.encode(evals)
         self.tr_encs = [e for pr in tr.encodings for e in pr]
         self.ev_encs = [e for pr in ev.encodings for e in pr]
-        self.evals, self.dropped = ev.kept, ev.dropped["identical"]
+        self.train, self.evals, self.dropped = train, ev.kept, ev.dropped["identical"]
+        self._encs = {None: (self.tr_encs, self.ev_encs)}  # by the reward type's verbalize
         with self.T("model: states at θ0"):
             self.tr_states = extract_states(self.model, self.tr_encs, self.pad)
             self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
         self.n = len(train)
 
-    def encode(self, pairs):
+    def encode(self, pairs, verbalize=None):
         return encode_pairs(
             self.lm.tokenizer,
             pairs,
             chat_template=self.cfg.chat_template,
             max_length=self.lm.info.get("max_positions"),
             too_long="raise",
+            verbalize=verbalize,
         )
+
+    def encs_for(self, rt) -> tuple[list, list]:
+        """(train, evaluation) encodings as ``rt`` shows them to the LM (its ``verbalize``), in the
+        order of the shared ones (the same pairs: a verbalised pair differs where its responses do)."""
+        if rt.verbalize not in self._encs:
+            self._encs[rt.verbalize] = tuple(
+                [e for pr in self.encode(pairs, rt.verbalize).encodings for e in pr]
+                for pairs in (self.train, self.evals)
+            )
+        return self._encs[rt.verbalize]
 
     def params(self, rt, head, states, dtype) -> RewardParams:
         """RewardParams of ``rt`` for encodings whose θ0 states are ``states`` (ref = their ln π)."""
         ref = torch.tensor([s.logprob for s in states], dtype=dtype) if rt.uses_reference else None
-        return RewardParams(self.cfg.beta, None if head is None else head.to(dtype), ref)
+        answers = answer_ids(self.lm.tokenizer, rt.answers) if rt.answers else None
+        return RewardParams(self.cfg.beta, None if head is None else head.to(dtype), ref, answers)
 
     def chunks(self, encs):
         """Index lists of encodings that share a prompt (so score() runs each prompt once)."""
@@ -104,31 +117,33 @@ class _Run:
     @torch.no_grad()
     def rewards_after(self, rt, head, desc) -> np.ndarray:
         """Rewards (float64) of every evaluation response under the model's current weights."""
-        out = np.empty(len(self.ev_encs))
-        for idx in progress(self.chunks(self.ev_encs), desc, enabled=self.cfg.progress):
-            sc = score(self.model, [self.ev_encs[i] for i in idx], self.pad, need_logits=rt.needs_logits)
+        encs = self.encs_for(rt)[1]
+        out = np.empty(len(encs))
+        for idx in progress(self.chunks(encs), desc, enabled=self.cfg.progress):
             p = self.params(rt, head, [self.ev_states[i] for i in idx], self.lm.dtype)
-            out[idx] = rt.reward(sc, p).double().cpu().numpy()
+            out[idx] = rt.score(self.model, [encs[i] for i in idx], self.pad, p).double().cpu().numpy()
         return out
 
     def train_loss(self, rt, head):
         p = self.params(rt, head, self.tr_states, self.lm.dtype)
-        r = rt.score(self.model, self.tr_encs, self.pad, p)
-        return rt.loss(r[0::2], r[1::2]).mean()
+        r, sc = rt.score_with(self.model, self.encs_for(rt)[0], self.pad, p)
+        return rt.pair_loss(r, sc, p).mean()
 
     def first_order(self, rt, tangents: dict, head, v_head) -> np.ndarray:
         """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode JVP, batched by prompt)."""
         scorer = Scorer(self.model)
         params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
         tan = {f"model.{n}": t for n, t in tangents.items()}
-        out = np.empty(len(self.ev_encs))
-        for idx in progress(self.chunks(self.ev_encs), f"jvp {rt.name}", enabled=self.cfg.progress):
-            chunk = [self.ev_encs[i] for i in idx]
-            ref = self.params(rt, None, [self.ev_states[i] for i in idx], self.lm.dtype).ref
+        encs = self.encs_for(rt)[1]
+        out = np.empty(len(encs))
+        for idx in progress(self.chunks(encs), f"jvp {rt.name}", enabled=self.cfg.progress):
+            chunk = [encs[i] for i in idx]
+            p0 = self.params(rt, None, [self.ev_states[i] for i in idx], self.lm.dtype)
+            kw = {"need_logits": rt.needs_logits, "answer_ids": p0.answer_ids}
 
-            def f(p, *h, chunk=chunk, ref=ref):
-                sc = functional_call(scorer, p, (chunk, self.pad), {"need_logits": rt.needs_logits})
-                return rt.reward(sc, RewardParams(self.cfg.beta, h[0] if h else None, ref))
+            def f(p, *h, chunk=chunk, p0=p0, kw=kw):
+                sc = functional_call(scorer, p, (chunk, self.pad), kw)
+                return rt.reward(sc, RewardParams(self.cfg.beta, h[0] if h else None, p0.ref, p0.answer_ids))
 
             if head is None:
                 _, t = jvp(f, (params,), (tan,))
@@ -141,9 +156,15 @@ class _Run:
 def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
     """One reward type's columns, its θ0 rewards, g per triple, and per-token contributions (or [])."""
     cfg, T, n, model = run.cfg, run.T, run.n, run.model
-    sc_tr, sc_ev = stack_states(run.tr_states), stack_states(run.ev_states)
-    r_tr = rt.reward(sc_tr, run.params(rt, head0, run.tr_states, torch.float64)).numpy()
-    r0 = rt.reward(sc_ev, run.params(rt, head0, run.ev_states, torch.float64)).numpy()
+    if rt.verbalize is None and not rt.answers:  # rewards at θ0 from the shared states
+        sc_tr, sc_ev = stack_states(run.tr_states), stack_states(run.ev_states)
+        r_tr = rt.reward(sc_tr, run.params(rt, head0, run.tr_states, torch.float64)).numpy()
+        r0 = rt.reward(sc_ev, run.params(rt, head0, run.ev_states, torch.float64)).numpy()
+    else:  # a type that reads its own input (the EX-GRM): scored at θ0
+        with torch.no_grad():
+            p_tr = run.params(rt, head0, run.tr_states, run.lm.dtype)
+            r_tr = rt.score(model, run.encs_for(rt)[0], run.pad, p_tr).double().cpu().numpy()
+        r0 = run.rewards_after(rt, head0, f"{rt.name} at θ0")
     g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
     cols, contributions = {}, []
     if rt.fixed_state is not None:

@@ -319,8 +319,10 @@ class Scorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, encs, pad_id, keep_states=False, need_logits=True):
-        return score(self.model, encs, pad_id, keep_states=keep_states, need_logits=need_logits)
+    def forward(self, encs, pad_id, keep_states=False, need_logits=True, answer_ids=None):
+        return score(
+            self.model, encs, pad_id, keep_states=keep_states, need_logits=need_logits, answer_ids=answer_ids
+        )
 
 
 def forward(model, encs: list[Encoded], pad_id: int):

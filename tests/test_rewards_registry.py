@@ -186,3 +186,21 @@ def test_ex_grm_reward_and_loss_by_hand():
     # a tokenizer without a one-token "Yes" is refused with a clear message
     with pytest.raises(ValueError, match="answer 'Yes' is the unknown token"):
         RewardModel(make_tiny_lm(), TrainConfig(objective="ex_grm"))
+
+
+def test_the_probe_supports_the_ex_grm():
+    """The probe scores the EX-GRM on its own verification prompts: its θ0 rewards equal training's,
+    and the exact first-order change predicts one real all-parameter step."""
+    lm = make_tiny_lm(extra_words=GRM_WORDS)
+    cfg = ProbeConfig(rewards=("ex_grm", "im_rm"), modes=("full",), lr=1e-4, progress=False)
+    res = run_probe(lm, PAIRS[:1], EVALS, cfg)
+    encs = [
+        e
+        for pr in encode_pairs(lm.tokenizer, EVALS, verbalize=REWARDS["ex_grm"].verbalize).encodings
+        for e in pr
+    ]
+    with torch.no_grad():
+        trained_side = RewardModel(lm, TrainConfig(objective="ex_grm")).rewards(encs).numpy()
+    np.testing.assert_allclose([r["ex_grm_reward"] for r in res["records"]], trained_side, rtol=1e-9)
+    full = res["summary"]["full"]["ex_grm"]
+    assert full["pearson_first_order"] > 0.999 and "fixed_state" not in full
