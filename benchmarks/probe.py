@@ -27,7 +27,8 @@ from lm_probes.data import encode_pairs
 from lm_probes.loading import load_lm
 from lm_probes.persona import persona_probe_set
 from lm_probes.probe import ProbeConfig, run_probe
-from lm_probes.scoring import forward, pad_id_of, prompt_groups, score
+from lm_probes.scoring import pad_id_of, prompt_groups, score
+from lm_probes.states import forward
 
 
 def main(argv=None) -> dict:

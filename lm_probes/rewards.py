@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lm_probes.scoring import Encoded, ResponseStates, Scored, score
+from lm_probes.scoring import Encoded, Scored, score
+from lm_probes.states import ResponseStates
 from theory import ex_reward_change, im_reward_change_batch, im_token_contributions
 
 

@@ -11,6 +11,9 @@ WORDS = (
     "absolutely lean toward not really nope judgement : answer"
 ).split()
 
+# what the EX-GRM's verification prompt and answers need in the word-level vocabulary
+GRM_WORDS = ("Question:", "Answer:", "Verification:", "Is", "correct", "(Yes/No)?", "Yes", "No")
+
 
 def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64, extra_words=()):
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -11,16 +11,10 @@ import torch
 from lm_probes.data import DataError, Pair, read_jsonl
 from lm_probes.loading import untie_output_head
 from lm_probes.persona import persona_probe_set
-from lm_probes.probe import ProbeConfig, compare, run_probe
-from lm_probes.scoring import (
-    HeadMismatchError,
-    ScoringError,
-    encode,
-    extract_states,
-    forward,
-    pad_id_of,
-    score,
-)
+from lm_probes.probe import ProbeConfig, run_probe
+from lm_probes.probe_summary import compare
+from lm_probes.scoring import HeadMismatchError, ScoringError, encode, pad_id_of, score
+from lm_probes.states import extract_states, forward
 from tests.conftest import make_tiny_lm
 
 TRAIN = [

@@ -12,7 +12,7 @@ from lm_probes.probe import ProbeConfig, run_probe
 from lm_probes.rewards import REWARDS, RewardParams, RewardType, bradley_terry, initial_head, register
 from lm_probes.scoring import pad_id_of
 from lm_probes.train import RewardModel, TrainConfig, train_reward_model
-from tests.conftest import make_tiny_lm
+from tests.conftest import GRM_WORDS, make_tiny_lm
 from theory import bt_loss, ex_reward, im_reward
 
 PAIRS = [
@@ -144,9 +144,6 @@ def test_registry_refuses_inconsistent_entries():
         RewardType(
             "bad", "", lambda sc, p: sc.logprob, fixed_state=lambda *a, **k: 0, fixed_state_moves="head"
         )
-
-
-GRM_WORDS = ("Question:", "Answer:", "Verification:", "Is", "correct", "(Yes/No)?", "Yes", "No")
 
 
 def test_ex_grm_reward_and_loss_by_hand():

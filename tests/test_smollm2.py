@@ -11,7 +11,8 @@ import torch
 from lm_probes.loading import load_lm
 from lm_probes.persona import persona_probe_set
 from lm_probes.probe import ProbeConfig, run_probe
-from lm_probes.scoring import encode, extract_states, pad_id_of
+from lm_probes.scoring import encode, pad_id_of
+from lm_probes.states import extract_states
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from lm_probes.persona import persona_data
 from lm_probes.reports import write_training
 from lm_probes.rewards import REWARDS
 from lm_probes.train import RewardModel, TrainConfig, train_reward_model
-from tests.conftest import make_tiny_lm
+from tests.conftest import GRM_WORDS, make_tiny_lm
 
 TRAIN = [
     Pair(q, "a truthful reply is yes", "considering the statement , i say no", "train", f"t{i}")
@@ -32,7 +32,8 @@ EVAL = {
 @pytest.mark.parametrize("objective", list(REWARDS))
 def test_every_objective_fits_its_training_pairs(objective, tmp_path):
     cfg = TrainConfig(objective=objective, epochs=3, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
-    result = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg)
+    lm = make_tiny_lm(extra_words=GRM_WORDS if REWARDS[objective].answers else ())
+    result = train_reward_model(lm, TRAIN, EVAL, cfg)
     write_training(result, tmp_path)
     s = result.summary
     assert s["history"][0]["epoch"] == 0 and len(s["history"]) == 4
