@@ -129,13 +129,16 @@ def generate(lm: LoadedLM, prompts: list[str], cfg: SamplingConfig = SamplingCon
 
 
 @torch.no_grad()
-def set_logprob(lm: LoadedLM, encs: list[Encoded]) -> float:
+def set_logprob(lm: LoadedLM, encs: list[Encoded], max_group: int = 64) -> float:
     """ln π(S|x) = ln Σ_{y∈S} π(y|x) over the distinct responses ``encs`` (exact, no sampling): each
-    scored by lm_probes.scoring.score in passes that share the prompt's KV cache, summed in log space.
+    scored by lm_probes.scoring.score in passes that share the prompt's KV cache (``max_group``
+    responses per pass), summed in log space.
     This is the mass a sampler puts on S (tests/test_hamiltonian.py checks it against the logprobs of
     sampled sequences)."""
     distinct = list({e.input_ids: e for e in encs}.values())
     if not distinct:
         raise ValueError("set_logprob: the set of responses is empty")
-    lp = score(lm.model, distinct, pad_id_of(lm.tokenizer), mode="cached").logprob.double()
+    lp = score(
+        lm.model, distinct, pad_id_of(lm.tokenizer), mode="cached", max_group=max_group
+    ).logprob.double()
     return float(torch.logsumexp(lp, 0))

@@ -20,8 +20,9 @@ same initial LM. Then, for the reference LM and each trained LM:
 
 Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
 15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 with fewer graphs and epochs and
-a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 100 train / 100 test
-prompts and the exact mass on 100 test graphs.
+a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 64 train / 64 test
+prompts and the exact mass on 30 test graphs. Both give the prompt without a chat template, as the
+authors' Pythia-1B saw it (--chat-template to use the model's).
 Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
 .<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
 hamiltonian.png, samples.jsonl (every generation), and each RM's training outputs under <out>/<rm>/.
@@ -56,22 +57,36 @@ from lm_probes.train import TrainConfig, train_reward_model
 from theory import tilted_correct_mass
 from theory.graphs import hamiltonian_cycles
 
-# cpu: SmolLM2 trains at ~150 tokens/s on 2 cores; a pair of 10-vertex graphs is ~290 tokens with the
-# chat template, so 256 pairs × 2 epochs ≈ 17 min per RM, plus the evaluations, generation and masses.
+# Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
+# saw it. cpu: a 10-vertex prompt is ~107 SmolLM2 tokens and a response 19, so a pair is ~250 tokens;
+# at ~130 tokens/s (fwd+bwd, 2 cores) 256 pairs × 2 epochs take ~16 min per RM and one evaluation of
+# 200 pairs ~2.5 min. A test graph has 20 to 500+ cycle sequences (every cycle × 10 starts × 2
+# directions; heavy-tailed), ~150 on average, so the exact mass costs ~5 s per graph and LM: 30 graphs;
+# generation on 64 + 64 prompts ~2 min per LM. ≈ 55 min in all. The reductions (graphs 1 000 → 256,
+# test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs are 64 optimiser steps, lr 1e-6 →
+# 1e-5, evaluation after the last epoch only) buy time; the task (10 vertices, p = 0.2) is the authors'.
 PRESETS = {
     "paper": dict(
         graphs=dict(n=10, edge_prob=0.2, n_train=1000, n_test=200),
-        train=dict(epochs=15, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
+        train=dict(epochs=15, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01, chat_template=False),
         n_eval_train=200,
         n_generate=200,
         n_mass=200,
     ),
     "cpu": dict(
         graphs=dict(n=10, edge_prob=0.2, n_train=256, n_test=100),
-        train=dict(epochs=2, lr=1e-5, batch_size=16, micro_batch=8, beta=0.01),
+        train=dict(
+            epochs=2,
+            lr=1e-5,
+            batch_size=8,
+            micro_batch=8,
+            beta=0.01,
+            chat_template=False,
+            eval_every_epoch=False,
+        ),
         n_eval_train=100,
-        n_generate=100,
-        n_mass=100,
+        n_generate=64,
+        n_mass=30,
     ),
 }
 PAPER = {
@@ -280,7 +295,7 @@ def main(argv=None, lm_factory=None) -> dict:
         ap.add_argument(
             f"--{flag}", type=float if flag in ("edge-prob", "lr") else int, help="override the preset"
         )
-    ap.add_argument("--no-chat-template", action="store_true")
+    ap.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
     add_model_args(ap)
     add_run_args(ap, "runs/hamiltonian")
@@ -295,13 +310,13 @@ def main(argv=None, lm_factory=None) -> dict:
     }
     preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
     preset["train"].update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
+    preset["train"]["chat_template"] |= args.chat_template
     data = hamiltonian_data(**preset["graphs"], seed=args.seed)
     cfg = replace(
         TrainConfig(),
         **preset["train"],
         seed=args.seed,
         head_seed=args.head_seed,
-        chat_template=not args.no_chat_template,
         progress=not args.quiet,
     )
     n = preset["graphs"]["n"]
