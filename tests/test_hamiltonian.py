@@ -117,3 +117,12 @@ def test_hamiltonian_end_to_end(tmp_path):
     ):
         assert (out / f).exists(), f
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3 * (8 + 4)
+
+
+def test_bad_settings_are_one_line_errors(capsys):
+    from rmgap.cli import main
+
+    assert main(["hamiltonian", "--vertices", "12", "--quiet"]) == 2
+    assert "between 3 and 10" in capsys.readouterr().err
+    assert main(["hamiltonian", "--edge-prob", "1.5", "--quiet"]) == 2
+    assert "--edge-prob" in capsys.readouterr().err
