@@ -21,7 +21,7 @@ same initial LM. Then, for the reference LM and each trained LM:
 Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
 15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 with fewer graphs and epochs and
 a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 64 train / 64 test
-prompts and the exact mass on 30 test graphs. Both give the prompt without a chat template, as the
+prompts and the exact mass on 16 test graphs. Both give the prompt without a chat template, as the
 authors' Pythia-1B saw it (--chat-template to use the model's).
 Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
 .<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
@@ -61,8 +61,8 @@ from theory.graphs import hamiltonian_cycles
 # saw it. cpu: a 10-vertex prompt is ~107 SmolLM2 tokens and a response 19, so a pair is ~250 tokens;
 # at ~130 tokens/s (fwd+bwd, 2 cores) 256 pairs × 2 epochs take ~16 min per RM and one evaluation of
 # 200 pairs ~2.5 min. A test graph has 20 to 500+ cycle sequences (every cycle × 10 starts × 2
-# directions; heavy-tailed), ~150 on average, so the exact mass costs ~5 s per graph and LM: 30 graphs;
-# generation on 64 + 64 prompts ~2 min per LM. ≈ 55 min in all. The reductions (graphs 1 000 → 256,
+# directions; heavy-tailed: measured 20 s to 90 s per graph and LM on one contended core), so the exact
+# mass runs on 16 test graphs (paired across the LMs); generation on 64 + 64 prompts ~2 min per LM. The reductions (graphs 1 000 → 256,
 # test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs are 64 optimiser steps, lr 1e-6 →
 # 1e-5, evaluation after the last epoch only) buy time; the task (10 vertices, p = 0.2) is the authors'.
 PRESETS = {
@@ -86,7 +86,7 @@ PRESETS = {
         ),
         n_eval_train=100,
         n_generate=64,
-        n_mass=30,
+        n_mass=16,
     ),
 }
 PAPER = {
