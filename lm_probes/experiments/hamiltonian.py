@@ -62,9 +62,10 @@ from theory.graphs import hamiltonian_cycles
 # at ~130 tokens/s (fwd+bwd, 2 cores) 256 pairs × 2 epochs take ~16 min per RM and one evaluation of
 # 200 pairs ~2.5 min. A test graph has 20 to 500+ cycle sequences (every cycle × 10 starts × 2
 # directions; heavy-tailed: measured 20 s to 90 s per graph and LM on one contended core), so the exact
-# mass runs on 16 test graphs (paired across the LMs); generation on 64 + 64 prompts ~2 min per LM. The reductions (graphs 1 000 → 256,
-# test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs are 64 optimiser steps, lr 1e-6 →
-# 1e-5, evaluation after the last epoch only) buy time; the task (10 vertices, p = 0.2) is the authors'.
+# mass runs on 16 test graphs (paired across the LMs); generation on 64 + 64 prompts ~2 min per LM.
+# The reductions (graphs 1 000 → 256, test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs
+# are 64 optimiser steps, lr 1e-6 → 1e-5, evaluation after the last epoch only) buy time; the task
+# (10 vertices, edge probability 0.2) is the authors'.
 PRESETS = {
     "paper": dict(
         graphs=dict(n=10, edge_prob=0.2, n_train=1000, n_test=200),
