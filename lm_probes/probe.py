@@ -64,6 +64,7 @@ class _Run:
         self.ev_encs = [e for pr in ev.encodings for e in pr]
         self.train, self.evals, self.dropped = train, ev.kept, ev.dropped["identical"]
         self._encs = {None: (self.tr_encs, self.ev_encs)}  # by the reward type's verbalize
+        self._answers: dict[str, tuple | None] = {}  # by reward type: its answers' token ids
         with self.T("model: states at θ0"):
             self.tr_states = extract_states(self.model, self.tr_encs, self.pad)
             self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
@@ -92,8 +93,11 @@ class _Run:
     def params(self, rt, head, states, dtype) -> RewardParams:
         """RewardParams of ``rt`` for encodings whose θ0 states are ``states`` (ref = their ln π)."""
         ref = torch.tensor([s.logprob for s in states], dtype=dtype) if rt.uses_reference else None
-        answers = answer_ids(self.lm.tokenizer, rt.answers) if rt.answers else None
-        return RewardParams(self.cfg.beta, None if head is None else head.to(dtype), ref, answers)
+        if rt.name not in self._answers:
+            self._answers[rt.name] = answer_ids(self.lm.tokenizer, rt.answers)
+        return RewardParams(
+            self.cfg.beta, None if head is None else head.to(dtype), ref, self._answers[rt.name]
+        )
 
     def chunks(self, encs):
         """Index lists of encodings that share a prompt (so score() runs each prompt once)."""

@@ -128,8 +128,11 @@ class RewardType:
         return [*params, head] if self.uses_head else params
 
 
-def answer_ids(tokenizer, answers: tuple[str, ...]) -> tuple[int, ...]:
-    """The token id of each answer string; each must be exactly one token of ``tokenizer``."""
+def answer_ids(tokenizer, answers: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The token id of each answer string (a reward type's ``answers``); each must be exactly one token
+    of ``tokenizer``. None for a type without answers."""
+    if not answers:
+        return None
     ids = []
     for a in answers:
         tok = tokenizer(a, add_special_tokens=False)["input_ids"]

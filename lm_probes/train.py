@@ -63,7 +63,7 @@ class RewardModel(torch.nn.Module):
         head_seed = cfg.seed if cfg.head_seed is None else cfg.head_seed
         head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
-        self.answer_ids = answer_ids(lm.tokenizer, self.rt.answers) if self.rt.answers else None
+        self.answer_ids = answer_ids(lm.tokenizer, self.rt.answers)
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
         # evaluation encodings → ln π_ref and its per-token terms, computed in exactly the chunks
         # evaluate_sets() uses, so that before training every IM reward is exactly 0 (float32 rounding

@@ -54,7 +54,7 @@ from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rewards import REWARDS
 from lm_probes.scoring import encode
 from lm_probes.train import TrainConfig, train_reward_model
-from theory import tilted_correct_mass
+from theory import tilted_correct_mass, tilting_bound
 from theory.graphs import hamiltonian_cycles
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
@@ -98,7 +98,7 @@ PAPER = {
 
 
 @torch.no_grad()
-def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig, desc="") -> dict:
+def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig) -> dict:
     """One sample per prompt of the first ``limit`` graphs → correct / well-formed fractions and samples."""
     k = min(limit, len(graphs.prompts))
     outs = generate(lm, graphs.prompts[:k], sampling)
@@ -151,14 +151,14 @@ def tilt(reference_log10: list, im_rewards: np.ndarray, beta: float) -> dict:
     k = len(reference_log10)
     p = 10.0 ** np.asarray(reference_log10)
     delta = im_rewards[:k, 0] - im_rewards[:k, 1]
-    tau = np.array([tilted_correct_mass(pi, margin=d, beta=beta) for pi, d in zip(p, delta, strict=True)])
     with np.errstate(divide="ignore"):
-        log10_tau = np.log10(tau)
+        log10_tau = np.log10(tilted_correct_mass(p, margin=delta, beta=beta))
+        log10_bound = np.log10(tilting_bound(p, margin=np.maximum(delta, 0), beta=beta))
     return {
         "margin_mean": float(delta.mean()),
         "log10": log10_tau.tolist(),
         "mean_log10": float(np.mean(log10_tau)),
-        "bound_mean_log10": float(np.mean(np.log10(p) + np.maximum(delta, 0) / (beta * math.log(10)))),
+        "bound_mean_log10": float(np.mean(log10_bound)),
     }
 
 
