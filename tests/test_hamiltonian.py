@@ -117,6 +117,11 @@ def test_hamiltonian_end_to_end(tmp_path):
     ):
         assert (out / f).exists(), f
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3 * (8 + 4)
+    # the graph-by-graph comparison, and --report re-deriving it and the table from summary.json alone
+    vs = saved["mass_vs_reference"]
+    assert set(vs) == {"ex_rm", "im_rm"} and 0 <= vs["im_rm"]["graphs_above"] <= vs["im_rm"]["n"] == 4
+    (out / "table.md").unlink()
+    assert main(["--report", str(out)])["mass_vs_reference"] == vs and (out / "table.md").exists()
 
 
 def test_bad_settings_are_one_line_errors(capsys):

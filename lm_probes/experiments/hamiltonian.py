@@ -31,6 +31,7 @@ Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993;
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -205,7 +206,38 @@ def make_summary(records: dict, beta: float) -> dict:
     if "im_rm" in records:
         rewards = records["im_rm"]["train_result"].rewards["test"]
         summary["tilt"] = tilt(records["reference"]["mass"]["log10"], rewards, beta)
+    summary["mass_vs_reference"] = mass_vs_reference(summary)
     return summary
+
+
+def mass_vs_reference(s: dict) -> dict:
+    """Per trained LM, graph by graph against the reference: the median of log10 π_θ(C|x)/π_ref(C|x),
+    on how many graphs it is higher; for the IM-RM also how far below the tilt its mean sits."""
+    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
+    out = {}
+    for name, m in s["generation_mass"].items():
+        if name == "reference":
+            continue
+        d = np.asarray(m["log10"]) - ref
+        out[name] = {
+            "median_log10_ratio": float(np.median(d)),
+            "graphs_above": int((d > 0).sum()),
+            "n": len(d),
+        }
+    if "tilt" in s and "im_rm" in out:
+        out["im_rm"]["tilt_minus_mean_log10"] = (
+            s["tilt"]["mean_log10"] - s["generation_mass"]["im_rm"]["mean_log10"]
+        )
+    return out
+
+
+def header(s: dict) -> str:
+    g = s["config"]["graphs"]
+    return (
+        f"Hamiltonian cycles ({g['n']} vertices, edge probability {g['edge_prob']}, {g['n_train']} train / "
+        f"{g['n_test']} test graphs), {s['model'].get('model')}, preset {s['preset']}. "
+        f"Command: `{s['command']}`"
+    )
 
 
 def table_markdown(s: dict, header: str) -> str:
@@ -230,12 +262,29 @@ def table_markdown(s: dict, header: str) -> str:
         lines.append(f"| permutations generated, {split} | {cells} | — |")
     cells = " | ".join(f"{s['generation_mass'][n]['mean_log10']:.2f}" for n in names)
     lines.append(f"| mean log10 π(C(x)\\|x), test | {cells} | — |")
+    vs = s.get("mass_vs_reference", {})
+    if vs:
+        cells = " | ".join(
+            [
+                "—",
+                *(
+                    f"{vs[rm]['median_log10_ratio']:+.2f} ({vs[rm]['graphs_above']}/{vs[rm]['n']})"
+                    for rm in rms
+                ),
+            ]
+        )
+        lines.append(f"| median log10 π_θ(C\\|x)/π_ref(C\\|x) (graphs higher) | {cells} | — |")
     if "tilt" in s:
         lines += [
             "",
             f"Theorem 1's tilt at the IM-RM's own test margins (mean δ = {s['tilt']['margin_mean']:.4f}, "
             f"β = {s['config']['train']['beta']}): mean log10 τ(p) = {s['tilt']['mean_log10']:.2f}: "
-            "what the verifier with those margins that generates least would put on C.",
+            "what the verifier with those margins that generates least would put on C"
+            + (
+                f", {vs['im_rm']['tilt_minus_mean_log10']:.1f} orders of magnitude above the IM-RM's mass."
+                if "tilt_minus_mean_log10" in vs.get("im_rm", {})
+                else "."
+            ),
         ]
     lines.append(
         f"\nPaper (Pythia-1B): test accuracy EX-RM {paper['ex_rm']}, IM-RM {paper['im_rm']}; 0 correct."
@@ -288,6 +337,20 @@ def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
     save_figure(figure(result), out / "hamiltonian.png")
 
 
+def report(run: Path) -> dict:
+    """Re-derive a finished run's comparisons and table.md from its summary.json (no model needed)."""
+    path = Path(run) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no summary.json (is {run} a finished rmgap hamiltonian run?)")
+    s = json.loads(path.read_text())
+    s["mass_vs_reference"] = mass_vs_reference(s)
+    markdown = table_markdown(s, header(s))
+    write_json(path, s)
+    (Path(run) / "table.md").write_text(markdown)
+    print(markdown)
+    return s
+
+
 def main(argv=None, lm_factory=None) -> dict:
     ap = parser("rmgap hamiltonian", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -300,7 +363,10 @@ def main(argv=None, lm_factory=None) -> dict:
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
     add_model_args(ap)
     add_run_args(ap, "runs/hamiltonian")
+    ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report)
     objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
     preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
     overrides = {
@@ -352,12 +418,7 @@ def main(argv=None, lm_factory=None) -> dict:
         seconds=time.perf_counter() - t0,
         paper=PAPER,
     )
-    header = (
-        f"Hamiltonian cycles ({n} vertices, edge probability {preset['graphs']['edge_prob']}, "
-        f"{preset['graphs']['n_train']} train / {preset['graphs']['n_test']} test graphs), "
-        f"{summary['model'].get('model')}, preset {args.preset}. Command: `{cmd}`"
-    )
-    summary["markdown"] = table_markdown(summary, header)
+    summary["markdown"] = table_markdown(summary, header(summary))
     write_hamiltonian(summary, records, args.out)
     print("\n" + summary["markdown"])
     return summary
