@@ -28,9 +28,10 @@ import torch
 
 from lm_probes.common import attention_flops, matmul_rate, train_flops, write_json
 from lm_probes.data import encode_pairs
+from lm_probes.evaluation import evaluate_sets
 from lm_probes.experiments.shifts import PRESETS, UF_FAMILY, shift_data
 from lm_probes.loading import load_lm
-from lm_probes.train import RewardModel, TrainConfig, evaluate_sets
+from lm_probes.train import RewardModel, TrainConfig
 
 
 def _timed(fn) -> float:

@@ -35,13 +35,16 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Pair:
-    """A preference pair; ``group`` names the set it belongs to, ``where`` its origin (file:line)."""
+    """A preference pair; ``group`` names the set it belongs to, ``where`` its origin (file:line);
+    ``rewrite``, where the data has one, the (chosen, rejected) said with other tokens (a paraphrase:
+    what the augmentation and consistency mitigations of lm_probes.mitigations train on)."""
 
     prompt: str
     chosen: str
     rejected: str
     group: str = "data"
     where: str = ""
+    rewrite: tuple[str, str] | None = None
 
 
 # --- the shipped datasets --------------------------------------------------------------------------

@@ -26,6 +26,10 @@ NO_PREFIXES = ("Considering the statement, I say", "My judgement:")
 YES_WORDS, NO_WORDS = ("yes", "sure"), ("no", "never")
 PARA_YES_PREFIX, PARA_YES_WORDS = "My response would be", ("certainly", "absolutely")
 PARA_NO_PREFIX, PARA_NO_WORDS = "I lean toward", ("not really", "nope")
+# the training rewrites (issue 12's augmentation and consistency): share no word with the evaluation
+# paraphrases above, so the paraphrased sets stay unseen (tests/test_mitigations.py checks it)
+AUG_YES_PREFIX, AUG_YES_WORDS = "Put simply, the verdict is", ("agreed", "definitely")
+AUG_NO_PREFIX, AUG_NO_WORDS = "Frankly, this seems", ("false", "wrong")
 
 
 def persona_statements(path=None, *, matching: str = " Yes") -> list[tuple[str, str]]:
@@ -48,7 +52,8 @@ def persona_probe_set(
 ) -> dict:
     """The probe's Persona set:
 
-    train:   one statement, y+ = "A truthful reply is yes", y− = "Considering the statement, I say no";
+    train:   one statement, y+ = "A truthful reply is yes", y− = "Considering the statement, I say no"
+             (its rewrite, for the mitigations that use one, in the AUG templates);
     margin:  ``n_margin_statements`` further statements with the same responses (for the max-margin
              check of the paper's footnote: u* of their hidden-state differences);
     eval:    ``n_eval_statements`` other statements, each with five pairs (10 responses):
@@ -65,7 +70,8 @@ def persona_probe_set(
     order = np.random.default_rng(seed).permutation(len(stmts))
     pick = [stmts[i] for i in order[:need]]
     yp, ym = f"{YES_PREFIXES[0]} {YES_WORDS[0]}", f"{NO_PREFIXES[0]} {NO_WORDS[0]}"
-    train = [Pair(pick[0][1], yp, ym, "train", pick[0][0])]
+    rewrite = (f"{AUG_YES_PREFIX} {AUG_YES_WORDS[0]}", f"{AUG_NO_PREFIX} {AUG_NO_WORDS[0]}")
+    train = [Pair(pick[0][1], yp, ym, "train", pick[0][0], rewrite=rewrite)]
     margin = [Pair(q, yp, ym, "margin", w) for w, q in pick[1 : 1 + n_margin_statements]]
     variants = [
         ("same", yp, ym),
@@ -83,11 +89,12 @@ def persona_data(
 ) -> dict:
     """The Persona experiment's data, {"train": [Pair], "eval": {set name: [Pair]}}: statements split
     seeded into ``n_train`` / ``n_test``; each training statement gets ``pairs_per_statement`` random
-    (yes-prefix + word, no-prefix + word) pairs. Evaluation, as the authors computed it: every statement
-    with each of the 2×2 (yes-word, no-word) combinations, so that a set's accuracy is the mean of the
-    four word pairs' accuracies — original_train, original_test (training templates, prefixes drawn at
-    random) and paraphrased_train, paraphrased_test (the paraphrase templates), on train and on test
-    prompts."""
+    (yes-prefix + word, no-prefix + word) pairs, each with a random rewrite in the AUG templates
+    (``Pair.rewrite``, used only by the augmentation and consistency mitigations). Evaluation, as
+    the authors computed it: every statement with each of the 2×2 (yes-word, no-word) combinations, so
+    that a set's accuracy is the mean of the four word pairs' accuracies — original_train,
+    original_test (training templates, prefixes drawn at random) and paraphrased_train,
+    paraphrased_test (the paraphrase templates), on train and on test prompts."""
     stmts = persona_statements(path)
     if len(stmts) < n_train + n_test:
         raise DataError(
@@ -107,8 +114,20 @@ def persona_data(
     def paraphrased(yes, no):
         return f"{PARA_YES_PREFIX} {yes}", f"{PARA_NO_PREFIX} {no}"
 
+    rw = np.random.default_rng([seed, 12])  # the rewrites' own stream: the pairs are drawn as before
+
+    def rewrite():
+        return (
+            f"{AUG_YES_PREFIX} {AUG_YES_WORDS[rw.integers(2)]}",
+            f"{AUG_NO_PREFIX} {AUG_NO_WORDS[rw.integers(2)]}",
+        )
+
     def training(statements):
-        return [Pair(q, *original(), "train", w) for w, q in statements for _ in range(pairs_per_statement)]
+        return [
+            Pair(q, *original(), "train", w, rewrite=rewrite())
+            for w, q in statements
+            for _ in range(pairs_per_statement)
+        ]
 
     def every_word_pair(statements, make, words, group):
         yes_words, no_words = words

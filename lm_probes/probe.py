@@ -66,7 +66,7 @@ class _Run:
         self._encs = {None: (self.tr_encs, self.ev_encs)}  # by the reward type's verbalize
         self._answers: dict[str, tuple | None] = {}  # by reward type: its answers' token ids
         with self.T("model: states at θ0"):
-            self.tr_states = extract_states(self.model, self.tr_encs, self.pad)
+            self.tr_states = extract_states(self.model, self.tr_encs, self.pad) if self.tr_encs else []
             self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
         self.n = len(train)
 
@@ -287,6 +287,37 @@ def run_probe(
         g=gs,
     )
     return {"records": records, "summary": summary, "contributions": _contribution_rows(run, contributions)}
+
+
+def first_order_moves(
+    lm: LoadedLM,
+    reward: str,
+    evals: list[Pair],
+    direction: dict[str, torch.Tensor],
+    head: torch.Tensor | None = None,
+    head_direction: torch.Tensor | None = None,
+    cfg: ProbeConfig = ProbeConfig(),
+) -> np.ndarray:
+    """η·⟨∇_θ r̄, v⟩ for every evaluation response (chosen, rejected interleaved; pairs with identical
+    responses left out) under reward type ``reward``, for a given direction v: tensors named as in
+    ``lm.model.named_parameters()`` (names left out: 0) and, for a type with a head, ``head_direction``
+    at ``head``. The same exact forward-mode JVP as the probe's first_order column, along any update
+    (a mitigation's one-step direction: lm_probes.experiments.mitigations)."""
+    rt = get_reward_type(reward)
+    run = _Run(lm, cfg, [], evals)
+    named = dict(lm.model.named_parameters())
+    unknown = set(direction) - set(named)
+    if unknown:
+        raise ValueError(f"direction names parameters the model does not have: {sorted(unknown)[:3]}")
+    tangents = {n: direction[n] if n in direction else torch.zeros_like(p) for n, p in named.items()}
+    requires_grad = [p.requires_grad for p in named.values()]
+    try:
+        for p in named.values():
+            p.requires_grad_(False)
+        return run.first_order(rt, tangents, head, head_direction)
+    finally:
+        for p, flag in zip(named.values(), requires_grad, strict=True):
+            p.requires_grad_(flag)
 
 
 def _contribution_rows(run: _Run, contributions: dict) -> list[dict]:

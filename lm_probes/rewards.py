@@ -28,6 +28,9 @@ Registered (theory/README.md §1, §5):
     im_rm         r = β (ln π_θ(y|x) − ln π_ref(y|x))    DPO's implicit reward
     im_rm_no_ref  r = β ln π_θ(y|x)               implicit reward without a reference model
     ex_grm        r = P("Yes" | verification prompt)   explicit generative RM, cross-entropy loss
+    im_rm_mean    r = β mean_k (ln π_θ − ln π_ref)(y_k|·)   length-normalised implicit RM (issue 12)
+    im_rm_mean_no_ref  r = β mean_k ln π_θ(y_k|·)   the same without reference (SimPO's reward)
+    hybrid        r = ⟨u, h_last⟩ + β (ln π_θ − ln π_ref)   EX head and IM reward on one backbone
 """
 
 from __future__ import annotations
@@ -227,6 +230,50 @@ register(
 )
 register(log_ratio_type("im_rm", "implicit (DPO) RM: r = β ln π_θ(y|x)/π_ref(y|x), summed over tokens", True))
 register(log_ratio_type("im_rm_no_ref", "implicit RM without reference: r = β ln π_θ(y|x)", False))
+
+
+def mean_log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
+    """A length-normalised implicit RM r = (β/K) Σ_k (ln π_θ − ln π_ref)(y_k|·) (SimPO-style; without
+    reference r = (β/K) ln π_θ(y|x)): every response's gradient is its summed one divided by its length
+    K, so long responses no longer carry more reward mass per preference (no fixed-state prediction)."""
+
+    def reward(sc: Scored, p: RewardParams) -> torch.Tensor:
+        lp = sc.logprob - p.ref.to(sc.logprob.dtype) if reference else sc.logprob
+        return p.beta * lp / sc.n_tokens.to(lp.dtype)
+
+    def token_rewards(lp, ref, beta: float):
+        return beta * (lp - ref if reference else lp) / len(lp)  # sums to the reward
+
+    return RewardType(name, summary, reward, uses_reference=reference, token_rewards=token_rewards)
+
+
+register(
+    mean_log_ratio_type(
+        "im_rm_mean", "length-normalised implicit RM: r = β mean_k ln π_θ(y_k|·)/π_ref(y_k|·)", True
+    )
+)
+register(
+    mean_log_ratio_type(
+        "im_rm_mean_no_ref",
+        "length-normalised implicit RM without reference: r = β mean_k ln π_θ(y_k|·)",
+        False,
+    )
+)
+
+
+def _hybrid_reward(sc: Scored, p: RewardParams) -> torch.Tensor:
+    return sc.last_hidden @ p.head + p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype))
+
+
+register(
+    RewardType(
+        "hybrid",
+        "hybrid RM: r = ⟨u, h_last⟩ + β ln π_θ(y|x)/π_ref(y|x), EX head and IM reward on one backbone",
+        _hybrid_reward,
+        uses_head=True,
+        uses_reference=True,
+    )
+)
 
 
 # --- the explicit generative RM (EX-GRM) --------------------------------------------------------------

@@ -26,12 +26,18 @@ import torch
 
 from lm_probes.common import progress
 from lm_probes.data import EncodedPairs, Pair, encode_pairs
+from lm_probes.evaluation import eval_chunks, evaluate_sets
 from lm_probes.loading import LoadedLM
+from lm_probes.mitigations import (
+    FREEZE,
+    consistency_penalty,
+    freeze,
+    token_dropout_reward,
+    token_keep_masks,
+    unembedding_penalty,
+)
 from lm_probes.rewards import RewardParams, answer_ids, get_reward_type, initial_head
 from lm_probes.scoring import Encoded, pad_id_of, score
-from theory import accuracy
-
-EVAL_TOKENS = 16384  # padded tokens per evaluation chunk
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,29 @@ class TrainConfig:
     eval_every_epoch: bool = True  # False: evaluate once, after the last epoch
     token_rewards: bool = False  # keep the per-token split of the final rewards (types that have one)
     progress: bool = True
+    # mitigations (lm_probes.mitigations): drop each per-token reward term with this probability
+    # (rescaled; training only), the rewrite-consistency weight λ, what stays fixed, the L2 pull λ of
+    # the output head toward its initial value
+    token_dropout: float = 0.0
+    consistency: float = 0.0
+    freeze: str | None = None
+    unembedding_l2: float = 0.0
+
+    def check(self) -> None:
+        """Refuse options that cannot apply (a ValueError naming the option)."""
+        rt = get_reward_type(self.objective)
+        if self.batch_size % self.micro_batch:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"token_dropout must be in [0, 1), got {self.token_dropout}")
+        if self.token_dropout and rt.token_rewards is None:
+            raise ValueError(f"token_dropout needs a reward that is a sum over tokens; {rt.name} is not")
+        if self.consistency < 0 or self.unembedding_l2 < 0:
+            raise ValueError("consistency and unembedding_l2 must be ≥ 0")
+        if self.freeze not in (None, *FREEZE):
+            raise ValueError(f"freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}")
 
 
 class RewardModel(torch.nn.Module):
@@ -64,7 +93,12 @@ class RewardModel(torch.nn.Module):
         head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
         self.answer_ids = answer_ids(lm.tokenizer, self.rt.answers)
+        freeze(self.model, cfg.freeze)
+        self.w0 = None  # the output head's initial value, for the L2 pull
+        if cfg.unembedding_l2:  # (a tied head stays tied: the pull then holds the input embedding too)
+            self.w0 = self.model.get_output_embeddings().weight.detach().clone()
         self.ref: dict[tuple, float] = {}  # training encodings → ln π_ref
+        self.ref_tokens: dict[tuple, torch.Tensor] = {}  # and its per-token terms (for token dropout)
         # evaluation encodings → ln π_ref and its per-token terms, computed in exactly the chunks
         # evaluate_sets() uses, so that before training every IM reward is exactly 0 (float32 rounding
         # depends on a batch's padding and composition)
@@ -72,7 +106,8 @@ class RewardModel(torch.nn.Module):
         self.ref_eval_tokens: dict[tuple, np.ndarray] = {}
 
     def trainable(self) -> list[torch.Tensor]:
-        return self.rt.trainable(self.model, self.u)
+        """What the optimiser moves: the reward type's parameters less those frozen (``cfg.freeze``)."""
+        return [p for p in self.rt.trainable(self.model, self.u) if p.requires_grad]
 
     @torch.no_grad()
     def fill_reference(self, encs: list[Encoded], batch: int = 32) -> None:
@@ -83,8 +118,11 @@ class RewardModel(torch.nn.Module):
         encs = sorted(encs, key=lambda e: len(e.input_ids))
         for i in range(0, len(encs), batch):
             chunk = encs[i : i + batch]
-            for e, lp in zip(chunk, score(self.model, chunk, self.pad).logprob.tolist(), strict=True):
+            sc = score(self.model, chunk, self.pad)
+            for e, lp, tok in zip(chunk, sc.logprob.tolist(), sc.token_logprob, strict=True):
                 self.ref[e.input_ids] = lp
+                if self.cfg.token_dropout:
+                    self.ref_tokens[e.input_ids] = tok.detach()
 
     @torch.no_grad()
     def fill_eval_reference(self, ev: dict[str, list[tuple[Encoded, Encoded]]]) -> None:
@@ -98,21 +136,70 @@ class RewardModel(torch.nn.Module):
                 self.ref_eval[e.input_ids] = lp
                 self.ref_eval_tokens[e.input_ids] = tok.double().cpu().numpy()
 
-    def rewards(self, encs: list[Encoded], table: dict | None = None, *, with_scored: bool = False):
+    def rewards(
+        self,
+        encs: list[Encoded],
+        table: dict | None = None,
+        *,
+        with_scored: bool = False,
+        dropout: torch.Generator | None = None,
+    ):
         """Rewards (N,) of ``encs`` (with ``with_scored``: and the Scored batch and the RewardParams used);
-        ``table`` maps encodings to ln π_ref (default: the training table)."""
+        ``table`` maps encodings to ln π_ref (default: the training table). With ``dropout`` (a seeded
+        generator; training only) and ``cfg.token_dropout`` = p, each per-token term of the reward is
+        dropped with probability p and the rest rescaled (mitigations.token_dropout_reward)."""
         ref = None
         if self.rt.uses_reference:
             table = self.ref if table is None else table
             ref = torch.tensor([table[e.input_ids] for e in encs], dtype=torch.float64, device=self.lm.device)
         params = RewardParams(self.cfg.beta, self.u, ref, self.answer_ids)
         r, sc = self.rt.score_with(self.model, encs, self.pad, params)
+        p = self.cfg.token_dropout
+        if dropout is not None and p:
+            keep = token_keep_masks([e.response_len for e in encs], p, dropout)
+            terms = [
+                self.rt.token_rewards(
+                    lp, self.ref_tokens[e.input_ids].to(lp) if self.rt.uses_reference else None, self.cfg.beta
+                )
+                for e, lp in zip(encs, sc.token_logprob, strict=True)
+            ]
+            r = torch.stack(
+                [token_dropout_reward(t, k.to(t.device), p) for t, k in zip(terms, keep, strict=True)]
+            )
         return (r, sc, params) if with_scored else r
 
     def pair_losses(self, encs: list[Encoded]) -> torch.Tensor:
         """The reward type's per-pair loss (N/2,) of training encodings (chosen, rejected) interleaved."""
         r, sc, params = self.rewards(encs, with_scored=True)
         return self.rt.pair_loss(r, sc, params)
+
+    def batch_loss(
+        self,
+        pairs: list[tuple[Encoded, Encoded]],
+        rewrites: list[tuple[Encoded, Encoded] | None] | None = None,
+        dropout: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The training loss of a micro-batch, summed over its pairs: the reward type's per-pair loss,
+        plus ``cfg.consistency`` × consistency_penalty for the pairs with a rewrite (``rewrites``, aligned
+        with ``pairs``; their rewards are computed in the same pass). The L2 pull of the head is per
+        optimiser step (:meth:`step_penalty`)."""
+        encs = [e for pr in pairs for e in pr]
+        with_rw = [i for i, w in enumerate(rewrites or []) if w is not None] if self.cfg.consistency else []
+        encs += [e for i in with_rw for e in rewrites[i]]
+        r, sc, params = self.rewards(encs, with_scored=True, dropout=dropout)
+        q = self.rt.loss_values(r, sc, params)
+        n = 2 * len(pairs)
+        loss = self.rt.loss(q[0:n:2], q[1:n:2]).sum()
+        if with_rw:
+            orig = torch.stack([r[2 * i + j] for i in with_rw for j in (0, 1)])
+            loss = loss + self.cfg.consistency * consistency_penalty(orig, r[n:]).sum()
+        return loss
+
+    def step_penalty(self) -> torch.Tensor | float:
+        """``cfg.unembedding_l2`` × ‖W − W₀‖² (0 without the pull)."""
+        return (
+            self.cfg.unembedding_l2 * unembedding_penalty(self.model, self.w0) if self.w0 is not None else 0.0
+        )
 
 
 def length_buckets(
@@ -125,91 +212,6 @@ def length_buckets(
     )
     batches = [order[i : i + micro] for i in range(0, len(order), micro)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def reward_metrics(rt, r: np.ndarray, q: np.ndarray | None = None) -> dict:
-    """TRL-named metrics of (N, 2) rewards (chosen, rejected) under the reward type's own loss, which
-    reads ``q`` (N, 2, ...) where the type has a ``loss_input`` and the rewards otherwise."""
-    acc = accuracy(r[:, 0], r[:, 1])
-    q = r if q is None else q
-    qc, qr = torch.as_tensor(q[:, 0]), torch.as_tensor(q[:, 1])
-    return {
-        "loss": float(rt.loss(qc, qr).mean()),
-        "rewards/accuracies": acc.half_ties,
-        "rewards/accuracies_strict": acc.strict,
-        "rewards/tie_rate": acc.tie_rate,
-        "rewards/chosen": float(r[:, 0].mean()),
-        "rewards/rejected": float(r[:, 1].mean()),
-        "rewards/margins": float((r[:, 0] - r[:, 1]).mean()),
-        "rewards/normalized_abs_margin": acc.normalized_abs_margin,
-        "n": acc.n,
-    }
-
-
-def eval_chunks(ev: dict[str, list[tuple[Encoded, Encoded]]], max_tokens: int = EVAL_TOKENS) -> list[list]:
-    """The distinct encodings of all evaluation sets, grouped by prompt across sets (a prompt's KV cache
-    is computed once for every response to it, e.g. a test set and its rewrites), groups ordered by
-    length and packed, whole groups at a time, into chunks of at most ``max_tokens`` padded tokens (a
-    larger group is a chunk of its own). Deterministic in ``ev``."""
-    by_prompt: dict[tuple, dict[tuple, Encoded]] = {}
-    for pairs in ev.values():
-        for pr in pairs:
-            for e in pr:
-                by_prompt.setdefault(e.input_ids[: e.prompt_len], {}).setdefault(e.input_ids, e)
-    groups = sorted(by_prompt.values(), key=lambda g: max(len(k) for k in g))
-    chunks, cur, longest = [], [], 0
-    for group in groups:
-        n, L = len(group), max(len(k) for k in group)
-        if cur and (len(cur) + n) * max(longest, L) > max_tokens:
-            chunks.append(cur)
-            cur, longest = [], 0
-        cur.extend(group.values())
-        longest = max(longest, L)
-    return [*chunks, cur] if cur else chunks
-
-
-@dataclass
-class SetEval:
-    metrics: dict  # reward_metrics
-    rewards: np.ndarray  # (N, 2) chosen, rejected
-    token_rewards: list | None = None  # N × (chosen (K+,), rejected (K−,)) per-token terms, if kept
-
-
-@torch.no_grad()
-def evaluate_sets(
-    rm: RewardModel, ev: dict[str, list[tuple[Encoded, Encoded]]], epoch: int | None = None, tokens=False
-) -> dict[str, SetEval]:
-    """Rewards and metrics of every evaluation set, scoring each distinct encoding once in the chunks of
-    :func:`eval_chunks`; with ``tokens`` (and a reward type with ``token_rewards``) also the per-token
-    terms of each reward."""
-    values: dict[tuple, float] = {}
-    toks: dict[tuple, np.ndarray] = {}
-    qs: dict[tuple, np.ndarray] = {}  # what the loss reads, for types with a loss_input
-    split = tokens and rm.rt.token_rewards is not None
-    for chunk in eval_chunks(ev):
-        r, sc, params = rm.rewards(chunk, rm.ref_eval, with_scored=True)
-        if rm.rt.loss_input is not None:
-            q = rm.rt.loss_values(r, sc, params).double().cpu().numpy()
-            qs.update((e.input_ids, q[j]) for j, e in enumerate(chunk))
-        for j, (e, v) in enumerate(zip(chunk, r.double().cpu().tolist(), strict=True)):
-            values[e.input_ids] = v
-            if split:
-                ref = rm.ref_eval_tokens.get(e.input_ids)
-                lp = sc.token_logprob[j].double().cpu().numpy()
-                toks[e.input_ids] = rm.rt.token_rewards(lp, ref, rm.cfg.beta)
-    out = {}
-    for name, pairs in ev.items():
-        r = np.array([[values[c.input_ids], values[x.input_ids]] for c, x in pairs], dtype=np.float64)
-        if not np.all(np.isfinite(r)):
-            bad = int(np.argwhere(~np.isfinite(r))[0][0])
-            raise FloatingPointError(
-                f"{rm.cfg.objective}: non-finite reward on evaluation set {name!r} at epoch {epoch} "
-                f"(first at {pairs[bad][0].where}); the model's weights or outputs are NaN/inf"
-            )
-        tr = [(toks[c.input_ids], toks[x.input_ids]) for c, x in pairs] if split else None
-        q = np.array([[qs[c.input_ids], qs[x.input_ids]] for c, x in pairs]) if qs else None
-        out[name] = SetEval(reward_metrics(rm.rt, r, q), r, tr)
-    return out
 
 
 @dataclass
@@ -231,6 +233,22 @@ def _encode(lm: LoadedLM, pairs: list[Pair], cfg: TrainConfig) -> EncodedPairs:
     )
 
 
+def _encode_rewrites(lm: LoadedLM, kept: list[Pair], cfg: TrainConfig) -> list:
+    """Encoded (chosen, rejected) rewrite of each kept training pair (None where it has none, or where
+    the rewrite is dropped by the same rules); the consistency term needs at least one."""
+    out = []
+    for p in kept:
+        enc = (
+            _encode(lm, [Pair(p.prompt, *p.rewrite, p.group, f"{p.where} (rewrite)")], cfg)
+            if p.rewrite
+            else None
+        )
+        out.append(enc.encodings[0] if enc and enc.encodings else None)
+    if not any(out):
+        raise ValueError("consistency needs training pairs with usable rewrites (Pair.rewrite); none has one")
+    return out
+
+
 def train_reward_model(
     lm: LoadedLM,
     train: list[Pair],
@@ -242,16 +260,14 @@ def train_reward_model(
     """Train one reward model; evaluate every set after every epoch (and before training, epoch 0).
     Pairs too long for the context or with identical responses are left out and listed in
     ``summary["dropped"]``."""
-    if cfg.batch_size % cfg.micro_batch:
-        raise ValueError(
-            f"batch_size ({cfg.batch_size}) must be a multiple of micro_batch ({cfg.micro_batch})"
-        )
+    cfg.check()
     torch.manual_seed(cfg.seed)
     rm = RewardModel(lm, cfg)
     enc_train = _encode(lm, train, cfg)
     tr, dropped = enc_train.encodings, {"train": enc_train.dropped}
     if not tr:
         raise ValueError(f"no usable training pair: {enc_train.n_dropped()} dropped {enc_train.dropped}")
+    rewrites = _encode_rewrites(lm, enc_train.kept, cfg) if cfg.consistency else None
     ev, ev_pairs = {}, {}
     for name, pairs in eval_sets.items():
         e = _encode(lm, pairs, cfg)
@@ -259,7 +275,7 @@ def train_reward_model(
         if not e.encodings:
             raise ValueError(f"evaluation set {name!r}: every pair was dropped {e.dropped}")
     t_ref = time.perf_counter()  # before any update: π_ref is the initial model
-    rm.fill_reference([e for pr in tr for e in pr])
+    rm.fill_reference([e for pr in [*tr, *(w for w in rewrites or [] if w)] for e in pr])
     reference_s = time.perf_counter() - t_ref
     rm.fill_eval_reference(ev)
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
@@ -267,7 +283,7 @@ def train_reward_model(
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state["config"] != asdict(cfg):
+        if {**asdict(TrainConfig()), **state["config"]} != asdict(cfg):  # (options added since: defaults)
             raise ValueError(f"{ckpt} was written with a different configuration; refusing to resume")
         rm.model.load_state_dict(state["model"])
         if rm.u is not None:
@@ -298,7 +314,13 @@ def train_reward_model(
         desc = f"{cfg.objective} epoch {epoch}"
         losses = []
         for step, b in enumerate(progress(batches, desc, enabled=cfg.progress, total=len(batches))):
-            loss = rm.pair_losses([e for i in b for e in tr[i]]).sum() / cfg.batch_size
+            gen = torch.Generator().manual_seed(
+                int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62))
+            )
+            pair_loss = rm.batch_loss(
+                [tr[i] for i in b], rewrites and [rewrites[i] for i in b], gen if cfg.token_dropout else None
+            )
+            loss = (pair_loss + rm.step_penalty() * len(b)) / cfg.batch_size
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{cfg.objective}: loss is {loss.item()} at epoch {epoch}, micro-batch {step} "

@@ -8,6 +8,7 @@ rmgap train --train FILE ...          train one reward model of any registered t
 rmgap persona --preset cpu|paper      the Persona experiment (lm_probes.experiments.persona)
 rmgap shifts --preset cpu|paper       token-level and domain shifts (lm_probes.experiments.shifts)
 rmgap hamiltonian --preset cpu|paper  verification without generation (lm_probes.experiments.hamiltonian)
+rmgap mitigations --preset cpu|paper  IM-RM fixes, predicted and trained (lm_probes.experiments.mitigations)
 rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
 
 An error in the input ends a command with one line, ``rmgap <command>: error: <what>``, and exit
@@ -33,6 +34,11 @@ COMMANDS = {  # command → (module, function, help)
     "persona": ("lm_probes.experiments.persona", "main", "the Persona token-level-shift experiment"),
     "shifts": ("lm_probes.experiments.shifts", "main", "real-world token-level and domain shifts"),
     "hamiltonian": ("lm_probes.experiments.hamiltonian", "main", "verification without generation (cycles)"),
+    "mitigations": (
+        "lm_probes.experiments.mitigations",
+        "main",
+        "IM-RM mitigations: one-step prediction vs training",
+    ),
 }
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lm_probes.data import Pair, encode_pairs
+from lm_probes.evaluation import eval_chunks, evaluate_sets
 from lm_probes.experiments import shifts
-from lm_probes.train import RewardModel, TrainConfig, eval_chunks, evaluate_sets
+from lm_probes.train import RewardModel, TrainConfig
 from tests.conftest import WORDS, make_tiny_lm
 
 N_ROWS = 12
@@ -183,6 +184,13 @@ def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeyp
     comb = shifts.main(["--combine", str(out), str(out2), "--out", str(tmp_path / "both")])
     assert comb["win_rate"]["token_level"]["n"] == 6 and comb["win_rate"]["domain"]["n"] == 6
     assert (tmp_path / "both" / "table.md").exists()
+    # an IM-RM mitigation against the first run's EX-RM (copied, not retrained)
+    out3 = tmp_path / "mitigated"
+    res3 = _run(out3, "--mitigation", "consistency", "--explicit-from", str(out))
+    assert res3["eval"]["rewardmath"]["ex_rm"] == res["eval"]["rewardmath"]["ex_rm"]
+    im = json.loads((out3 / "im_rm" / "summary.json").read_text())["config"]
+    assert im["consistency"] == 1.0 and res3["config"]["mitigation"] == "consistency"
+    assert not (out3 / "ex_rm" / "checkpoint.pt").exists()
 
 
 def test_seeds_aggregate(data_root, tmp_path, monkeypatch):

@@ -8,6 +8,8 @@ code), and count wins with paired-bootstrap CIs (theory/README.md §5).
         --seeds 0,1,2
     rmgap shifts --combine figures/shifts_cpu figures/shifts_cpu_rewardmath --out figures/shifts_combined
     rmgap shifts --preset cpu --out figures/shifts_cpu --resume    # finish or re-report a run
+    rmgap shifts --preset cpu --mitigation augmentation --explicit-from figures/shifts_cpu \
+        --out figures/shifts_cpu_augmentation     # an IM-RM mitigation (lm_probes.mitigations) vs the EX-RM
 
 Data (shipped, lm_probes/datasets): training on ``ultrafeedback`` = the 200 UltraFeedback training
 pairs whose originals sit in the rewrite files (the prompt with orig_chosen/orig_rejected), or on
@@ -38,7 +40,7 @@ token_rewards_<set>.jsonl.gz of the in-distribution and token-level sets.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +109,19 @@ class ShiftData:
 
 
 def training_pairs(train_set: str) -> list[Pair]:
-    """All shipped training pairs of ``train_set``: UltraFeedback = the originals of the rewrite files."""
+    """All shipped training pairs of ``train_set``: UltraFeedback = the originals of the rewrite files,
+    each with its paraphrase as ``Pair.rewrite`` (what the augmentation / consistency mitigations use)."""
     if train_set == "ultrafeedback":
         rows = load_rows("ultrafeedback_paraphrased", "train")
         return [
-            Pair(r["prompt"], r["orig_chosen"], r["orig_rejected"], "train", f"{w} (original)")
+            Pair(
+                r["prompt"],
+                r["orig_chosen"],
+                r["orig_rejected"],
+                "train",
+                f"{w} (original)",
+                rewrite=(r["chosen"], r["rejected"]),
+            )
             for w, r in rows
         ]
     if train_set == "rewardmath":
@@ -197,10 +207,32 @@ def token_rows(tokenizer, pairs: list[Pair], terms: list, cfg: TrainConfig) -> l
     return rows
 
 
-def run_shifts(lm_factory, args, preset: dict, seeds, objectives) -> dict:
+def reuse_cell(source: Path, d: Path, cfg: TrainConfig) -> None:
+    """Copy a finished cell's outputs (not its checkpoint) from another run into ``d``, after checking it
+    was trained with exactly ``cfg`` (same preset, seed, objective; so on the same data)."""
+    import json
+    import shutil
+
+    from lm_probes.data import DataError
+
+    summary = source / "summary.json"
+    if not summary.exists():
+        raise DataError(f"{source}: no summary.json (not a finished cell)")
+    if json.loads(summary.read_text())["config"] != json.loads(json.dumps(asdict(cfg))):
+        raise DataError(f"{summary}: trained with another configuration than this run's {cfg.objective}")
+    d.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and f.name != "checkpoint.pt":
+            shutil.copy2(f, d / f.name)
+
+
+def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=None) -> dict:
     """Train and evaluate every (seed, objective) cell, writing each as it finishes (so ``--resume``
-    skips finished cells and continues a cell from its checkpoint). → {"data": {seed: ShiftData}}."""
+    skips finished cells and continues a cell from its checkpoint). With ``mitigation``
+    (lm_probes.mitigations) the implicit cell trains with its options and pairs; with
+    ``args.explicit_from`` the explicit cell is copied from that run. → {"data": {seed: ShiftData}}."""
     from lm_probes.experiments.shifts_report import write_cell
+    from lm_probes.mitigations import training_pairs_for
 
     lm0 = lm_factory()
     tok, max_len = lm0.tokenizer, lm0.info.get("max_positions")
@@ -214,10 +246,17 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives) -> dict:
                 print(f"seed {seed} {obj}: done before, read from {d}", flush=True)
                 continue
             cfg = train_config(preset, obj, seed, args.head_seed, args.quiet)
+            train = data.train
+            if mitigation is not None and obj == objectives[1]:
+                cfg, train = replace(cfg, **mitigation.options), training_pairs_for(mitigation, data.train)
+            if args.explicit_from and obj == objectives[0]:
+                reuse_cell(cell_dir(args.explicit_from, seed, obj, len(seeds)), d, cfg)
+                print(f"seed {seed} {obj}: copied from {args.explicit_from}", flush=True)
+                continue
             t0 = time.perf_counter()
             lm = lm0 if lm0 is not None else lm_factory()
             lm0 = None  # a model is trained in place: each cell after the first loads a fresh one
-            result = train_reward_model(lm, data.train, data.eval, cfg, d, args.resume)
+            result = train_reward_model(lm, train, data.eval, cfg, d, args.resume)
             tokens = {
                 name: token_rows(tok, data.eval[name], terms, cfg)
                 for name, terms in result.token_rewards.items()
@@ -245,6 +284,12 @@ def main(argv=None, lm_factory=None) -> dict:
     ap.add_argument("--n-boot", type=int, default=10_000, help="paired-bootstrap resamples")
     ap.add_argument("--resume", action="store_true", help="skip finished RMs, continue from checkpoints")
     ap.add_argument(
+        "--mitigation", help="train the implicit RM with this mitigation (lm_probes.mitigations; not ex_rm)"
+    )
+    ap.add_argument(
+        "--explicit-from", type=Path, metavar="RUN", help="take the explicit RM's cell from this finished run"
+    )
+    ap.add_argument(
         "--combine", nargs="+", type=Path, metavar="RUN", help="combine finished runs' results.json files"
     )
     add_model_args(ap)
@@ -258,11 +303,17 @@ def main(argv=None, lm_factory=None) -> dict:
         shifts_report.write_combined(combined, args.out)
         print(combined["markdown"])
         return combined
+    from lm_probes.mitigations import get_mitigation
     from lm_probes.rewards import REWARDS
 
     objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
     if len(objectives) != 2:
         raise ValueError("--objectives takes two reward types: the explicit one, then the implicit one")
+    mitigation = get_mitigation(args.mitigation) if args.mitigation else None
+    if mitigation is not None:
+        if mitigation.name == "ex_rm":
+            raise ValueError("--mitigation: ex_rm is the reference point, not a mitigation of the IM-RM")
+        objectives = (objectives[0], mitigation.objective)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     preset = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
     preset["train"].update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v})
@@ -271,7 +322,7 @@ def main(argv=None, lm_factory=None) -> dict:
     if args.n_eval is not None:
         preset["n_eval"] = args.n_eval or None
     t0 = time.perf_counter()
-    run = run_shifts(lm_factory or (lambda: load_model(args)), args, preset, seeds, objectives)
+    run = run_shifts(lm_factory or (lambda: load_model(args)), args, preset, seeds, objectives, mitigation)
     cells = {
         seed: {obj: shifts_report.load_cell(cell_dir(args.out, seed, obj, len(seeds))) for obj in objectives}
         for seed in seeds
@@ -281,7 +332,12 @@ def main(argv=None, lm_factory=None) -> dict:
         run["data"],
         SHIFTS[args.train_set],
         objectives,
-        config={**preset_record(args.preset, preset, args.train_set), "seeds": seeds, "command": cmd},
+        config={
+            **preset_record(args.preset, preset, args.train_set),
+            "seeds": seeds,
+            "mitigation": args.mitigation,
+            "command": cmd,
+        },
         n_boot=args.n_boot,
         tokenize=lambda text: run["tokenizer"](text, add_special_tokens=False)["input_ids"],
     )
