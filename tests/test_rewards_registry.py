@@ -99,12 +99,12 @@ def test_training_and_the_probe_give_the_same_reward_for_the_same_weights():
 
 @pytest.fixture
 def toy_type():
-    """A new reward type in one entry: the implicit reward averaged over response tokens."""
+    """A new reward type in one entry: the implicit reward squashed by tanh."""
     rt = register(
         RewardType(
-            "toy_im_mean",
-            "toy: β (ln π_θ − ln π_ref) / K",
-            lambda sc, p: p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype)) / sc.n_tokens,
+            "toy_im_tanh",
+            "toy: tanh(β (ln π_θ − ln π_ref))",
+            lambda sc, p: torch.tanh(p.beta * (sc.logprob - p.ref.to(sc.logprob.dtype))),
             uses_reference=True,
         )
     )
@@ -116,15 +116,15 @@ def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
     from lm_probes.cli import train_main
 
     # training and evaluation
-    cfg = TrainConfig(objective="toy_im_mean", epochs=3, lr=1e-2, batch_size=2, micro_batch=1, progress=False)
+    cfg = TrainConfig(objective="toy_im_tanh", epochs=3, lr=1e-2, batch_size=2, micro_batch=1, progress=False)
     s = train_reward_model(make_tiny_lm(), PAIRS, {"t": PAIRS}, cfg).summary
     assert s["history"][0]["t"]["rewards/tie_rate"] == 1.0  # untrained: every reward exactly 0
     assert s["final"]["t"]["rewards/accuracies"] == 1.0 and s["reward_type"] == toy_type.summary
     # the probe: exact first order and the observed all-parameter step (no fixed-state prediction)
     res = run_probe(
-        make_tiny_lm(), PAIRS[:1], EVALS, ProbeConfig(rewards=("toy_im_mean",), lr=1e-5, progress=False)
+        make_tiny_lm(), PAIRS[:1], EVALS, ProbeConfig(rewards=("toy_im_tanh",), lr=1e-5, progress=False)
     )
-    full = res["summary"]["full"]["toy_im_mean"]
+    full = res["summary"]["full"]["toy_im_tanh"]
     assert full["pearson_first_order"] > 0.9999 and "fixed_state" not in full
     # the command line
     data = tmp_path / "pairs.jsonl"
@@ -133,8 +133,8 @@ def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
             f'{{"prompt": "{p.prompt}", "chosen": "{p.chosen}", "rejected": "{p.rejected}"}}\n' for p in PAIRS
         )
     )
-    argv = ["--train", str(data), "--objective", "toy_im_mean", "--epochs", "1", "--out", str(tmp_path / "o")]
-    assert train_main([*argv, "--quiet"], lm=make_tiny_lm())["config"]["objective"] == "toy_im_mean"
+    argv = ["--train", str(data), "--objective", "toy_im_tanh", "--epochs", "1", "--out", str(tmp_path / "o")]
+    assert train_main([*argv, "--quiet"], lm=make_tiny_lm())["config"]["objective"] == "toy_im_tanh"
 
 
 def test_registry_refuses_inconsistent_entries():
