@@ -6,12 +6,16 @@
    set on its own (two responses per prompt: whole padded sequences). Same pairs, same IM-RM (the one
    that needs logits), same reference table; tokens/s counts every pair's two whole sequences, so
    both sides do the same useful work. Best of two alternating repetitions. Target (issue 10): ≥ 1.3×.
-2. Training throughput on these lengths against this machine's float32 matmul rate: a few optimiser
-   micro-batches (2 pairs, as the cpu preset) of UltraFeedback pairs for the EX-RM and the IM-RM;
-   useful FLOPs as lm_probes.common.train_flops (+ the attention scores, reported separately). Target:
-   ≥ 60 % of the matmul rate. ``--attention sdpa`` (or ``both``) measures PyTorch's fused attention
-   (``load_lm(attention="sdpa")``, ``--attention sdpa`` on the commands) instead of the default eager
-   attention, which keeps the probe's float64 / forward-mode path.
+2. Training throughput on these lengths against this machine's float32 matmul rate (median of 5): a
+   few optimiser micro-batches (2 pairs, length-bucketed as training does) of UltraFeedback pairs for
+   the EX-RM and the IM-RM; useful FLOPs as lm_probes.common.train_flops (+ the attention scores,
+   reported separately). Target: ≥ 60 % of the matmul rate. Three conditions, in this order, same
+   batches: ``padded`` (each micro-batch one padded batch, as before issue 10's fix), ``split``
+   (lm_probes.scoring.length_groups: sub-batches that waste ≤ 20 % on padding) and ``split+malloc``
+   (lm_probes.common.tune_malloc, which training calls; process-wide, so measured last). Minor page
+   faults per step are reported beside. ``--attention sdpa`` (or ``both``) measures PyTorch's fused
+   attention (``load_lm(attention="sdpa")``, ``--attention sdpa`` on the commands) instead of the
+   default eager attention, which keeps the probe's float64 / forward-mode path.
 
     python benchmarks/shifts.py --json benchmarks/results/shifts.json
     python benchmarks/shifts.py --quick
@@ -20,18 +24,22 @@
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from lm_probes.common import attention_flops, matmul_rate, train_flops, write_json
+from lm_probes import scoring
+from lm_probes.common import attention_flops, matmul_rate, train_flops, tune_malloc, write_json
 from lm_probes.data import encode_pairs
 from lm_probes.evaluation import evaluate_sets
 from lm_probes.experiments.shifts import PRESETS, UF_FAMILY, shift_data
 from lm_probes.loading import load_lm
-from lm_probes.train import RewardModel, TrainConfig
+from lm_probes.train import RewardModel, TrainConfig, length_buckets
 
 
 def _timed(fn) -> float:
@@ -73,21 +81,23 @@ def training(lm, objective: str, n_steps: int, rate: float) -> dict:
     cfg = TrainConfig(objective=objective, lr=1e-5, progress=False)
     rm = RewardModel(lm, cfg)
     micro = PRESETS["cpu"]["train"]["micro_batch"]
-    encs = encode_pairs(lm.tokenizer, data.train[: micro * (n_steps + 1)], max_part_length=512).encodings
-    rm.fill_reference([e for p in encs for e in p])
+    encs = encode_pairs(lm.tokenizer, data.train, max_part_length=512).encodings
+    order = length_buckets(encs, micro, np.random.default_rng([0, 1]))[: n_steps + 1]
+    batches = [[encs[i] for i in b] for b in order]
+    rm.fill_reference([e for b in batches for p in b for e in p])
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
-    batches = [encs[i : i + micro] for i in range(0, len(encs), micro)]
     rm.model.train()
 
     def step(b):
-        r = rm.rewards([e for p in b for e in p])
-        rm.rt.loss(r[0::2], r[1::2]).mean().backward()
+        rm.batch_loss(b).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step(batches[0])  # warm-up
     seq = [e for b in batches[1:] for p in b for e in p]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     sec = sum(_timed(lambda b=b: step(b)) for b in batches[1:])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     info = lm.info
     n_head = lm.model.get_output_embeddings().weight.numel()
     n_body = info["n_parameters"] - n_head - (0 if info["tied_head"] else n_head)
@@ -101,6 +111,9 @@ def training(lm, objective: str, n_steps: int, rate: float) -> dict:
         "sequences": len(seq),
         "tokens": tokens,
         "mean_length": tokens / len(seq),
+        "fill_if_padded": tokens
+        / sum(max(len(e.input_ids) for p in b for e in p) * 2 * len(b) for b in batches[1:]),
+        "minor_page_faults_per_step": faults / n_steps,
         "seconds": sec,
         "tokens_per_s": tokens / sec,
         "gflops": flops / sec / 1e9,
@@ -118,7 +131,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     pairs, steps = (4, 2) if args.quick else (args.pairs, args.steps)
-    rate = matmul_rate()
+    rate = statistics.median(matmul_rate() for _ in range(5))
     print(f"float32 matmul rate {rate:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)
     out = {"matmul_gflops": rate, "threads": torch.get_num_threads()}
     out["sharing"] = sharing(load_lm("smollm2"), pairs)
@@ -130,16 +143,29 @@ def main(argv=None) -> dict:
         flush=True,
     )
     kinds = ("eager", "sdpa") if args.attention == "both" else (args.attention,)
+    for condition in ("padded", "split", "split+malloc"):
+        scoring.MIN_FILL = 0.0 if condition == "padded" else 0.8
+        if condition == "split+malloc":
+            tune_malloc()
+        for kind in kinds:
+            for obj in ("ex_rm", "im_rm"):
+                lm = load_lm("smollm2", attention=kind)
+                r = out[f"train/{obj}/{kind}/{condition}"] = training(lm, obj, steps, rate)
+                print(
+                    f"training {obj} ({kind} attention, {condition}): {r['tokens_per_s']:.0f} tok/s at mean "
+                    f"length {r['mean_length']:.0f}, {r['gflops']:.1f} GFLOP/s = "
+                    f"{100 * r['of_matmul']:.0f} % of matmul "
+                    f"({100 * r['of_matmul_with_attention']:.0f} % counting attention scores; "
+                    f"target ≥ 60 %); {r['minor_page_faults_per_step']:.0f} page faults per step",
+                    flush=True,
+                )
     for kind in kinds:
         for obj in ("ex_rm", "im_rm"):
-            lm = load_lm("smollm2", attention=kind)
-            r = out[f"train/{obj}/{kind}"] = training(lm, obj, steps, rate)
-            print(
-                f"training {obj} ({kind} attention): {r['tokens_per_s']:.0f} tok/s at mean length "
-                f"{r['mean_length']:.0f}, {r['gflops']:.1f} GFLOP/s = {100 * r['of_matmul']:.0f} % of matmul "
-                f"({100 * r['of_matmul_with_attention']:.0f} % counting attention scores; target ≥ 60 %)",
-                flush=True,
-            )
+            base = out[f"train/{obj}/{kind}/padded"]["tokens_per_s"]
+            out[f"train/{obj}/{kind}/speedup"] = {
+                c: out[f"train/{obj}/{kind}/{c}"]["tokens_per_s"] / base for c in ("split", "split+malloc")
+            }
+            print(f"{obj} {kind}: speed-up over padded {out[f'train/{obj}/{kind}/speedup']}", flush=True)
     if args.json:
         write_json(
             args.json,

@@ -104,6 +104,36 @@ def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
         assert torch.allclose(sc.last_hidden[i], hidden[i, P + k - 1], atol=1e-12)
 
 
+def test_uneven_batches_are_split_by_length_with_the_same_numbers(tiny_lm):
+    """score() splits a batch whose padding would waste over 20 % (lm_probes.scoring.length_groups):
+    same rewards, states and per-token terms as one sequence at a time, in the original order."""
+    from lm_probes.scoring import length_groups
+
+    short, long_ = (
+        "yes",
+        "a truthful reply is yes considering the statement , i say no sure never kindness matters",
+    )
+    encs = [
+        encode(tiny_lm.tokenizer, "i like people", r) for r in (long_, short, long_ + " yes", short + " no")
+    ]
+    groups = length_groups(encs)
+    assert len(groups) == 2 and sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+    assert length_groups(encs[:1]) == [[0]] and length_groups([encs[0], encs[2]]) == [[0, 1]]
+    pad = pad_id_of(tiny_lm.tokenizer)
+    with torch.no_grad():
+        split = score(tiny_lm.model, encs, pad, keep_states=True, mode="whole", answer_ids=(3, 4))
+        alone = [
+            score(tiny_lm.model, [e], pad, keep_states=True, mode="whole", answer_ids=(3, 4)) for e in encs
+        ]
+    for i, one in enumerate(alone):
+        assert torch.allclose(split.logprob[i], one.logprob[0], atol=1e-12)
+        assert torch.allclose(split.last_hidden[i], one.last_hidden[0], atol=1e-12)
+        assert torch.allclose(split.token_logprob[i], one.token_logprob[0], atol=1e-12)
+        assert torch.allclose(split.pred_logits[i], one.pred_logits[0], atol=1e-12)
+        assert torch.allclose(split.answer_logprob[i], one.answer_logprob[0], atol=1e-12)
+        assert int(split.n_tokens[i]) == encs[i].response_len
+
+
 def test_head_check_catches_logit_post_processing(tiny_lm):
     model = tiny_lm.model
     enc = [encode(tiny_lm.tokenizer, "i like people", "a truthful reply is yes")]
