@@ -315,12 +315,11 @@ def train_reward_model(
         desc = f"{cfg.objective} epoch {epoch}"
         losses = []
         for step, b in enumerate(progress(batches, desc, enabled=cfg.progress, total=len(batches))):
-            gen = torch.Generator().manual_seed(
-                int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62))
-            )
-            pair_loss = rm.batch_loss(
-                [tr[i] for i in b], rewrites and [rewrites[i] for i in b], gen if cfg.token_dropout else None
-            )
+            gen = None  # token dropout's masks, seeded per (seed, epoch, micro-batch)
+            if cfg.token_dropout:
+                seed = int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62))
+                gen = torch.Generator().manual_seed(seed)
+            pair_loss = rm.batch_loss([tr[i] for i in b], rewrites and [rewrites[i] for i in b], gen)
             loss = (pair_loss + rm.step_penalty() * len(b)) / cfg.batch_size
             if not torch.isfinite(loss):
                 raise FloatingPointError(

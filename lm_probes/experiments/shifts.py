@@ -39,13 +39,15 @@ token_rewards_<set>.jsonl.gz of the in-distribution and token-level sets.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from lm_probes.data import Pair, encode_pairs, load_pairs, load_rows
+from lm_probes.data import DataError, Pair, encode_pairs, load_pairs, load_rows
 from lm_probes.train import TrainConfig, train_reward_model
 
 TRAIN_SETS = ("ultrafeedback", "rewardmath")
@@ -210,11 +212,6 @@ def token_rows(tokenizer, pairs: list[Pair], terms: list, cfg: TrainConfig) -> l
 def reuse_cell(source: Path, d: Path, cfg: TrainConfig) -> None:
     """Copy a finished cell's outputs (not its checkpoint) from another run into ``d``, after checking it
     was trained with exactly ``cfg`` (same preset, seed, objective; so on the same data)."""
-    import json
-    import shutil
-
-    from lm_probes.data import DataError
-
     summary = source / "summary.json"
     if not summary.exists():
         raise DataError(f"{source}: no summary.json (not a finished cell)")
