@@ -92,7 +92,11 @@ class _Run:
 
     def params(self, rt, head, states, dtype) -> RewardParams:
         """RewardParams of ``rt`` for encodings whose θ0 states are ``states`` (ref = their ln π)."""
-        ref = torch.tensor([s.logprob for s in states], dtype=dtype) if rt.uses_reference else None
+        ref = (
+            torch.tensor([s.logprob for s in states], dtype=dtype, device=self.lm.device)
+            if rt.uses_reference
+            else None
+        )
         if rt.name not in self._answers:
             self._answers[rt.name] = answer_ids(self.lm.tokenizer, rt.answers)
         return RewardParams(

@@ -249,6 +249,13 @@ def _encode_rewrites(lm: LoadedLM, kept: list[Pair], cfg: TrainConfig) -> list:
     return out
 
 
+def same_config(recorded: dict, cfg: TrainConfig) -> bool:
+    """Whether a configuration recorded in a summary or checkpoint is ``cfg``; options added to
+    TrainConfig since it was recorded count at their defaults (so older runs stay resumable/reusable)."""
+    as_json = lambda d: json.loads(json.dumps(d))  # noqa: E731 (tuples → lists, as recorded)
+    return as_json({**asdict(TrainConfig()), **recorded}) == as_json(asdict(cfg))
+
+
 def train_reward_model(
     lm: LoadedLM,
     train: list[Pair],
@@ -284,7 +291,7 @@ def train_reward_model(
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if {**asdict(TrainConfig()), **state["config"]} != asdict(cfg):  # (options added since: defaults)
+        if not same_config(state["config"], cfg):
             raise ValueError(f"{ckpt} was written with a different configuration; refusing to resume")
         rm.model.load_state_dict(state["model"])
         if rm.u is not None:

@@ -184,7 +184,13 @@ def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeyp
     comb = shifts.main(["--combine", str(out), str(out2), "--out", str(tmp_path / "both")])
     assert comb["win_rate"]["token_level"]["n"] == 6 and comb["win_rate"]["domain"]["n"] == 6
     assert (tmp_path / "both" / "table.md").exists()
-    # an IM-RM mitigation against the first run's EX-RM (copied, not retrained)
+    # an IM-RM mitigation against the first run's EX-RM (copied, not retrained), here recorded by an
+    # older rmgap whose TrainConfig lacked the mitigation options (they count at their defaults)
+    ex_summary = out / "ex_rm" / "summary.json"
+    old = json.loads(ex_summary.read_text())
+    for k in ("token_dropout", "consistency", "freeze", "unembedding_l2"):
+        del old["config"][k]
+    ex_summary.write_text(json.dumps(old))
     out3 = tmp_path / "mitigated"
     res3 = _run(out3, "--mitigation", "consistency", "--explicit-from", str(out))
     assert res3["eval"]["rewardmath"]["ex_rm"] == res["eval"]["rewardmath"]["ex_rm"]

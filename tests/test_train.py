@@ -14,7 +14,7 @@ from lm_probes.experiments.persona import make_table, table_markdown
 from lm_probes.persona import persona_data
 from lm_probes.reports import write_training
 from lm_probes.rewards import REWARDS
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import RewardModel, TrainConfig, same_config, train_reward_model
 from tests.conftest import GRM_WORDS, make_tiny_lm
 
 TRAIN = [
@@ -178,3 +178,13 @@ def test_persona_data_and_table():
     assert "| paraphrased | test | 0.700 | 0.700 |" in table_markdown(t, "h")
     with pytest.raises(DataError, match="need 2000"):
         persona_data(n_train=1000, n_test=1000)
+
+
+def test_same_config_counts_options_added_since_at_their_defaults():
+    cfg = TrainConfig(objective="im_rm", lr=1e-5)
+    recorded = json.loads(json.dumps(cfg.__dict__))  # as a summary records it (tuples → lists)
+    assert same_config(recorded, cfg)
+    del recorded["token_dropout"]  # recorded before the option existed: its default
+    assert same_config(recorded, cfg)
+    assert not same_config(recorded, TrainConfig(objective="im_rm", lr=1e-5, token_dropout=0.3))
+    assert not same_config({**recorded, "lr": 1e-6}, cfg)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from lm_probes.mitigations import MITIGATIONS, Mitigation, training_pairs_for
 from lm_probes.persona import persona_data, persona_probe_set
 from lm_probes.probe import ProbeConfig, first_order_moves
 from lm_probes.reports import pyplot, save_figure, write_training
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import RewardModel, TrainConfig, same_config, train_reward_model
 
 PRESETS = {
     "cpu": dict(train={**PERSONA_PRESETS["cpu"], "eval_every_epoch": False}, probe_statements=20),
@@ -135,7 +135,7 @@ def read_mitigation(name: str, out: Path, cfg: TrainConfig) -> MitigationResult 
     if not (s.exists() and p.exists()):
         return None
     summary = json.loads(s.read_text())
-    if summary["config"] != json.loads(json.dumps(asdict(cfg))):
+    if not same_config(summary["config"], cfg):
         return None
     return MitigationResult(name, json.loads(p.read_text()), summary)
 

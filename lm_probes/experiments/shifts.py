@@ -42,13 +42,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from lm_probes.data import DataError, Pair, encode_pairs, load_pairs, load_rows
-from lm_probes.train import TrainConfig, train_reward_model
+from lm_probes.train import TrainConfig, same_config, train_reward_model
 
 TRAIN_SETS = ("ultrafeedback", "rewardmath")
 UF_FAMILY = ("ultrafeedback", "ultrafeedback_paraphrased", "ultrafeedback_french", "ultrafeedback_spanish")
@@ -215,7 +215,7 @@ def reuse_cell(source: Path, d: Path, cfg: TrainConfig) -> None:
     summary = source / "summary.json"
     if not summary.exists():
         raise DataError(f"{source}: no summary.json (not a finished cell)")
-    if json.loads(summary.read_text())["config"] != json.loads(json.dumps(asdict(cfg))):
+    if not same_config(json.loads(summary.read_text())["config"], cfg):
         raise DataError(f"{summary}: trained with another configuration than this run's {cfg.objective}")
     d.mkdir(parents=True, exist_ok=True)
     for f in source.iterdir():
