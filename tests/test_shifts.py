@@ -197,6 +197,15 @@ def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeyp
     im = json.loads((out3 / "im_rm" / "summary.json").read_text())["config"]
     assert im["consistency"] == 1.0 and res3["config"]["mitigation"] == "consistency"
     assert not (out3 / "ex_rm" / "checkpoint.pt").exists()
+    # ... and the mitigated IM-RM against that run's plain IM-RM, on the same pairs
+    eff = res3["mitigation_effect"]
+    assert eff["plain_from"] == str(out)
+    for name, e in eff["sets"].items():
+        assert e["plain"]["accuracy"] == res["eval"][name]["im_rm"]["accuracy"]
+        assert e["mitigated"]["accuracy"] == res3["eval"][name]["im_rm"]["accuracy"]
+        assert e["diff"] == pytest.approx(e["mitigated"]["accuracy"] - e["plain"]["accuracy"])
+        assert e["diff_ci95"][0] <= e["diff"] <= e["diff_ci95"][1]
+    assert "against the plain IM-RM" in (out3 / "table.md").read_text()
 
 
 def test_seeds_aggregate(data_root, tmp_path, monkeypatch):

@@ -338,6 +338,20 @@ def main(argv=None, lm_factory=None) -> dict:
         n_boot=args.n_boot,
         tokenize=lambda text: run["tokenizer"](text, add_special_tokens=False)["input_ids"],
     )
+    if mitigation is not None and args.explicit_from:
+        plain_obj = shifts_report.read_results(args.explicit_from)["config"]["objectives"][1]
+        result["mitigation_effect"] = {
+            "plain_from": str(args.explicit_from),
+            **shifts_analysis.mitigation_effect(
+                [
+                    shifts_report.load_cell(cell_dir(args.explicit_from, s, plain_obj, len(seeds)))
+                    for s in seeds
+                ],
+                [cells[s][objectives[1]] for s in seeds],
+                SHIFTS[args.train_set],
+                n_boot=args.n_boot,
+            ),
+        }
     result["paper"] = PAPER[args.train_set]
     result["seconds_this_invocation"] = time.perf_counter() - t0
     result["markdown"] = shifts_report.table_markdown(result)

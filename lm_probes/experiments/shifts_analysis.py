@@ -17,20 +17,23 @@ import numpy as np
 
 from lm_probes.data import load_rows
 from lm_probes.rewrites import rewrite_quality
-from lm_probes.stats import paired_bootstrap_ci, pairs_needed, plain_winner, win_rates, winner
+from lm_probes.stats import MODELS, paired_bootstrap_ci, pairs_needed, plain_winner, win_rates, winner
 from theory import accuracy, pair_outcomes
 
 SHIFT_TYPES = ("token_level", "domain")
 TOP_TOKENS = 8  # tokens shown per response of a flip
 
 
-def set_comparison(rew_ex: list[np.ndarray], rew_im: list[np.ndarray], *, n_boot: int, seed: int) -> dict:
-    """EX vs IM on one evaluation set; rew_*: per seed, (N, 2) rewards (chosen, rejected), same pairs."""
+def set_comparison(
+    rew_ex: list[np.ndarray], rew_im: list[np.ndarray], *, n_boot: int, seed: int, names=MODELS
+) -> dict:
+    """EX vs IM on one evaluation set; rew_*: per seed, (N, 2) rewards (chosen, rejected), same pairs.
+    ``names`` keys the two RMs (and names the winners); the difference is first − second."""
     o_ex = np.mean([pair_outcomes(r[:, 0], r[:, 1]) for r in rew_ex], 0)
     o_im = np.mean([pair_outcomes(r[:, 0], r[:, 1]) for r in rew_im], 0)
     diff, lo, hi = paired_bootstrap_ci(o_ex, o_im, n_boot=n_boot, seed=seed)
     out = {}
-    for name, rews in (("ex_rm", rew_ex), ("im_rm", rew_im)):
+    for name, rews in zip(names, (rew_ex, rew_im), strict=True):
         accs = [accuracy(r[:, 0], r[:, 1]) for r in rews]
         out[name] = {
             "accuracy": float(np.mean([a.half_ties for a in accs])),
@@ -38,13 +41,13 @@ def set_comparison(rew_ex: list[np.ndarray], rew_im: list[np.ndarray], *, n_boot
             "tie_rate": float(np.mean([a.tie_rate for a in accs])),
             "normalized_abs_margin": float(np.mean([a.normalized_abs_margin for a in accs])),
         }
-    acc_ex, acc_im = out["ex_rm"]["accuracy"], out["im_rm"]["accuracy"]
+    acc_ex, acc_im = (out[n]["accuracy"] for n in names)
     return {
         **out,
         "diff": diff,
         "diff_ci95": [lo, hi],
-        "winner": winner(lo, hi),
-        "winner_plain": plain_winner(acc_ex, acc_im),
+        "winner": winner(lo, hi, names),
+        "winner_plain": plain_winner(acc_ex, acc_im, names),
         "pairs_needed": pairs_needed(o_ex - o_im) if o_ex.size > 1 else None,
         "n_pairs": int(o_ex.size),
     }
@@ -158,6 +161,34 @@ def analyze(cells: dict, datas: dict, shift_map: dict, objectives, config: dict,
         "models": {m: cells[seeds[0]][m]["summary"]["model"] for m in objectives},
         "seconds": {m: sum(cells[s][m]["summary"]["seconds"] for s in seeds) for m in objectives},
     }
+
+
+def mitigation_effect(plain: list[dict], mitigated: list[dict], shift_map: dict, *, n_boot: int) -> dict:
+    """The implicit RM trained with a mitigation against the plain one (per seed, cells of
+    shifts_report.load_cell, evaluated on the same pairs): per set, both accuracies and the paired
+    difference mitigated − plain with its 95 % bootstrap CI; per shift type, the mean difference (the
+    in-distribution cost against the token-level gain)."""
+    names = ("mitigated", "plain")
+    sets = {}
+    for name, shift in shift_map.items():
+        if any(m["where"][name] != p["where"][name] for m, p in zip(mitigated, plain, strict=True)):
+            raise ValueError(
+                f"set {name}: the plain and the mitigated IM-RM were evaluated on different pairs"
+            )
+        comp = set_comparison(
+            [m["rewards"][name] for m in mitigated],
+            [p["rewards"][name] for p in plain],
+            n_boot=n_boot,
+            seed=zlib.crc32(name.encode()),
+            names=names,
+        )
+        sets[name] = {"shift": shift, **{k: comp[k] for k in (*names, "diff", "diff_ci95", "winner")}}
+    by_shift = {
+        t: float(np.mean([e["diff"] for e in sets.values() if e["shift"] == t]))
+        for t in ("in_distribution", *SHIFT_TYPES)
+        if any(e["shift"] == t for e in sets.values())
+    }
+    return {"sets": sets, "mean_diff_by_shift": by_shift}
 
 
 def combine(runs: list[dict], labels: list[str], command: str = "") -> dict:
