@@ -44,6 +44,12 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
         choices=("eager", "sdpa"),
         help="eager (default; float64-exact, forward-mode autodiff) or sdpa (faster on long sequences)",
     )
+    g.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16", "fp16"),
+        help="autocast the forward passes, fp32 master weights (GPUs; lm_probes.distributed)",
+    )
 
 
 def add_run_args(ap: argparse.ArgumentParser, out: str | None) -> None:
@@ -72,11 +78,21 @@ def command_line(prog: str, argv) -> str:
     return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
 
 
-def load_model(args, **kw):
-    """The LM named by --model/--device/--dtype (lm_probes.loading.load_lm)."""
+def runtime_from(args):
+    """This process's lm_probes.distributed.Runtime: accelerate where the command was started by
+    ``accelerate launch`` with several processes or --mixed-precision asks for it."""
+    from lm_probes.distributed import Runtime
+
+    return Runtime.from_env(getattr(args, "mixed_precision", "no"), cpu=args.device == "cpu")
+
+
+def load_model(args, runtime=None, **kw):
+    """The LM named by --model/--device/--dtype (lm_probes.loading.load_lm), on this process's device
+    when several processes share the work (``runtime``)."""
     from lm_probes.loading import load_lm
 
-    return load_lm(args.model, device=args.device, dtype=args.dtype, attention=args.attention, **kw)
+    device = str(runtime.device) if runtime is not None and runtime.device is not None else args.device
+    return load_lm(args.model, device=device, dtype=args.dtype, attention=args.attention, **kw)
 
 
 def named_set(spec: str, flag: str) -> tuple[str, str]:
@@ -147,12 +163,16 @@ def train_main(argv=None, lm=None) -> dict:
         chat_template=not args.no_chat_template,
         progress=not args.quiet,
     )
-    lm = lm or load_model(args)
-    result = train_reward_model(lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume)
+    runtime = runtime_from(args)
+    lm = lm or load_model(args, runtime)
+    result = train_reward_model(
+        lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume, runtime=runtime
+    )
     result.summary["command"] = command_line("rmgap train", argv)
-    write_training(result, args.out)
-    print_training(result.summary)
-    print(f"wrote {args.out}/summary.json")
+    if runtime.is_main:
+        write_training(result, args.out)
+        print_training(result.summary)
+        print(f"wrote {args.out}/summary.json")
     return result.summary
 
 

@@ -78,8 +78,9 @@ def evaluate_sets(
     toks: dict[tuple, np.ndarray] = {}
     qs: dict[tuple, np.ndarray] = {}  # what the loss reads, for types with a loss_input
     split = tokens and rm.rt.token_rewards is not None
-    for chunk in eval_chunks(ev):
-        r, sc, params = rm.rewards(chunk, rm.ref_eval, with_scored=True)
+    for chunk in rm.runtime.shard(eval_chunks(ev)):  # (one share per process, gathered below)
+        with rm.runtime.autocast():
+            r, sc, params = rm.rewards(chunk, rm.ref_eval, with_scored=True)
         if rm.rt.loss_input is not None:
             q = rm.rt.loss_values(r, sc, params).double().cpu().numpy()
             qs.update((e.input_ids, q[j]) for j, e in enumerate(chunk))
@@ -89,6 +90,7 @@ def evaluate_sets(
                 ref = rm.ref_eval_tokens.get(e.input_ids)
                 lp = sc.token_logprob[j].double().cpu().numpy()
                 toks[e.input_ids] = rm.rt.token_rewards(lp, ref, rm.cfg.beta)
+    values, toks, qs = (rm.runtime.merge(d) for d in (values, toks, qs))
     out = {}
     for name, pairs in ev.items():
         r = np.array([[values[c.input_ids], values[x.input_ids]] for c, x in pairs], dtype=np.float64)

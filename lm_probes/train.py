@@ -16,6 +16,7 @@ rewards/chosen, rewards/rejected, rewards/margins, rewards/normalized_abs_margin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lm_probes.checkpoints import restore_checkpoint, save_checkpoint
 from lm_probes.common import progress, tune_malloc
 from lm_probes.data import EncodedPairs, Pair, encode_pairs
+from lm_probes.distributed import Runtime
 from lm_probes.evaluation import eval_chunks, evaluate_sets
 from lm_probes.loading import LoadedLM
 from lm_probes.mitigations import (
@@ -84,8 +87,9 @@ class TrainConfig:
 class RewardModel(torch.nn.Module):
     """The LM plus, for types with a head, u; ``rewards(encs)`` gives r for each encoding."""
 
-    def __init__(self, lm: LoadedLM, cfg: TrainConfig):
+    def __init__(self, lm: LoadedLM, cfg: TrainConfig, runtime: Runtime | None = None):
         super().__init__()
+        self.runtime = runtime or Runtime()  # (lm_probes.distributed: shards and gathers; one process)
         self.rt = get_reward_type(cfg.objective)
         self.lm, self.cfg, self.model = lm, cfg, lm.model
         self.pad = pad_id_of(lm.tokenizer)
@@ -116,13 +120,17 @@ class RewardModel(torch.nn.Module):
         if not self.rt.uses_reference:
             return
         encs = sorted(encs, key=lambda e: len(e.input_ids))
-        for i in range(0, len(encs), batch):
+        ref, ref_tokens = {}, {}
+        for i in self.runtime.shard(range(0, len(encs), batch)):
             chunk = encs[i : i + batch]
-            sc = score(self.model, chunk, self.pad)
+            with self.runtime.autocast():
+                sc = score(self.model, chunk, self.pad)
             for e, lp, tok in zip(chunk, sc.logprob.tolist(), sc.token_logprob, strict=True):
-                self.ref[e.input_ids] = lp
+                ref[e.input_ids] = lp
                 if self.cfg.token_dropout:
-                    self.ref_tokens[e.input_ids] = tok.detach()
+                    ref_tokens[e.input_ids] = tok.detach().cpu()
+        self.ref.update(self.runtime.merge(ref))
+        self.ref_tokens.update(self.runtime.merge(ref_tokens))
 
     @torch.no_grad()
     def fill_eval_reference(self, ev: dict[str, list[tuple[Encoded, Encoded]]]) -> None:
@@ -130,11 +138,15 @@ class RewardModel(torch.nn.Module):
         :func:`evaluate_sets` uses, so that before training every IM reward is exactly 0."""
         if not self.rt.uses_reference:
             return
-        for chunk in eval_chunks(ev):
-            sc = score(self.model, chunk, self.pad)
+        ref, ref_tokens = {}, {}
+        for chunk in self.runtime.shard(eval_chunks(ev)):
+            with self.runtime.autocast():
+                sc = score(self.model, chunk, self.pad)
             for e, lp, tok in zip(chunk, sc.logprob.tolist(), sc.token_logprob, strict=True):
-                self.ref_eval[e.input_ids] = lp
-                self.ref_eval_tokens[e.input_ids] = tok.double().cpu().numpy()
+                ref[e.input_ids] = lp
+                ref_tokens[e.input_ids] = tok.double().cpu().numpy()
+        self.ref_eval.update(self.runtime.merge(ref))
+        self.ref_eval_tokens.update(self.runtime.merge(ref_tokens))
 
     def rewards(
         self,
@@ -195,6 +207,11 @@ class RewardModel(torch.nn.Module):
             loss = loss + self.cfg.consistency * consistency_penalty(orig, r[n:]).sum()
         return loss
 
+    def forward(self, pairs, rewrites=None, dropout=None) -> torch.Tensor:
+        """A micro-batch's training loss, what DDP / FSDP wrap: :meth:`batch_loss` plus the head's L2
+        pull counted once per pair (so that a full step carries it once per ``batch_size`` pairs)."""
+        return self.batch_loss(pairs, rewrites, dropout) + self.step_penalty() * len(pairs)
+
     def step_penalty(self) -> torch.Tensor | float:
         """``cfg.unembedding_l2`` × ‖W − W₀‖² (0 without the pull)."""
         return (
@@ -249,13 +266,6 @@ def _encode_rewrites(lm: LoadedLM, kept: list[Pair], cfg: TrainConfig) -> list:
     return out
 
 
-def same_config(recorded: dict, cfg: TrainConfig) -> bool:
-    """Whether a configuration recorded in a summary or checkpoint is ``cfg``; options added to
-    TrainConfig since it was recorded count at their defaults (so older runs stay resumable/reusable)."""
-    as_json = lambda d: json.loads(json.dumps(d))  # noqa: E731 (tuples → lists, as recorded)
-    return as_json({**asdict(TrainConfig()), **recorded}) == as_json(asdict(cfg))
-
-
 def train_reward_model(
     lm: LoadedLM,
     train: list[Pair],
@@ -263,14 +273,17 @@ def train_reward_model(
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train one reward model; evaluate every set after every epoch (and before training, epoch 0).
+    ``runtime`` (lm_probes.distributed; default: one plain process) shards the work over processes.
     Pairs too long for the context or with identical responses are left out and listed in
     ``summary["dropped"]``."""
     cfg.check()
     tune_malloc()  # (speed only: activations reallocated every step stay in the process)
     torch.manual_seed(cfg.seed)
-    rm = RewardModel(lm, cfg)
+    runtime = runtime or Runtime()
+    rm = RewardModel(lm, cfg, runtime)
     enc_train = _encode(lm, train, cfg)
     tr, dropped = enc_train.encodings, {"train": enc_train.dropped}
     if not tr:
@@ -290,20 +303,7 @@ def train_reward_model(
     history, start_epoch, pending_loss = [], 0, None
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if not same_config(state["config"], cfg):
-            raise ValueError(f"{ckpt} was written with a different configuration; refusing to resume")
-        rm.model.load_state_dict(state["model"])
-        if rm.u is not None:
-            rm.u.data.copy_(state["u"])
-        opt.load_state_dict(state["optimizer"])
-        rm.ref, rm.ref_eval, rm.ref_eval_tokens = state["ref"], state["ref_eval"], state["ref_eval_tokens"]
-        history, start_epoch = state["history"], state["epoch"]
-        if (ckpt.parent / "history.json").exists():  # the evaluations that followed the checkpoint
-            saved = json.loads((ckpt.parent / "history.json").read_text())
-            history = [h for h in saved if h["epoch"] <= start_epoch]
-        if not history or history[-1]["epoch"] < start_epoch:  # stopped during that epoch's evaluation
-            pending_loss = state.get("train_loss")
+        history, start_epoch, pending_loss = restore_checkpoint(ckpt, rm, opt)
 
     def log(epoch, train_loss, evaluate=True, tokens=False):
         res = evaluate_sets(rm, ev, epoch, tokens) if evaluate else {}
@@ -314,55 +314,55 @@ def train_reward_model(
         log(0, None)
     final = None
     accum = cfg.batch_size // cfg.micro_batch
+    # (one plain process: rm and opt themselves). A type that reads no logits leaves an untied head unused
+    head = rm.model.get_output_embeddings().weight
+    unused = (
+        not rm.rt.needs_logits and head.requires_grad and head is not rm.model.get_input_embeddings().weight
+    )
+    wrapped, opt = runtime.prepare(rm, opt, find_unused=unused)
     t0, train_s = time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         rm.model.train()
         batches = length_buckets(tr, cfg.micro_batch, np.random.default_rng([cfg.seed, epoch]))
-        desc = f"{cfg.objective} epoch {epoch}"
-        losses = []
-        for step, b in enumerate(progress(batches, desc, enabled=cfg.progress, total=len(batches))):
-            gen = None  # token dropout's masks, seeded per (seed, epoch, micro-batch)
-            if cfg.token_dropout:
-                seed = int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62))
-                gen = torch.Generator().manual_seed(seed)
-            pair_loss = rm.batch_loss([tr[i] for i in b], rewrites and [rewrites[i] for i in b], gen)
-            loss = (pair_loss + rm.step_penalty() * len(b)) / cfg.batch_size
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{cfg.objective}: loss is {loss.item()} at epoch {epoch}, micro-batch {step} "
-                    f"(pairs {[tr[i][0].where for i in b][:3]}…); lower --lr or check the data"
-                )
-            loss.backward()
-            losses.append(loss.item() * cfg.batch_size / len(b))
-            if (step + 1) % accum == 0 or step + 1 == len(batches):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        steps = [list(range(i, min(i + accum, len(batches)))) for i in range(0, len(batches), accum)]
+        losses = {}  # micro-batch index → its mean pair loss
+        desc, show = f"{cfg.objective} epoch {epoch} (steps)", cfg.progress and runtime.is_main
+        for step in progress(steps, desc, enabled=show, total=len(steps)):
+            mine = runtime.shard(step) or step[:1]  # none left for this process: a zero-weighted one
+            weight = 1.0 if runtime.shard(step) else 0.0
+            for k, j in enumerate(mine):
+                b = batches[j]
+                gen = None  # token dropout's masks, seeded per (seed, epoch, micro-batch)
+                if cfg.token_dropout:
+                    gen = torch.Generator().manual_seed(
+                        int(np.random.default_rng([cfg.seed, epoch, j]).integers(2**62))
+                    )
+                with runtime.no_sync(wrapped) if k < len(mine) - 1 else contextlib.nullcontext():
+                    loss = wrapped([tr[i] for i in b], rewrites and [rewrites[i] for i in b], gen)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{cfg.objective}: loss is {loss.item()} at epoch {epoch}, micro-batch {j} "
+                            f"(pairs {[tr[i][0].where for i in b][:3]}…); lower --lr or check the data"
+                        )
+                    # DDP averages over processes: × world gives the one-process sum over the step
+                    runtime.backward(loss * (weight * runtime.world) / cfg.batch_size)
+                if weight:
+                    losses[j] = loss.item() / len(b)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses = runtime.merge(losses)
         train_s += time.perf_counter() - t_epoch
         rm.model.eval()
-        train_loss = float(np.mean(losses))
-        if ckpt:  # before the evaluation, so that a run stopped there keeps its trained weights
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "model": rm.model.state_dict(),
-                    "u": None if rm.u is None else rm.u.detach(),
-                    "optimizer": opt.state_dict(),
-                    "ref": rm.ref,
-                    "ref_eval": rm.ref_eval,
-                    "ref_eval_tokens": rm.ref_eval_tokens,
-                    "history": history,
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "config": asdict(cfg),
-                },
-                ckpt,
-            )
+        train_loss = float(np.mean([losses[j] for j in sorted(losses)]))
+        if ckpt and runtime.is_main:  # before the evaluation: a run stopped there keeps its weights
+            save_checkpoint(ckpt, rm, opt, history, epoch, train_loss)
         last = epoch == cfg.epochs
         res = log(epoch, train_loss, last or cfg.eval_every_epoch, last and cfg.token_rewards)
         final = res if last else None
-        if ckpt:
+        if ckpt and runtime.is_main:
             (ckpt.parent / "history.json").write_text(json.dumps(history))
+        runtime.barrier()  # (every process sees the checkpoint before it goes on)
     if final is None and pending_loss is not None:  # resumed into the last epoch's evaluation
         final = log(cfg.epochs, pending_loss, True, cfg.token_rewards)
     elif final is None:  # resumed after the last epoch (or no epoch to run)
@@ -378,6 +378,7 @@ def train_reward_model(
         "seconds": time.perf_counter() - t0,
         "train_seconds": train_s,  # optimiser epochs only
         "reference_seconds": reference_s,  # ln π_ref of the training set (~0 without a reference)
+        "processes": runtime.world,  # (lm_probes.distributed)
     }
     rewards = {n: v.rewards for n, v in final.items()}
     tokens = {n: v.token_rewards for n, v in final.items() if v.token_rewards is not None}

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from lm_probes.checkpoints import same_config
 from lm_probes.data import DataError, Pair, encode_pairs
 from lm_probes.experiments.persona import make_table, table_markdown
 from lm_probes.persona import persona_data
 from lm_probes.reports import write_training
 from lm_probes.rewards import REWARDS
-from lm_probes.train import RewardModel, TrainConfig, same_config, train_reward_model
+from lm_probes.train import RewardModel, TrainConfig, train_reward_model
 from tests.conftest import GRM_WORDS, make_tiny_lm
 
 TRAIN = [
@@ -88,9 +89,14 @@ def test_resume_continues_where_it_stopped(tmp_path):
     full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "a").summary
     one_epoch = TrainConfig(**{**cfg.__dict__, "epochs": 1})
     train_reward_model(make_tiny_lm(), TRAIN, EVAL, one_epoch, tmp_path / "b")
-    # a checkpoint written with another configuration is refused
-    with pytest.raises(ValueError, match="different configuration"):
-        train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b", resume=True)
+    # a checkpoint written with another configuration is refused (fewer epochs than it has: too)
+    for other in (TrainConfig(**{**cfg.__dict__, "lr": 1e-3}), TrainConfig(**{**cfg.__dict__, "epochs": 0})):
+        with pytest.raises(ValueError, match="different configuration"):
+            train_reward_model(make_tiny_lm(), TRAIN, EVAL, other, tmp_path / "b", resume=True)
+    # a finished 1-epoch run continued for 2 epochs is the 2-epoch run (constant lr, per-epoch seeds)
+    longer = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b", resume=True).summary
+    assert longer["history"][-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"], rel=1e-9)
+    assert np.isclose(longer["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
     # resuming the same configuration after a completed epoch reproduces the uninterrupted run
     part = tmp_path / "c"
     train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from lm_probes.checkpoints import same_config
 from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
 from lm_probes.common import write_json
 from lm_probes.data import Pair, encode_pairs
@@ -45,7 +46,7 @@ from lm_probes.mitigations import MITIGATIONS, Mitigation, training_pairs_for
 from lm_probes.persona import persona_data, persona_probe_set
 from lm_probes.probe import ProbeConfig, first_order_moves
 from lm_probes.reports import pyplot, save_figure, write_training
-from lm_probes.train import RewardModel, TrainConfig, same_config, train_reward_model
+from lm_probes.train import RewardModel, TrainConfig, train_reward_model
 
 PRESETS = {
     "cpu": dict(train={**PERSONA_PRESETS["cpu"], "eval_every_epoch": False}, probe_statements=20),

@@ -47,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lm_probes.checkpoints import same_config
 from lm_probes.data import DataError, Pair, encode_pairs, load_pairs, load_rows
-from lm_probes.train import TrainConfig, same_config, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 
 TRAIN_SETS = ("ultrafeedback", "rewardmath")
 UF_FAMILY = ("ultrafeedback", "ultrafeedback_paraphrased", "ultrafeedback_french", "ultrafeedback_spanish")
