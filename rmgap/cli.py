@@ -42,6 +42,9 @@ COMMANDS = {  # command → (module, function, help)
 }
 
 
+DISTRIBUTED = ("train",)  # the commands that share their work over processes (lm_probes.distributed)
+
+
 def _simulation_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(simulations.__path__) if not m.name.startswith("_"))
 
@@ -114,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name")
     if argv[:1] and argv[0] in COMMANDS:
         module, fn, _ = COMMANDS[argv[0]]
+        if argv[0] not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print(
+                f"rmgap {argv[0]}: error: runs in one process for now (launched with "
+                f"{os.environ['WORLD_SIZE']}); under accelerate: {', '.join(DISTRIBUTED)}",
+                file=sys.stderr,
+            )
+            return 2
         return run_command(argv[0], lambda a: getattr(importlib.import_module(module), fn)(a), argv[1:])
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "simulate":

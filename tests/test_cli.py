@@ -93,3 +93,11 @@ def test_unnamed_evaluation_sets_keep_distinct_names():
     assert named_set("ultrafeedback/test", "--eval-set") == ("ultrafeedback_test", "ultrafeedback/test")
     assert named_set("data/test.jsonl", "--eval") == ("test", "data/test.jsonl")
     assert named_set("fr=ultrafeedback_french/test", "--eval-set") == ("fr", "ultrafeedback_french/test")
+
+
+def test_commands_not_yet_distributed_refuse_several_processes(monkeypatch, capsys):
+    from rmgap.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["persona", "--preset", "cpu"]) == 2
+    assert "runs in one process for now" in capsys.readouterr().err
