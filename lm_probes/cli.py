@@ -138,6 +138,11 @@ def train_main(argv=None, lm=None) -> dict:
         ap.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument(
+        "--precision-check",
+        action="store_true",
+        help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀",
+    )
     add_model_args(ap)
     add_run_args(ap, "runs/train")
     args = ap.parse_args(argv)
@@ -163,6 +168,18 @@ def train_main(argv=None, lm=None) -> dict:
         chat_template=not args.no_chat_template,
         progress=not args.quiet,
     )
+    if args.precision_check:
+        from lm_probes.precision import autocast_effect
+
+        precision = "bf16" if args.mixed_precision == "no" else args.mixed_precision
+        res = autocast_effect(lm or load_model(args), train, cfg, precision)
+        print(f"rewards of {res['n_pairs']} training pairs at θ₀, {precision} autocast vs full precision:")
+        for name in ("fp32", "mixed_reference", "autocast"):
+            change = res["max_abs_reward_change"].get(name, 0.0)
+            r = res[name]
+            print(f"  {name:16s} mean |margin| {r['mean_abs_margin']:.3g}  loss {r['loss']:.6f}", end="")
+            print(f"  max |Δr| {change:.3g}")
+        return res
     runtime = runtime_from(args)
     lm = lm or load_model(args, runtime)
     result = train_reward_model(

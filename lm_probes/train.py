@@ -239,7 +239,8 @@ class TrainResult:
     eval_pairs: dict[str, list[Pair]] = field(default_factory=dict)  # set → the pairs kept, in order
 
 
-def _encode(lm: LoadedLM, pairs: list[Pair], cfg: TrainConfig) -> EncodedPairs:
+def encode_for_training(lm: LoadedLM, pairs: list[Pair], cfg: TrainConfig) -> EncodedPairs:
+    """``pairs`` encoded as training encodes them under ``cfg`` (chat template, length rules, verbalizer)."""
     return encode_pairs(
         lm.tokenizer,
         pairs,
@@ -256,7 +257,7 @@ def _encode_rewrites(lm: LoadedLM, kept: list[Pair], cfg: TrainConfig) -> list:
     out = []
     for p in kept:
         enc = (
-            _encode(lm, [Pair(p.prompt, *p.rewrite, p.group, f"{p.where} (rewrite)")], cfg)
+            encode_for_training(lm, [Pair(p.prompt, *p.rewrite, p.group, f"{p.where} (rewrite)")], cfg)
             if p.rewrite
             else None
         )
@@ -284,14 +285,14 @@ def train_reward_model(
     torch.manual_seed(cfg.seed)
     runtime = runtime or Runtime()
     rm = RewardModel(lm, cfg, runtime)
-    enc_train = _encode(lm, train, cfg)
+    enc_train = encode_for_training(lm, train, cfg)
     tr, dropped = enc_train.encodings, {"train": enc_train.dropped}
     if not tr:
         raise ValueError(f"no usable training pair: {enc_train.n_dropped()} dropped {enc_train.dropped}")
     rewrites = _encode_rewrites(lm, enc_train.kept, cfg) if cfg.consistency else None
     ev, ev_pairs = {}, {}
     for name, pairs in eval_sets.items():
-        e = _encode(lm, pairs, cfg)
+        e = encode_for_training(lm, pairs, cfg)
         ev[name], ev_pairs[name], dropped[name] = e.encodings, e.kept, e.dropped
         if not e.encodings:
             raise ValueError(f"evaluation set {name!r}: every pair was dropped {e.dropped}")
