@@ -198,6 +198,7 @@ def train_main(argv=None, lm=None) -> dict:
 
 def probe_main(argv=None, lm=None) -> dict:
     """Run the reward-dynamics probe (lm_probes.probe) and write its report."""
+    from lm_probes.loading import float64_problem
     from lm_probes.persona import persona_probe_set
     from lm_probes.probe import ProbeConfig, run_probe
     from lm_probes.reports import print_probe, write_probe
@@ -242,6 +243,8 @@ def probe_main(argv=None, lm=None) -> dict:
     t0 = time.perf_counter()
     if args.attention != "eager":
         raise ValueError("rmgap probe: --attention sdpa has no forward-mode autodiff; the probe needs eager")
+    if args.dtype == "float64" and (why := float64_problem(args.device)):
+        raise ValueError(f"--dtype float64 on {args.device}: {why}; use --dtype float32 or --device cpu")
     lm = lm or load_model(args, untie_head=args.untie_head)
     t_load = time.perf_counter() - t0
     cfg = replace(

@@ -124,6 +124,25 @@ def untie_output_head(model) -> bool:
     return tied
 
 
+FULL_RATE_FLOAT64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}  # P100, V100, A100, H100/H200, B200
+
+
+def float64_problem(device: str) -> str | None:
+    """Why ``device`` is a poor place for float64 (the probe's check mode), or None where it is fine:
+    MPS has no float64; CUDA GPUs other than the data-centre ones (compute capability x.0 from 6.0 on)
+    run it at 1/32–1/64 of their float32 rate."""
+    if device.startswith("mps"):
+        return "MPS has no float64"
+    if not device.startswith("cuda"):
+        return None
+    index = torch.device(device).index or 0
+    cap = torch.cuda.get_device_capability(index)
+    if tuple(cap) in FULL_RATE_FLOAT64:
+        return None
+    name = torch.cuda.get_device_name(index)
+    return f"{name} (sm_{cap[0]}{cap[1]}) runs float64 at 1/32–1/64 of its float32 rate"
+
+
 def load_lm(
     name: str = "smollm2",
     *,

@@ -101,3 +101,20 @@ def test_commands_not_yet_distributed_refuse_several_processes(monkeypatch, caps
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["persona", "--preset", "cpu"]) == 2
     assert "runs in one process for now" in capsys.readouterr().err
+
+
+def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, capsys):
+    import torch
+
+    from lm_probes.loading import float64_problem
+    from rmgap.cli import main
+
+    assert float64_problem("cpu") is None and "no float64" in float64_problem("mps")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 9))
+    assert "sm_89" in float64_problem("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))  # H100
+    assert float64_problem("cuda:0") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 6))
+    assert main(["probe", "persona", "--device", "cuda", "--dtype", "float64"]) == 2
+    assert "use --dtype float32" in capsys.readouterr().err
