@@ -42,7 +42,10 @@ COMMANDS = {  # command → (module, function, help)
 }
 
 
-DISTRIBUTED = ("train",)  # the commands that share their work over processes (lm_probes.distributed)
+DISTRIBUTED = (
+    "train",
+    "persona",
+)  # the commands that share their work over processes (lm_probes.distributed)
 
 
 def _simulation_names() -> list[str]:

@@ -38,7 +38,7 @@ def _write(pairs, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    lm = make_tiny_lm(dtype=__import__("torch").float64)
+    lm = make_tiny_lm(dtype=__import__("torch").float64, max_positions=256)
     lm.model.save_pretrained(d / "model")
     lm.tokenizer.save_pretrained(d / "model")
     return d, _write(TRAIN, d / "train.jsonl"), _write(EVAL + TRAIN[:3], d / "test.jsonl")
@@ -47,10 +47,27 @@ def setup(tmp_path_factory):
 def _train(setup, out: str, processes: int, *extra: str) -> dict:
     d, train, test = setup
     args = [
-        "-m", "rmgap", "train", "--model", str(d / "model"), "--dtype", "float64", "--train", str(train),
-        "--eval", f"test={test}", "--lr", "1e-2", "--batch-size", "4", "--micro-batch", "1", "--quiet",
-        "--out", str(d / out), *extra,
+        "train", "--train", str(train), "--eval", f"test={test}", "--lr", "1e-2", "--batch-size", "4",
+        "--micro-batch", "1", *extra,
     ]  # fmt: skip
+    _rmgap(d, args, out, processes)
+    return json.loads((d / out / "summary.json").read_text())
+
+
+def _rmgap(d: Path, args: list[str], out: str, processes: int) -> None:
+    """``rmgap ARGS`` on the tiny model in float64, in 1 process or under accelerate launch."""
+    args = [
+        "-m",
+        "rmgap",
+        *args,
+        "--model",
+        str(d / "model"),
+        "--dtype",
+        "float64",
+        "--quiet",
+        "--out",
+        str(d / out),
+    ]
     if processes > 1:  # accelerate's torchrun launcher (its --cpu flag would pick its mpirun one)
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
         args = [*launch, str(processes), "--num_machines", "1", "--mixed_precision", "no", *args]
@@ -59,7 +76,6 @@ def _train(setup, out: str, processes: int, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     p = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads((d / out / "summary.json").read_text())
 
 
 def _same(a: dict, b: dict, rel=1e-9) -> None:
@@ -91,3 +107,15 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     resumed = _train(setup, "split", 1, "--epochs", "2", "--resume")  # continued by 1 process
     _same(full, resumed)
     shutil.rmtree(d / "split")
+
+
+def test_the_persona_experiment_under_two_processes(setup):
+    d = setup[0]
+    args = ["persona", "--n-train", "6", "--n-test", "4", "--epochs", "1", "--lr", "1e-2"]
+    _rmgap(d, args, "persona1", 1)
+    _rmgap(d, args, "persona2", 2)
+    one, two = (json.loads((d / o / "table.json").read_text()) for o in ("persona1", "persona2"))
+    assert one["table"] == two["table"]
+    for obj, sets in one["final"].items():
+        for name, m in sets.items():
+            assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)

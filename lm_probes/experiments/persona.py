@@ -26,7 +26,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+from lm_probes.cli import (
+    add_model_args,
+    add_run_args,
+    command_line,
+    load_model,
+    parse_list,
+    parser,
+    runtime_from,
+)
 from lm_probes.common import write_json
 from lm_probes.persona import persona_data
 from lm_probes.reports import plot_curves, save_figure, write_training
@@ -72,17 +80,22 @@ def table_markdown(table: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_persona(lm_factory, data: dict, objectives, config: dict, out: Path | None, resume=False):
+def run_persona(
+    lm_factory, data: dict, objectives, config: dict, out: Path | None, resume=False, runtime=None
+):
     """Train every objective on ``data`` → {objective: TrainResult}; ``config`` holds TrainConfig fields
-    (preset, seeds, progress); checkpoints in <out>/<objective>/."""
+    (preset, seeds, progress); checkpoints in <out>/<objective>/; ``runtime``: lm_probes.distributed."""
     results = {}
     for obj in objectives:
         cfg = replace(TrainConfig(), objective=obj, **config)
         ckpt = out / obj if out else None
-        results[obj] = train_reward_model(lm_factory(), data["train"], data["eval"], cfg, ckpt, resume)
+        results[obj] = train_reward_model(
+            lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
+        )
         s = results[obj].summary
         accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in s["final"].items())
-        print(f"{obj}: {accs}  [{s['seconds'] / 60:.1f} min]", flush=True)
+        if runtime is None or runtime.is_main:
+            print(f"{obj}: {accs}  [{s['seconds'] / 60:.1f} min]", flush=True)
     return results
 
 
@@ -122,9 +135,9 @@ def main(argv=None, lm_factory=None) -> dict:
     )
     t0 = time.perf_counter()
     settings = dict(config, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
-    runs = run_persona(
-        lm_factory or (lambda: load_model(args)), data, objectives, settings, args.out, args.resume
-    )
+    runtime = runtime_from(args)
+    factory = lm_factory or (lambda: load_model(args, runtime))
+    runs = run_persona(factory, data, objectives, settings, args.out, args.resume, runtime)
     model_info = next(iter(runs.values())).summary["model"]
     table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
     cmd = command_line("rmgap persona", argv)
@@ -146,8 +159,9 @@ def main(argv=None, lm_factory=None) -> dict:
         "markdown": table_markdown(table, header),
         "runs": runs,
     }
-    write_persona(result, args.out)
-    print("\n" + result["markdown"])
+    if runtime.is_main:
+        write_persona(result, args.out)
+        print("\n" + result["markdown"])
     return result
 
 
