@@ -201,14 +201,22 @@ def figure(table: dict):
     """Left: paraphrased against original accuracy; right: predicted one-step paraphrase/original ratio
     against trained paraphrased accuracy (mean of train and test prompts)."""
     plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    at = {}  # left panel: rounded point → the names there (one label for coinciding points)
     for i, (name, t) in enumerate(table.items()):
         orig = np.mean([t["original"][s] for s in ("train", "test")])
         para = np.mean([t["paraphrased"][s] for s in ("train", "test")])
         ratio = t["probe"]["paraphrase_over_original"]
-        for a, x in ((ax[0], orig), (ax[1], ratio)):
-            a.scatter([x], [para], color=f"C{i % 10}", marker="os^Dv"[i // 10 % 5])
-            a.annotate(name, (x, para), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        style = dict(color=f"C{i % 10}", marker="os^Dv"[i // 10 % 5])
+        ax[0].scatter([orig], [para], **style)
+        ax[1].scatter([ratio], [para], label=name, **style)
+        at.setdefault((round(orig, 3), round(para, 3)), []).append(name)
+    for (x, y), names in at.items():
+        ax[0].annotate(", ".join(names), (x, y), fontsize=7, xytext=(0, 6), textcoords="offset points",
+                       ha="center", wrap=True)  # fmt: skip
+    ax[0].set_ylim(-0.1, 1.15)
+    ax[1].set_ylim(-0.1, 1.15)
+    ax[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax[0].set(
         xlabel="original accuracy (train/test mean)",
         ylabel="paraphrased accuracy (train/test mean)",
