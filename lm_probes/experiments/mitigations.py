@@ -1,7 +1,7 @@
 """Mitigations of IM-RM token-level brittleness, predicted by the one-step probe and measured by
 training on Persona (issue 12; theory/README.md §6; the mitigations: lm_probes.mitigations).
 
-    rmgap mitigations --preset cpu --out figures/mitigations_cpu       # SmolLM2 on 2 cores, ≈ 110 min
+    rmgap mitigations --preset cpu --out figures/mitigations_cpu       # SmolLM2 on 2 cores, ≈ 90–105 min
     rmgap mitigations --preset cpu --mitigations none,hybrid --resume
     rmgap mitigations --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda
 
@@ -17,8 +17,9 @@ For each mitigation (``none`` = the plain IM-RM, ``ex_rm`` the reference point):
       prompts, evaluated after the last epoch.
 
 Presets: ``cpu`` = the Persona cpu preset (4 epochs, Adam lr 1e-5, effective batch 16, β 0.01),
-evaluated once at the end (not every epoch) so that the 11 RMs fit ≈ 110 min on 2 cores; ``paper`` =
-the Persona paper preset (50 epochs, lr 1e-6, batch 32), every epoch evaluated. Output (--out):
+evaluated once at the end (not every epoch) so that the 11 RMs fit ≈ 90–105 min on 2 cores
+(paper_notes §6); ``paper`` = the Persona paper preset (50 epochs, lr 1e-6, batch 32), every epoch
+evaluated. Output (--out):
 table.json (mitigations.<name>.<original|paraphrased>.<train|test>, mitigations.<name>.probe.
 paraphrase_over_original), table.md, mitigations.png, and each mitigation's training outputs and
 prediction under <out>/<name>/ (its checkpoint deleted once it is written; ``--resume`` skips the
