@@ -99,7 +99,7 @@ def test_commands_not_yet_distributed_refuse_several_processes(monkeypatch, caps
     from rmgap.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["persona", "--preset", "cpu"]) == 2
+    assert main(["shifts", "--preset", "cpu"]) == 2
     assert "runs in one process for now" in capsys.readouterr().err
 
 

@@ -214,6 +214,7 @@ def test_bf16_training_keeps_the_implicit_rewards_at_zero_before_training():
     from lm_probes.distributed import Runtime
 
     cfg = TrainConfig(objective="im_rm", epochs=1, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
+    AcceleratorState._reset_state(True)  # (accelerate's process-wide state: fresh, and reset after)
     try:
         rt = Runtime.from_env("bf16", cpu=True)
         res = train_reward_model(make_tiny_lm(dtype=torch.float32), TRAIN, EVAL, cfg, runtime=rt).summary
