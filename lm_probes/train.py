@@ -11,7 +11,9 @@ length-bucketed micro-batches, seeded, reference log-probs computed once before 
 checkpoint after every epoch in ``checkpoint_dir`` (``resume=True`` continues from it). Metrics per
 named evaluation set after every epoch (and before training, epoch 0), with TRL's names: loss,
 rewards/accuracies (ties as ½, as the paper's code), rewards/accuracies_strict, rewards/tie_rate,
-rewards/chosen, rewards/rejected, rewards/margins, rewards/normalized_abs_margin.
+rewards/chosen, rewards/rejected, rewards/margins, rewards/normalized_abs_margin. Under accelerate
+(``runtime``: lm_probes.distributed) several processes share each step, the reference and the
+evaluation; checkpoints (lm_probes.checkpoints) resume under any process count.
 """
 
 from __future__ import annotations
