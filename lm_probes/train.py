@@ -332,8 +332,9 @@ def train_reward_model(
         losses = {}  # micro-batch index → its mean pair loss
         desc, show = f"{cfg.objective} epoch {epoch} (steps)", cfg.progress and runtime.is_main
         for step in progress(steps, desc, enabled=show, total=len(steps)):
-            mine = runtime.shard(step) or step[:1]  # none left for this process: a zero-weighted one
-            weight = 1.0 if runtime.shard(step) else 0.0
+            mine = runtime.shard(step)
+            weight = 1.0 if mine else 0.0
+            mine = mine or step[:1]  # none left for this process: a zero-weighted one
             for k, j in enumerate(mine):
                 b = batches[j]
                 gen = None  # token dropout's masks, seeded per (seed, epoch, micro-batch)

@@ -120,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name")
     if argv[:1] and argv[0] in COMMANDS:
         module, fn, _ = COMMANDS[argv[0]]
-        if argv[0] not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from lm_probes.distributed import launched_processes
+
+        if argv[0] not in DISTRIBUTED and launched_processes() > 1:
             print(
                 f"rmgap {argv[0]}: error: runs in one process for now (launched with "
-                f"{os.environ['WORLD_SIZE']}); under accelerate: {', '.join(DISTRIBUTED)}",
+                f"{launched_processes()}); under accelerate: {', '.join(DISTRIBUTED)}",
                 file=sys.stderr,
             )
             return 2
