@@ -42,10 +42,8 @@ COMMANDS = {  # command → (module, function, help)
 }
 
 
-DISTRIBUTED = (
-    "train",
-    "persona",
-)  # the commands that share their work over processes (lm_probes.distributed)
+# the commands that share their work over processes (lm_probes.distributed); probe and data run in one
+DISTRIBUTED = ("train", "persona", "shifts", "hamiltonian", "mitigations")
 
 
 def _simulation_names() -> list[str]:
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if argv[0] not in DISTRIBUTED and launched_processes() > 1:
             print(
-                f"rmgap {argv[0]}: error: runs in one process for now (launched with "
+                f"rmgap {argv[0]}: error: runs in one process (launched with "
                 f"{launched_processes()}); under accelerate: {', '.join(DISTRIBUTED)}",
                 file=sys.stderr,
             )

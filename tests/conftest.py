@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +63,51 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64, extra_
 @pytest.fixture
 def tiny_lm():
     return make_tiny_lm()
+
+
+def _text(rng, n):
+    return " ".join(rng.choice(WORDS, n))
+
+
+def _write(root, name, split, rows):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_shift_datasets(root, n_rows: int = 12):
+    """Synthetic stand-ins of the datasets rmgap shifts reads, under ``root`` (use with RMGAP_DATA): rows 0
+    and 1 of each test set have a long response (9 words; the others 3). → root."""
+    from lm_probes.experiments.shifts import REWRITES
+
+    rng = np.random.default_rng(0)
+    uf = []
+    for i in range(n_rows):
+        n = 9 if i < 2 else 3
+        uf.append({"prompt": _text(rng, 3), "chosen": _text(rng, n), "rejected": _text(rng, 3)})
+    _write(root, "ultrafeedback", "test", uf)
+    for name in REWRITES:
+        rows = [
+            {
+                "orig_index": i,
+                "prompt": r["prompt"],
+                "chosen": _text(rng, 9 if i < 2 else 3),
+                "rejected": _text(rng, 3),
+                "orig_chosen": r["chosen"],
+                "orig_rejected": r["rejected"],
+            }
+            for i, r in enumerate(uf)
+        ]
+        _write(root, name, "test", rows)
+        train = [
+            {**r, "orig_chosen": _text(rng, 3), "orig_rejected": _text(rng, 3), "prompt": _text(rng, 3)}
+            for r in rows
+        ]
+        _write(root, name, "train", train)
+    for name in ("rewardbench_math", "rewardbench_code", "rewardmath"):
+        rows = [
+            {"prompt": _text(rng, 3), "chosen": _text(rng, 9 if i < 2 else 3), "rejected": _text(rng, 3)}
+            for i in range(n_rows)
+        ]
+        _write(root, name, "test", rows)
+    _write(root, "rewardmath", "train", [{"prompt": "is the", "chosen": "yes", "rejected": "no"}] * 2)
+    return root

@@ -95,12 +95,13 @@ def test_unnamed_evaluation_sets_keep_distinct_names():
     assert named_set("fr=ultrafeedback_french/test", "--eval-set") == ("fr", "ultrafeedback_french/test")
 
 
-def test_commands_not_yet_distributed_refuse_several_processes(monkeypatch, capsys):
+def test_commands_that_run_in_one_process_refuse_several(monkeypatch, capsys):
     from rmgap.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["shifts", "--preset", "cpu"]) == 2
-    assert "runs in one process for now" in capsys.readouterr().err
+    assert main(["probe", "persona"]) == 2
+    err = capsys.readouterr().err
+    assert "rmgap probe: error: runs in one process" in err and "mitigations" in err
 
 
 def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Training under accelerate with 2 CPU processes (DDP over gloo) against 1 process: the same numbers,
-and a 2-process checkpoint resumed in 1 process (lm_probes.distributed; slow tier: it launches
-processes)."""
+a 2-process checkpoint resumed in 1 process, and every experiment command (persona, shifts,
+hamiltonian, mitigations) writing the 1-process results from 2 processes (lm_probes.distributed; slow
+tier: it launches processes)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lm_probes.data import Pair
-from tests.conftest import make_tiny_lm
+from tests.conftest import make_tiny_lm, write_shift_datasets
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,8 @@ def _write(pairs, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    lm = make_tiny_lm(dtype=__import__("torch").float64, max_positions=256)
+    graph_words = (*(str(i) for i in range(10)), "Vertices:")  # (what the Hamiltonian prompts need)
+    lm = make_tiny_lm(dtype=__import__("torch").float64, max_positions=256, extra_words=graph_words)
     lm.model.save_pretrained(d / "model")
     lm.tokenizer.save_pretrained(d / "model")
     return d, _write(TRAIN, d / "train.jsonl"), _write(EVAL + TRAIN[:3], d / "test.jsonl")
@@ -54,7 +56,7 @@ def _train(setup, out: str, processes: int, *extra: str) -> dict:
     return json.loads((d / out / "summary.json").read_text())
 
 
-def _rmgap(d: Path, args: list[str], out: str, processes: int) -> None:
+def _rmgap(d: Path, args: list[str], out: str, processes: int, **env: str) -> None:
     """``rmgap ARGS`` on the tiny model in float64, in 1 process or under accelerate launch."""
     args = [
         "-m",
@@ -73,7 +75,7 @@ def _rmgap(d: Path, args: list[str], out: str, processes: int) -> None:
         args = [*launch, str(processes), "--num_machines", "1", "--mixed_precision", "no", *args]
     else:
         args = [sys.executable, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]), **env}
     p = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -119,3 +121,66 @@ def test_the_persona_experiment_under_two_processes(setup):
     for obj, sets in one["final"].items():
         for name, m in sets.items():
             assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)
+
+
+def _processes(cell: Path) -> int:
+    """How many processes trained the RM whose outputs are in ``cell``."""
+    return json.loads((cell / "summary.json").read_text())["processes"]
+
+
+def _rewards(path: Path) -> list[float]:
+    """A rewards_<set>.jsonl file's rewards, chosen and rejected of each pair in turn."""
+    rows = (json.loads(x) for x in path.read_text().splitlines())
+    return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
+
+
+def test_the_shifts_experiment_under_two_processes(setup):
+    d = setup[0]
+    root = str(write_shift_datasets(d / "shift_data"))
+    args = ["shifts", "--n-train", "8", "--n-eval", "5", "--epochs", "1", "--lr", "1e-2", "--n-boot", "200"]
+    _rmgap(d, args, "shifts1", 1, RMGAP_DATA=root)
+    _rmgap(d, args, "shifts2", 2, RMGAP_DATA=root)
+    # an IM-RM mitigation against the 1-process run's EX-RM (copied by the main process only)
+    mitigated = [*args, "--mitigation", "token_dropout", "--explicit-from", str(d / "shifts1")]
+    _rmgap(d, mitigated, "shifts_td1", 1, RMGAP_DATA=root)
+    _rmgap(d, mitigated, "shifts_td2", 2, RMGAP_DATA=root)
+    for a, b in (("shifts1", "shifts2"), ("shifts_td1", "shifts_td2")):
+        one, two = (json.loads((d / o / "results.json").read_text()) for o in (a, b))
+        assert one["eval"].keys() == two["eval"].keys()
+        for name, e in one["eval"].items():
+            for rm in one["config"]["objectives"]:
+                for k in ("accuracy", "normalized_abs_margin", "tie_rate"):
+                    assert two["eval"][name][rm][k] == pytest.approx(e[rm][k], rel=1e-9)
+                r1, r2 = (_rewards(d / o / rm / f"rewards_{name}.jsonl") for o in (a, b))
+                assert r2 == pytest.approx(r1, rel=1e-9)
+    assert "mitigation_effect" in json.loads((d / "shifts_td2" / "results.json").read_text())
+    assert _processes(d / "shifts2" / "ex_rm") == _processes(d / "shifts_td2" / "im_rm") == 2  # work shared
+
+
+def test_the_hamiltonian_experiment_under_two_processes(setup):
+    d = setup[0]
+    args = ["hamiltonian", "--vertices", "5", "--edge-prob", "0.3", "--n-train", "8", "--n-test", "4"]
+    args += ["--epochs", "1", "--lr", "1e-3"]
+    _rmgap(d, args, "ham1", 1)
+    _rmgap(d, args, "ham2", 2)  # one micro-batch per step: the second process takes a zero-weighted one
+    one, two = (json.loads((d / o / "summary.json").read_text()) for o in ("ham1", "ham2"))
+    assert two["accuracy"] == one["accuracy"] and two["generation"] == one["generation"]
+    assert _processes(d / "ham2" / "im_rm") == 2
+    for lm, mass in one["generation_mass"].items():  # the exact mass: graphs shared over the processes
+        assert two["generation_mass"][lm]["log10"] == pytest.approx(mass["log10"], rel=1e-9)
+
+
+def test_the_mitigations_experiment_under_two_processes(setup):
+    d = setup[0]
+    args = ["mitigations", "--n-train", "4", "--n-test", "2", "--probe-statements", "2", "--epochs", "1"]
+    _rmgap(d, args, "mit1", 1)
+    _rmgap(d, args, "mit2", 2)
+    one, two = (json.loads((d / o / "table.json").read_text())["mitigations"] for o in ("mit1", "mit2"))
+    assert one.keys() == two.keys()
+    for name, t in one.items():
+        assert _processes(d / "mit2" / name) == 2
+        assert (two[name]["original"], two[name]["paraphrased"]) == (t["original"], t["paraphrased"])
+        moves = two[name]["probe"]["moves"]
+        assert moves == pytest.approx(t["probe"]["moves"], rel=1e-9), name
+        for f in ("rewards_original_test.jsonl", "rewards_paraphrased_test.jsonl"):
+            assert _rewards(d / "mit2" / name / f) == pytest.approx(_rewards(d / "mit1" / name / f), rel=1e-9)

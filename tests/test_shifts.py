@@ -14,56 +14,16 @@ from lm_probes.data import Pair, encode_pairs
 from lm_probes.evaluation import eval_chunks, evaluate_sets
 from lm_probes.experiments import shifts
 from lm_probes.train import RewardModel, TrainConfig
-from tests.conftest import WORDS, make_tiny_lm
+from tests.conftest import make_tiny_lm, write_shift_datasets
 
 N_ROWS = 12
 LONG = 6  # max_part_length used below: responses of more words are dropped
 
 
-def _text(rng, n):
-    return " ".join(rng.choice(WORDS, n))
-
-
-def _write(root, name, split, rows):
-    (root / name).mkdir(parents=True, exist_ok=True)
-    (root / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
-    """Synthetic datasets with the shipped names; rows 0 and 1 of each test set have a long response."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    uf = []
-    for i in range(N_ROWS):
-        n = 9 if i < 2 else 3
-        uf.append({"prompt": _text(rng, 3), "chosen": _text(rng, n), "rejected": _text(rng, 3)})
-    _write(root, "ultrafeedback", "test", uf)
-    for name in shifts.REWRITES:
-        rows = [
-            {
-                "orig_index": i,
-                "prompt": r["prompt"],
-                "chosen": _text(rng, 9 if i < 2 else 3),
-                "rejected": _text(rng, 3),
-                "orig_chosen": r["chosen"],
-                "orig_rejected": r["rejected"],
-            }
-            for i, r in enumerate(uf)
-        ]
-        _write(root, name, "test", rows)
-        train = [
-            {**r, "orig_chosen": _text(rng, 3), "orig_rejected": _text(rng, 3), "prompt": _text(rng, 3)}
-            for r in rows
-        ]
-        _write(root, name, "train", train)
-    for name in ("rewardbench_math", "rewardbench_code", "rewardmath"):
-        rows = [
-            {"prompt": _text(rng, 3), "chosen": _text(rng, 9 if i < 2 else 3), "rejected": _text(rng, 3)}
-            for i in range(N_ROWS)
-        ]
-        _write(root, name, "test", rows)
-    _write(root, "rewardmath", "train", [{"prompt": "is the", "chosen": "yes", "rejected": "no"}] * 2)
+    """Synthetic datasets with the shipped names (tests.conftest.write_shift_datasets), via RMGAP_DATA."""
+    root = write_shift_datasets(tmp_path / "data", N_ROWS)
     monkeypatch.setenv("RMGAP_DATA", str(root))
     return root
 

@@ -32,31 +32,33 @@ Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993;
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
-from lm_probes.common import progress, write_json, write_jsonl
-from lm_probes.generation import SamplingConfig, generate, set_logprob
+from lm_probes.cli import (
+    add_model_args,
+    add_run_args,
+    command_line,
+    load_model,
+    parse_list,
+    parser,
+    runtime_from,
+)
+from lm_probes.common import write_json, write_jsonl
+from lm_probes.generation import SamplingConfig
 from lm_probes.hamiltonian import (
-    GraphSet,
     add_graph_tokens,
-    cycle_response,
+    generation_check,
+    generation_mass,
     hamiltonian_data,
-    is_correct_response,
-    parse_response,
 )
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rewards import REWARDS
-from lm_probes.scoring import encode
 from lm_probes.train import TrainConfig, train_reward_model
 from theory import tilted_correct_mass, tilting_bound
-from theory.graphs import hamiltonian_cycles
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
 # saw it. cpu: a 10-vertex prompt is ~107 SmolLM2 tokens and a response 19, so a pair is ~250 tokens;
@@ -98,52 +100,20 @@ PAPER = {
 }
 
 
-@torch.no_grad()
-def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig) -> dict:
-    """One sample per prompt of the first ``limit`` graphs → correct / well-formed fractions and samples."""
-    k = min(limit, len(graphs.prompts))
-    outs = generate(lm, graphs.prompts[:k], sampling)
-    correct = [is_correct_response(graphs.adj[g], o.text) for g, o in enumerate(outs)]
-    parsed = [parse_response(o.text, graphs.adj.shape[1]) for o in outs]
-    perm = [p is not None and len(set(p.tolist())) == len(p) for p in parsed]
-    return {
-        "correct_fraction": float(np.mean(correct)),
-        "permutation_fraction": float(np.mean(perm)),  # n distinct vertices, cycle or not
-        "n": k,
-        "samples": [
-            {"graph": g, "text": o.text, "stopped": o.stopped, "correct": c}
-            for g, (o, c) in enumerate(zip(outs, correct, strict=True))
-        ],
-    }
-
-
-@torch.no_grad()
-def generation_mass(lm, graphs: GraphSet, limit: int, *, chat_template=True, quiet=False) -> dict:
-    """log10 π(C(x)|x), exactly: every Hamiltonian-cycle sequence of each of the first ``limit`` graphs
-    scored (prompt cache shared by a graph's sequences) and summed in log space."""
-    log10, counts = [], []
-    k = min(limit, len(graphs.prompts))
-    for g in progress(range(k), "generation mass", enabled=not quiet, total=k):
-        cycles = hamiltonian_cycles(graphs.adj[g])
-        p, where = graphs.prompts[g], f"{graphs.name}:graph{g}"
-        encs = [
-            encode(lm.tokenizer, p, cycle_response(c), chat_template=chat_template, where=where)
-            for c in cycles
-        ]
-        log10.append(set_logprob(lm, encs) / math.log(10))
-        counts.append(len(cycles))
-    return {"log10": log10, "mean_log10": float(np.mean(log10)), "n_sequences": counts}
-
-
-def analyse(lm, data: dict, preset: dict, sampling: SamplingConfig, chat_template: bool, quiet: bool) -> dict:
-    """Generation on train and test prompts and the exact mass on test graphs, for one LM."""
+def analyse(
+    lm, data: dict, preset: dict, sampling: SamplingConfig, chat_template: bool, quiet: bool, runtime=None
+):
+    """Generation on train and test prompts and the exact mass on test graphs, for one LM. ``runtime``
+    (lm_probes.distributed): the mass is shared over the processes; each samples the same generations."""
     lm.model.eval()
     return {
         "generation": {
             split: generation_check(lm, data[split], preset["n_generate"], sampling)
             for split in ("train", "test")
         },
-        "mass": generation_mass(lm, data["test"], preset["n_mass"], chat_template=chat_template, quiet=quiet),
+        "mass": generation_mass(
+            lm, data["test"], preset["n_mass"], chat_template=chat_template, quiet=quiet, runtime=runtime
+        ),
     }
 
 
@@ -164,19 +134,22 @@ def tilt(reference_log10: list, im_rewards: np.ndarray, beta: float) -> dict:
 
 
 def run_hamiltonian(
-    lm_factory, data, objectives, preset, cfg: TrainConfig, out, resume, sampling, quiet
+    lm_factory, data, objectives, preset, cfg: TrainConfig, out, resume, sampling, quiet, runtime=None
 ) -> dict:
-    """Train every objective; analyse the reference LM and each trained LM. → {name: record}."""
-    chat = cfg.chat_template
-    records = {"reference": analyse(lm_factory(), data, preset, sampling, chat, quiet)}
+    """Train every objective; analyse the reference LM and each trained LM. → {name: record}.
+    ``runtime`` (lm_probes.distributed): training and the mass shared over processes."""
+    chat, main_process = cfg.chat_template, runtime is None or runtime.is_main
+    records = {"reference": analyse(lm_factory(), data, preset, sampling, chat, quiet, runtime)}
     train = data["train"].pairs()
     evals = {"train": data["train"].pairs(preset["n_eval_train"]), "test": data["test"].pairs()}
     for obj in objectives:
         lm = lm_factory()
         res = train_reward_model(
-            lm, train, evals, replace(cfg, objective=obj), out / obj if out else None, resume
+            lm, train, evals, replace(cfg, objective=obj), out / obj if out else None, resume, runtime=runtime
         )
-        records[obj] = {"train_result": res, **analyse(lm, data, preset, sampling, chat, quiet)}
+        records[obj] = {"train_result": res, **analyse(lm, data, preset, sampling, chat, quiet, runtime)}
+        if not main_process:
+            continue
         acc = {s: res.summary["final"][s]["rewards/accuracies"] for s in evals}
         gen = records[obj]["generation"]["test"]["correct_fraction"]
         print(f"{obj}: accuracy {acc}, correct generations (test) {gen:.3f}", flush=True)
@@ -395,7 +368,8 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
         chat_template=cfg.chat_template,
     )
-    factory = lm_factory or (lambda: load_model(args))
+    runtime = runtime_from(args)
+    factory = lm_factory or (lambda: load_model(args, runtime))
     t0 = time.perf_counter()
     records = run_hamiltonian(
         lambda: add_graph_tokens(factory(), seed=args.seed),
@@ -407,7 +381,10 @@ def main(argv=None, lm_factory=None) -> dict:
         args.resume,
         sampling,
         args.quiet,
+        runtime,
     )
+    if not runtime.is_main:
+        return {}  # the main process summarises and writes
     summary = make_summary(records, cfg.beta)
     cmd = command_line("rmgap hamiltonian", argv)
     summary.update(

@@ -38,7 +38,15 @@ import torch
 from scipy.stats import spearmanr
 
 from lm_probes.checkpoints import same_config
-from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+from lm_probes.cli import (
+    add_model_args,
+    add_run_args,
+    command_line,
+    load_model,
+    parse_list,
+    parser,
+    runtime_from,
+)
 from lm_probes.common import write_json
 from lm_probes.data import Pair, encode_pairs
 from lm_probes.experiments.persona import PRESETS as PERSONA_PRESETS
@@ -112,14 +120,17 @@ def run_mitigation(
     train_cfg: TrainConfig,
     ckpt: Path | None,
     resume: bool,
+    runtime=None,
 ) -> MitigationResult:
-    """Prediction (on a fresh LM) and training (on another) of one mitigation."""
+    """Prediction (on a fresh LM) and training (on another) of one mitigation. ``runtime``
+    (lm_probes.distributed): training is shared over the processes; the one-step prediction, one
+    gradient step on a few pairs, is computed by each (the same numbers)."""
     t0 = time.perf_counter()
     prediction = one_step_prediction(lm_factory(), m, probe_set, train_cfg)
     prediction["seconds"] = time.perf_counter() - t0
     cfg = replace(train_cfg, objective=m.objective, **m.options)
     res = train_reward_model(
-        lm_factory(), training_pairs_for(m, data["train"]), data["eval"], cfg, ckpt, resume
+        lm_factory(), training_pairs_for(m, data["train"]), data["eval"], cfg, ckpt, resume, runtime=runtime
     )
     return MitigationResult(m.name, prediction, res.summary, res)
 
@@ -262,16 +273,21 @@ def main(argv=None, lm_factory=None) -> dict:
         n_eval_statements=args.probe_statements or preset["probe_statements"],
         seed=args.seed,
     )
-    factory = lm_factory or (lambda: load_model(args))
+    runtime = runtime_from(args)
+    factory = lm_factory or (lambda: load_model(args, runtime))
     t0, results = time.perf_counter(), []
     for name in names:
         m = MITIGATIONS[name]
         cfg = replace(base, objective=m.objective, **m.options)
         done = read_mitigation(name, args.out / name, cfg) if args.resume else None
         if done is None:
-            done = run_mitigation(factory, m, data, probe_set, base, args.out / name, args.resume)
-            write_mitigation(done, args.out / name)
+            done = run_mitigation(factory, m, data, probe_set, base, args.out / name, args.resume, runtime)
+            if runtime.is_main:
+                write_mitigation(done, args.out / name)
+            runtime.barrier()
         results.append(done)
+        if not runtime.is_main:
+            continue
         s = done.summary["final"]
         print(
             f"{name}: paraphrased {s['paraphrased_train']['rewards/accuracies']:.3f} / "
@@ -279,6 +295,8 @@ def main(argv=None, lm_factory=None) -> dict:
             f"{done.prediction['paraphrase_over_original']:+.3f}",
             flush=True,
         )
+    if not runtime.is_main:
+        return {}  # the main process tabulates and writes
     table = make_mitigation_table(results)
     agreement = probe_agreement(table)
     cmd = command_line("rmgap mitigations", argv)

@@ -210,28 +210,35 @@ def token_rows(tokenizer, pairs: list[Pair], terms: list, cfg: TrainConfig) -> l
     return rows
 
 
-def reuse_cell(source: Path, d: Path, cfg: TrainConfig) -> None:
+def reuse_cell(source: Path, d: Path, cfg: TrainConfig, copy: bool = True) -> None:
     """Copy a finished cell's outputs (not its checkpoint) from another run into ``d``, after checking it
-    was trained with exactly ``cfg`` (same preset, seed, objective; so on the same data)."""
+    was trained with exactly ``cfg`` (same preset, seed, objective; so on the same data). ``copy=False``:
+    the check alone (the processes other than the main one, which copies)."""
     summary = source / "summary.json"
     if not summary.exists():
         raise DataError(f"{source}: no summary.json (not a finished cell)")
     if not same_config(json.loads(summary.read_text())["config"], cfg):
         raise DataError(f"{summary}: trained with another configuration than this run's {cfg.objective}")
+    if not copy:
+        return
     d.mkdir(parents=True, exist_ok=True)
     for f in source.iterdir():
         if f.is_file() and f.name != "checkpoint.pt":
             shutil.copy2(f, d / f.name)
 
 
-def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=None) -> dict:
+def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=None, runtime=None) -> dict:
     """Train and evaluate every (seed, objective) cell, writing each as it finishes (so ``--resume``
     skips finished cells and continues a cell from its checkpoint). With ``mitigation``
     (lm_probes.mitigations) the implicit cell trains with its options and pairs; with
-    ``args.explicit_from`` the explicit cell is copied from that run. → {"data": {seed: ShiftData}}."""
+    ``args.explicit_from`` the explicit cell is copied from that run. ``runtime``
+    (lm_probes.distributed): every process trains and evaluates its share, the main one writes.
+    → {"data": {seed: ShiftData}, "tokenizer"}."""
     from lm_probes.experiments.shifts_report import write_cell
     from lm_probes.mitigations import training_pairs_for
 
+    main_process = runtime is None or runtime.is_main
+    say = print if main_process else (lambda *a, **k: None)
     lm0 = lm_factory()
     tok, max_len = lm0.tokenizer, lm0.info.get("max_positions")
     shift = SHIFTS[args.train_set]
@@ -241,20 +248,22 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=Non
         for obj in objectives:
             d = cell_dir(args.out, seed, obj, len(seeds))
             if args.resume and (d / "summary.json").exists():
-                print(f"seed {seed} {obj}: done before, read from {d}", flush=True)
+                say(f"seed {seed} {obj}: done before, read from {d}", flush=True)
                 continue
             cfg = train_config(preset, obj, seed, args.head_seed, args.quiet)
             train = data.train
             if mitigation is not None and obj == objectives[1]:
                 cfg, train = replace(cfg, **mitigation.options), training_pairs_for(mitigation, data.train)
             if args.explicit_from and obj == objectives[0]:
-                reuse_cell(cell_dir(args.explicit_from, seed, obj, len(seeds)), d, cfg)
-                print(f"seed {seed} {obj}: copied from {args.explicit_from}", flush=True)
+                reuse_cell(cell_dir(args.explicit_from, seed, obj, len(seeds)), d, cfg, copy=main_process)
+                say(f"seed {seed} {obj}: copied from {args.explicit_from}", flush=True)
                 continue
             t0 = time.perf_counter()
             lm = lm0 if lm0 is not None else lm_factory()
             lm0 = None  # a model is trained in place: each cell after the first loads a fresh one
-            result = train_reward_model(lm, train, data.eval, cfg, d, args.resume)
+            result = train_reward_model(lm, train, data.eval, cfg, d, args.resume, runtime=runtime)
+            if not main_process:
+                continue
             tokens = {
                 name: token_rows(tok, data.eval[name], terms, cfg)
                 for name, terms in result.token_rewards.items()
@@ -263,11 +272,21 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=Non
             write_cell(result, tokens, d)
             accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in result.summary["final"].items())
             print(f"seed {seed} {obj}: {accs}  [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
+    if runtime is not None:
+        runtime.barrier()  # every cell written before any process goes on
     return {"data": datas, "tokenizer": tok}
 
 
 def main(argv=None, lm_factory=None) -> dict:
-    from lm_probes.cli import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+    from lm_probes.cli import (
+        add_model_args,
+        add_run_args,
+        command_line,
+        load_model,
+        parse_list,
+        parser,
+        runtime_from,
+    )
     from lm_probes.experiments import shifts_analysis, shifts_report
 
     ap = parser("rmgap shifts", __doc__)
@@ -320,7 +339,11 @@ def main(argv=None, lm_factory=None) -> dict:
     if args.n_eval is not None:
         preset["n_eval"] = args.n_eval or None
     t0 = time.perf_counter()
-    run = run_shifts(lm_factory or (lambda: load_model(args)), args, preset, seeds, objectives, mitigation)
+    runtime = runtime_from(args)
+    factory = lm_factory or (lambda: load_model(args, runtime))
+    run = run_shifts(factory, args, preset, seeds, objectives, mitigation, runtime)
+    if not runtime.is_main:
+        return {}  # the main process analyses and writes
     cells = {
         seed: {obj: shifts_report.load_cell(cell_dir(args.out, seed, obj, len(seeds))) for obj in objectives}
         for seed in seeds
