@@ -7,7 +7,7 @@
 ``Runtime.from_env()`` gives the run's runtime: a plain single process (no accelerate state touched,
 numbers bitwise as before) unless the command was started by ``accelerate launch`` with more than one
 process or mixed precision was asked for; then an ``accelerate.Accelerator`` (DDP over gloo on CPUs,
-NCCL on GPUs; FSDP / DeepSpeed from the launch config). What lm_probes.train does with it:
+NCCL on GPUs; FSDP2 from the launch config). What lm_probes.train does with it:
 
 - the model is wrapped by ``prepare`` (DDP averages gradients over processes, so each process scales
   its loss by the world size: the summed gradient of one process over the same pairs results);
@@ -17,6 +17,16 @@ NCCL on GPUs; FSDP / DeepSpeed from the launch config). What lm_probes.train doe
   process holds all of them, in the same order as one process would;
 - files (checkpoints, outputs) are written by the main process only (``is_main``), and a checkpoint
   holds the unwrapped model, so it resumes under any process count.
+
+Fully sharded back ends (FSDP2; ``lockstep``): a forward pass gathers each layer's parameters from
+every process, so every process makes the same passes: a process's share of a step or of the
+evaluation is padded with zero-weighted repeats (``share``), evaluation goes through the reward
+model's forward as training does (so that its parameters are gathered there too), and a checkpoint
+is gathered to full tensors by all, written by the main process (lm_probes.checkpoints). accelerate
+sets FSDP up only on GPUs; ``RMGAP_FSDP_ON_CPU=1`` under a CPU launch gives the gloo processes its
+FSDP2 plug-in, so that its own FSDP2 path (``fully_shard`` per decoder layer, then the root) runs and
+is tested without GPUs (tests/test_distributed.py). Not supported: FSDP1 and DeepSpeed (refused in one
+line), and sampling from a sharded LM (``rmgap hamiltonian``).
 """
 
 from __future__ import annotations
@@ -50,7 +60,20 @@ class Runtime:
         from accelerate.utils import DistributedDataParallelKwargs
 
         ddp = DistributedDataParallelKwargs()  # (find_unused_parameters: set by prepare)
-        return cls(Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=[ddp]))
+        acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=[ddp])
+        kind = acc.distributed_type.name
+        if kind == "DEEPSPEED":
+            raise ValueError(
+                "DeepSpeed is not supported yet (its ZeRO-3 checkpoints are not gathered here); "
+                "for 3B-8B models use FSDP2: lm_probes/accelerate_configs/fsdp.yaml"
+            )
+        if kind == "FSDP" and acc.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("FSDP: rmgap needs FSDP2 (fsdp_version: 2, as in accelerate_configs/fsdp.yaml)")
+        if os.environ.get("RMGAP_FSDP_ON_CPU", "") not in ("", "0"):
+            if acc.device.type != "cpu" or acc.num_processes < 2:
+                raise ValueError("RMGAP_FSDP_ON_CPU=1 takes a CPU launch of several processes")
+            fsdp2_on_cpu(acc)
+        return cls(acc)
 
     @property
     def world(self) -> int:
@@ -69,9 +92,25 @@ class Runtime:
         """Where this process's model belongs (None: wherever it was loaded)."""
         return None if self.accelerator is None else self.accelerator.device
 
+    @property
+    def lockstep(self) -> bool:
+        """Whether forward passes are collective (a fully sharded back end: FSDP2)."""
+        if self.accelerator is None:
+            return False
+        return self.accelerator.distributed_type.name == "FSDP"
+
     def shard(self, items: list) -> list:
         """This process's share of ``items``: every world-th one, from its rank."""
         return items[self.rank :: self.world]
+
+    def share(self, items: list, minimum: int = 0) -> tuple[list, int]:
+        """(this process's share of ``items``, how many of it are real): :meth:`shard` padded with repeats
+        of ``items[0]``, to be given zero weight, up to ``minimum`` items and, where passes are collective
+        (``lockstep``), up to the longest share, so that every process makes as many passes."""
+        mine = list(self.shard(items))
+        n = len(mine)
+        target = max(minimum, -(-len(items) // self.world) if self.lockstep else 0)
+        return mine + [items[0]] * (target - n) if items else mine, n
 
     def merge(self, table: dict) -> dict:
         """Union of every process's ``table`` (keys disjoint: each computed its shard), on every process."""
@@ -82,7 +121,7 @@ class Runtime:
         return dict(gather_object(list(table.items())))
 
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, find_unused: bool = False):
-        """(module, optimizer) wrapped for the back end (DDP / FSDP / DeepSpeed); unchanged for one plain
+        """(module, optimizer) wrapped for the back end (DDP / FSDP2); unchanged for one plain
         process. ``find_unused``: some trainable parameters get no gradient (DDP must look for them)."""
         if self.accelerator is None:
             return module, optimizer
@@ -109,3 +148,17 @@ class Runtime:
     def barrier(self) -> None:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
+
+
+def fsdp2_on_cpu(accelerator) -> None:
+    """Turn a CPU launch's accelerator (gloo) to FSDP2, which accelerate itself sets up only on GPUs: its
+    FSDP2 plug-in (transformer auto-wrap on ``_no_split_modules``, reshard after forward) and back-end
+    type, so that ``prepare`` and the rest take accelerate's own FSDP2 path (RMGAP_FSDP_ON_CPU=1)."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True
+    )
+    # (both shared states: an AcceleratorState made later copies the PartialState's type)
+    accelerator.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP

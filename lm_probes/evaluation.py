@@ -78,9 +78,13 @@ def evaluate_sets(
     toks: dict[tuple, np.ndarray] = {}
     qs: dict[tuple, np.ndarray] = {}  # what the loss reads, for types with a loss_input
     split = tokens and rm.rt.token_rewards is not None
-    for chunk in rm.runtime.shard(eval_chunks(ev)):  # (one share per process, gathered below)
+    # one share per process, gathered below (past the n real chunks: repeats a sharded back end needs)
+    chunks, n = rm.runtime.share(eval_chunks(ev))
+    for k, chunk in enumerate(chunks):
         with rm.runtime.autocast():
-            r, sc, params = rm.rewards(chunk, rm.ref_eval, with_scored=True)
+            r, sc, params = rm(rewards_of=chunk, table=rm.ref_eval)
+        if k >= n:
+            continue
         if rm.rt.loss_input is not None:
             q = rm.rt.loss_values(r, sc, params).double().cpu().numpy()
             qs.update((e.input_ids, q[j]) for j, e in enumerate(chunk))

@@ -42,7 +42,7 @@ from lm_probes.mitigations import (
     unembedding_penalty,
 )
 from lm_probes.rewards import RewardParams, answer_ids, get_reward_type, initial_head
-from lm_probes.scoring import Encoded, pad_id_of, score
+from lm_probes.scoring import Encoded, head_is_linear, pad_id_of, score
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class RewardModel(torch.nn.Module):
         self.rt = get_reward_type(cfg.objective)
         self.lm, self.cfg, self.model = lm, cfg, lm.model
         self.pad = pad_id_of(lm.tokenizer)
+        head_is_linear(self.model)  # (checked now by every process: its passes, once sharded, are collective)
         head_seed = cfg.seed if cfg.head_seed is None else cfg.head_seed
         head = initial_head(lm.info["hidden_size"], head_seed, lm.dtype).to(lm.device)
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
@@ -110,6 +111,12 @@ class RewardModel(torch.nn.Module):
         # depends on a batch's padding and composition)
         self.ref_eval: dict[tuple, float] = {}
         self.ref_eval_tokens: dict[tuple, np.ndarray] = {}
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The LM's decoder-layer classes: the units a fully sharded back end wraps (accelerate's
+        transformer auto-wrap policy reads this attribute, as it does on a transformers model)."""
+        return list(getattr(self.model, "_no_split_modules", None) or ())
 
     def trainable(self) -> list[torch.Tensor]:
         """What the optimiser moves: the reward type's parameters less those frozen (``cfg.freeze``)."""
@@ -209,9 +216,14 @@ class RewardModel(torch.nn.Module):
             loss = loss + self.cfg.consistency * consistency_penalty(orig, r[n:]).sum()
         return loss
 
-    def forward(self, pairs, rewrites=None, dropout=None) -> torch.Tensor:
-        """A micro-batch's training loss, what DDP / FSDP wrap: :meth:`batch_loss` plus the head's L2
-        pull counted once per pair (so that a full step carries it once per ``batch_size`` pairs)."""
+    def forward(self, pairs=None, rewrites=None, dropout=None, *, rewards_of=None, table=None):
+        """What DDP / FSDP wrap. Training: a micro-batch's loss, :meth:`batch_loss` plus the head's L2
+        pull counted once per pair (so that a full step carries it once per ``batch_size`` pairs).
+        Evaluation (``rewards_of``: encodings): their (rewards, Scored, RewardParams) against the reference
+        ``table``, through forward so that a fully sharded model gathers its parameters as it does in
+        training (lm_probes.distributed)."""
+        if rewards_of is not None:
+            return self.rewards(rewards_of, table, with_scored=True)
         return self.batch_loss(pairs, rewrites, dropout) + self.step_penalty() * len(pairs)
 
     def step_penalty(self) -> torch.Tensor | float:
@@ -303,9 +315,17 @@ def train_reward_model(
     reference_s = time.perf_counter() - t_ref
     rm.fill_eval_reference(ev)
     opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
+    # (one plain process: rm and opt themselves). A type that reads no logits leaves an untied head unused
+    head = rm.model.get_output_embeddings().weight
+    unused = (
+        not rm.rt.needs_logits and head.requires_grad and head is not rm.model.get_input_embeddings().weight
+    )
+    if runtime.lockstep and cfg.unembedding_l2:
+        raise ValueError("unembedding_l2 (the L2 pull of the head) is not supported under a sharded back end")
+    wrapped, opt = runtime.prepare(rm, opt, find_unused=unused)
     history, start_epoch, pending_loss = [], 0, None
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    if resume and ckpt and ckpt.exists():
+    if resume and ckpt and ckpt.exists():  # (into the prepared model: a sharded one loads its shards)
         history, start_epoch, pending_loss = restore_checkpoint(ckpt, rm, opt)
 
     def log(epoch, train_loss, evaluate=True, tokens=False):
@@ -317,12 +337,6 @@ def train_reward_model(
         log(0, None)
     final = None
     accum = cfg.batch_size // cfg.micro_batch
-    # (one plain process: rm and opt themselves). A type that reads no logits leaves an untied head unused
-    head = rm.model.get_output_embeddings().weight
-    unused = (
-        not rm.rt.needs_logits and head.requires_grad and head is not rm.model.get_input_embeddings().weight
-    )
-    wrapped, opt = runtime.prepare(rm, opt, find_unused=unused)
     t0, train_s = time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
@@ -332,10 +346,11 @@ def train_reward_model(
         losses = {}  # micro-batch index → its mean pair loss
         desc, show = f"{cfg.objective} epoch {epoch} (steps)", cfg.progress and runtime.is_main
         for step in progress(steps, desc, enabled=show, total=len(steps)):
-            mine = runtime.shard(step)
-            weight = 1.0 if mine else 0.0
-            mine = mine or step[:1]  # none left for this process: a zero-weighted one
+            # this process's micro-batches; past the n real ones, zero-weighted repeats (one where none is
+            # left for it; under a sharded back end, as many as the others make)
+            mine, n = runtime.share(step, minimum=1)
             for k, j in enumerate(mine):
+                weight = 1.0 if k < n else 0.0
                 b = batches[j]
                 gen = None  # token dropout's masks, seeded per (seed, epoch, micro-batch)
                 if cfg.token_dropout:
@@ -359,8 +374,8 @@ def train_reward_model(
         train_s += time.perf_counter() - t_epoch
         rm.model.eval()
         train_loss = float(np.mean([losses[j] for j in sorted(losses)]))
-        if ckpt and runtime.is_main:  # before the evaluation: a run stopped there keeps its weights
-            save_checkpoint(ckpt, rm, opt, history, epoch, train_loss)
+        if ckpt:  # before the evaluation: a run stopped there keeps its weights (the main process writes)
+            save_checkpoint(ckpt, rm, opt, history, epoch, train_loss, write=runtime.is_main)
         last = epoch == cfg.epochs
         res = log(epoch, train_loss, last or cfg.eval_every_epoch, last and cfg.token_rewards)
         final = res if last else None

@@ -369,6 +369,8 @@ def main(argv=None, lm_factory=None) -> dict:
         chat_template=cfg.chat_template,
     )
     runtime = runtime_from(args)
+    if runtime.lockstep:
+        raise ValueError("rmgap hamiltonian samples from the trained LMs, not done on sharded ones: use DDP")
     factory = lm_factory or (lambda: load_model(args, runtime))
     t0 = time.perf_counter()
     records = run_hamiltonian(
