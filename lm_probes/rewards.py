@@ -108,12 +108,15 @@ class RewardType:
         """Rewards (N,) of ``encs`` through the one scoring path (differentiable)."""
         return self.score_with(model, encs, pad_id, params)[0]
 
-    def score_with(self, model, encs, pad_id: int, params: RewardParams) -> tuple[torch.Tensor, Scored]:
-        """Rewards (N,) and the :class:`Scored` batch they were computed from."""
+    def score_with(
+        self, model, encs, pad_id: int, params: RewardParams, mode: str = "auto"
+    ) -> tuple[torch.Tensor, Scored]:
+        """Rewards (N,) and the :class:`Scored` batch they were computed from (``mode``: of
+        lm_probes.scoring.score)."""
         answers = params.answer_ids if self.answers else None
         if self.answers and answers is None:
             raise ValueError(f"{self.name}: RewardParams.answer_ids is needed (lm_probes.rewards.answer_ids)")
-        sc = score(model, encs, pad_id, need_logits=self.needs_logits, answer_ids=answers)
+        sc = score(model, encs, pad_id, need_logits=self.needs_logits, answer_ids=answers, mode=mode)
         return self.reward(sc, params), sc
 
     def loss_values(self, r: torch.Tensor, sc: Scored, params: RewardParams) -> torch.Tensor:

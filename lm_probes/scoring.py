@@ -198,18 +198,22 @@ def score(
 ) -> Scored:
     """Score responses. ``mode="cached"`` runs each distinct prompt once and expands its KV cache over
     the responses that share it, recomputing only response tokens; ``"whole"`` runs padded whole
-    sequences in one batch; ``"auto"`` caches when prompts repeat (≥ 3 responses per prompt on
-    average). Both give the same numbers (to rounding). Logits are formed only at response positions,
-    and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then None), when the model's
-    logits are its head applied to its states (``head_is_linear``). ``answer_ids`` adds
+    sequences in batches of similar length (``"single"``: in one batch, one pass of the model, as a
+    fully sharded back end needs: lm_probes.distributed); ``"auto"`` caches when prompts repeat (≥ 3
+    responses per prompt on average). All give the same numbers (to rounding). Logits are formed only
+    at response positions, and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then
+    None), when the model's logits are its head applied to its states (``head_is_linear``).
+    ``answer_ids`` adds
     ``answer_logprob``: the log-probabilities of those tokens at the position that predicts the first
     response token (the EX-GRM's P(Yes), P(No)). Differentiable; works under torch.func.jvp /
     functional_call (see ``Scorer``)."""
-    if mode not in ("auto", "cached", "whole"):
-        raise ValueError(f"mode must be 'auto', 'cached' or 'whole', got {mode!r}")
+    if mode not in ("auto", "cached", "whole", "single"):
+        raise ValueError(f"mode must be 'auto', 'cached', 'whole' or 'single', got {mode!r}")
     fast = head_is_linear(model)
     need_logits = need_logits or keep_states
     n_prompts = len({e.input_ids[: e.prompt_len] for e in encs})
+    if mode == "single":  # one padded batch: one pass of the model whatever the data
+        return _score_whole(model, encs, pad_id, keep_states, need_logits, fast, answer_ids)
     if mode == "whole" or (mode == "auto" and len(encs) < 3 * n_prompts):
         groups = length_groups(encs)
         parts = [

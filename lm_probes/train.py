@@ -174,7 +174,9 @@ class RewardModel(torch.nn.Module):
             table = self.ref if table is None else table
             ref = torch.tensor([table[e.input_ids] for e in encs], dtype=torch.float64, device=self.lm.device)
         params = RewardParams(self.cfg.beta, self.u, ref, self.answer_ids)
-        r, sc = self.rt.score_with(self.model, encs, self.pad, params)
+        # (a sharded back end: one pass per call, as many on every process)
+        mode = "single" if self.runtime.lockstep else "auto"
+        r, sc = self.rt.score_with(self.model, encs, self.pad, params, mode)
         p = self.cfg.token_dropout
         if dropout is not None and p:
             keep = token_keep_masks([e.response_len for e in encs], p, dropout)

@@ -149,11 +149,14 @@ def test_the_persona_experiment_under_two_processes(setup):
     args = ["persona", "--n-train", "6", "--n-test", "4", "--epochs", "1", "--lr", "1e-2"]
     _rmgap(d, args, "persona1", 1)
     _rmgap(d, args, "persona2", 2)
-    one, two = (json.loads((d / o / "table.json").read_text()) for o in ("persona1", "persona2"))
-    assert one["table"] == two["table"]
-    for obj, sets in one["final"].items():
-        for name, m in sets.items():
-            assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)
+    _rmgap(d, args, "persona_fsdp", 2, **FSDP)
+    one = json.loads((d / "persona1" / "table.json").read_text())
+    for out in ("persona2", "persona_fsdp"):
+        two = json.loads((d / out / "table.json").read_text())
+        assert one["table"] == two["table"]
+        for obj, sets in one["final"].items():
+            for name, m in sets.items():
+                assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)
 
 
 def _processes(cell: Path) -> int:

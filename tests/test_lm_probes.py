@@ -91,9 +91,11 @@ def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
     with torch.no_grad():
         sc = score(tiny_lm.model, encs, pad, keep_states=True, mode="cached")
         whole = score(tiny_lm.model, encs, pad, keep_states=True, mode="whole")
+        single = score(tiny_lm.model, encs, pad, keep_states=True, mode="single")  # (one padded pass)
         logits, hidden = forward(tiny_lm.model, encs, pad)
-    assert torch.allclose(sc.logprob, whole.logprob, atol=1e-12)
-    assert torch.allclose(sc.mean_hidden, whole.mean_hidden, atol=1e-12)
+    for other in (whole, single):
+        assert torch.allclose(sc.logprob, other.logprob, atol=1e-12)
+        assert torch.allclose(sc.mean_hidden, other.mean_hidden, atol=1e-12)
     for i, e in enumerate(encs):
         k, P = e.response_len, e.prompt_len
         lp = torch.log_softmax(logits[i, P - 1 : P - 1 + k], -1)[
