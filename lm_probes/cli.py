@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from lm_probes.common import write_json
 from lm_probes.data import DataError, catalog, load_pairs, read_jsonl, shipped_path
 from lm_probes.rewards import REWARDS
 
@@ -141,7 +142,8 @@ def train_main(argv=None, lm=None) -> dict:
     ap.add_argument(
         "--precision-check",
         action="store_true",
-        help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀",
+        help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀ "
+        "(printed, and written to --out/precision_check.json)",
     )
     add_model_args(ap)
     add_run_args(ap, "runs/train")
@@ -179,6 +181,9 @@ def train_main(argv=None, lm=None) -> dict:
             r = res[name]
             print(f"  {name:16s} mean |margin| {r['mean_abs_margin']:.3g}  loss {r['loss']:.6f}", end="")
             print(f"  max |Δr| {change:.3g}")
+        res["command"] = command_line("rmgap train", argv)
+        write_json(args.out / "precision_check.json", res)
+        print(f"wrote {args.out}/precision_check.json")
         return res
     runtime = runtime_from(args)
     lm = lm or load_model(args, runtime)
