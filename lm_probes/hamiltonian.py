@@ -1,5 +1,7 @@
 """The Hamiltonian-cycle task as text for a real LM (the paper's §3 experiment; theory/README.md §2):
-graphs, prompts, responses, the correctness check of a generated text, and the two new tokens.
+graphs, prompts, responses, the correctness check of a generated text, the two new tokens, and what
+an LM does on the graphs: its sampled responses (``generation_check``) and the exact probability of
+the Hamiltonian cycles (``generation_mass``, shared over processes: lm_probes.distributed).
 
     from lm_probes.hamiltonian import hamiltonian_data, add_graph_tokens, is_correct_response
     data = hamiltonian_data(n=10, edge_prob=0.2, n_train=1000, n_test=200, seed=0)
