@@ -39,7 +39,8 @@ from lm_probes.data import encode_pairs
 from lm_probes.evaluation import evaluate_sets
 from lm_probes.experiments.shifts import PRESETS, UF_FAMILY, shift_data
 from lm_probes.loading import load_lm
-from lm_probes.train import RewardModel, TrainConfig, length_buckets
+from lm_probes.reward_model import RewardModel
+from lm_probes.train import TrainConfig, length_buckets
 
 
 def _timed(fn) -> float:

@@ -39,9 +39,10 @@ from lm_probes.data import encode_pairs
 from lm_probes.evaluation import evaluate_sets
 from lm_probes.loading import load_lm, smollm2_checkpoint
 from lm_probes.persona import persona_data
+from lm_probes.reward_model import RewardModel
 from lm_probes.rewards import initial_head
 from lm_probes.scoring import pad_id_of
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 
 
 def _t(fn) -> float:

@@ -2,7 +2,7 @@
 encoding scored once (a prompt's KV cache shared by all its responses across sets, e.g. a test set and
 its rewrites). Computation only; used by lm_probes.train after every epoch and by the benchmarks.
 
-    res = evaluate_sets(rm, {"test": [(chosen_enc, rejected_enc), ...]})     # rm: train.RewardModel
+    res = evaluate_sets(rm, {"test": [(chosen_enc, rejected_enc), ...]})     # rm: reward_model.RewardModel
     res["test"].metrics["rewards/accuracies"];  res["test"].rewards             # (N, 2) array
 """
 

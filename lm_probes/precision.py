@@ -27,7 +27,8 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast_effect(lm, pairs, cfg, precision: str = "bf16", n_pairs: int = 16) -> dict:
     """lm: a LoadedLM; pairs: training Pairs; cfg: a train.TrainConfig → {"fp32" | "mixed_reference" |
     "autocast": {"mean_abs_margin", "loss"}, "max_abs_reward_change": {name: float}, "n_pairs"}."""
-    from lm_probes.train import RewardModel, encode_for_training
+    from lm_probes.reward_model import RewardModel
+    from lm_probes.train import encode_for_training
 
     if precision not in AUTOCAST:
         raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {precision!r}")

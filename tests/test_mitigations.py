@@ -21,9 +21,10 @@ from lm_probes.mitigations import (
     token_dropout_reward,
     token_keep_masks,
 )
+from lm_probes.reward_model import RewardModel
 from lm_probes.rewards import bradley_terry
 from lm_probes.scoring import score
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 from tests.conftest import make_tiny_lm
 
 REWRITE = ("my response would be certainly", "i lean toward nope")

@@ -9,9 +9,10 @@ import torch
 
 from lm_probes.data import Pair, encode_pairs
 from lm_probes.probe import ProbeConfig, run_probe
+from lm_probes.reward_model import RewardModel
 from lm_probes.rewards import REWARDS, RewardParams, RewardType, bradley_terry, initial_head, register
 from lm_probes.scoring import pad_id_of
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 from tests.conftest import GRM_WORDS, make_tiny_lm
 from theory import bt_loss, ex_reward, im_reward
 

@@ -13,7 +13,8 @@ import torch
 from lm_probes.data import Pair, encode_pairs
 from lm_probes.evaluation import eval_chunks, evaluate_sets
 from lm_probes.experiments import shifts
-from lm_probes.train import RewardModel, TrainConfig
+from lm_probes.reward_model import RewardModel
+from lm_probes.train import TrainConfig
 from tests.conftest import make_tiny_lm, write_shift_datasets
 
 N_ROWS = 12

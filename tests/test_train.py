@@ -14,8 +14,9 @@ from lm_probes.data import DataError, Pair, encode_pairs
 from lm_probes.experiments.persona import make_table, table_markdown
 from lm_probes.persona import persona_data
 from lm_probes.reports import write_training
+from lm_probes.reward_model import RewardModel
 from lm_probes.rewards import REWARDS
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.train import TrainConfig, train_reward_model
 from tests.conftest import GRM_WORDS, make_tiny_lm
 
 TRAIN = [
@@ -102,6 +103,27 @@ def test_resume_continues_where_it_stopped(tmp_path):
     train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part)
     resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part, resume=True).summary
     assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_resumed_run_takes_its_reference_tables_from_the_checkpoint(tmp_path, monkeypatch, dropout):
+    """No reference pass on --resume (the checkpoint holds ln π_ref of every training and evaluation
+    encoding), except the training set's per-token terms, which token dropout needs and it lacks."""
+    from dataclasses import replace
+
+    from lm_probes.reward_model import RewardModel
+
+    kw = dict(epochs=2, lr=1e-2, batch_size=4, micro_batch=2, token_dropout=dropout, progress=False)
+    cfg = TrainConfig(objective="im_rm", **kw)
+    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg).summary
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, replace(cfg, epochs=1), tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(RewardModel, "fill_eval_reference", lambda *a: pytest.fail("evaluation reference redone"))
+        if not dropout:
+            m.setattr(RewardModel, "fill_reference", lambda *a: pytest.fail("training reference recomputed"))
+        resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path, resume=True).summary
+    assert resumed["final"]["orig"]["loss"] == pytest.approx(full["final"]["orig"]["loss"], rel=1e-9)
+    assert resumed["history"][-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"], rel=1e-9)
 
 
 def test_a_run_stopped_during_its_last_evaluation_resumes_without_retraining(tmp_path, monkeypatch):

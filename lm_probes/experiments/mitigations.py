@@ -55,7 +55,8 @@ from lm_probes.mitigations import MITIGATIONS, Mitigation, training_pairs_for
 from lm_probes.persona import persona_data, persona_probe_set
 from lm_probes.probe import ProbeConfig, first_order_moves
 from lm_probes.reports import pyplot, save_figure, write_training
-from lm_probes.train import RewardModel, TrainConfig, train_reward_model
+from lm_probes.reward_model import RewardModel
+from lm_probes.train import TrainConfig, train_reward_model
 
 PRESETS = {
     "cpu": dict(train={**PERSONA_PRESETS["cpu"], "eval_every_epoch": False}, probe_statements=20),
