@@ -64,8 +64,9 @@ class TrainConfig:
     freeze: str | None = None
     unembedding_l2: float = 0.0
 
-    def check(self) -> None:
-        """Refuse options that cannot apply (a ValueError naming the option)."""
+    def check(self, sharded: bool = False) -> None:
+        """Refuse options that cannot apply (a ValueError naming the option); ``sharded``: under a fully
+        sharded back end (lm_probes.distributed)."""
         rt = get_reward_type(self.objective)
         if self.batch_size % self.micro_batch:
             raise ValueError(
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError("consistency and unembedding_l2 must be ≥ 0")
         if self.freeze not in (None, *FREEZE):
             raise ValueError(f"freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}")
+        if sharded and self.unembedding_l2:
+            raise ValueError("unembedding_l2 (the L2 pull of the head) is not run under a sharded back end")
 
 
 def length_buckets(
@@ -142,10 +145,10 @@ def train_reward_model(
     ``runtime`` (lm_probes.distributed; default: one plain process) shards the work over processes.
     Pairs too long for the context or with identical responses are left out and listed in
     ``summary["dropped"]``."""
-    cfg.check()
+    runtime = runtime or Runtime()
+    cfg.check(sharded=runtime.lockstep)
     tune_malloc()  # (speed only: activations reallocated every step stay in the process)
     torch.manual_seed(cfg.seed)
-    runtime = runtime or Runtime()
     rm = RewardModel(lm, cfg, runtime)
     enc_train = encode_for_training(lm, train, cfg)
     tr, dropped = enc_train.encodings, {"train": enc_train.dropped}
@@ -172,8 +175,6 @@ def train_reward_model(
     unused = (
         not rm.rt.needs_logits and head.requires_grad and head is not rm.model.get_input_embeddings().weight
     )
-    if runtime.lockstep and cfg.unembedding_l2:
-        raise ValueError("unembedding_l2 (the L2 pull of the head) is not supported under a sharded back end")
     wrapped, opt = runtime.prepare(rm, opt, find_unused=unused)
     history, start_epoch, pending_loss = [], 0, None
     if resuming:  # (into the prepared model: a sharded one loads its shards; and the reference tables)

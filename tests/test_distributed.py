@@ -142,6 +142,11 @@ def test_what_a_sharded_back_end_cannot_run_is_refused_in_one_line(setup):
     err = _rmgap(d, args, "ham_fsdp", 2, expect=2, **FSDP)  # (it samples from the trained, sharded LM)
     assert "rmgap hamiltonian: error: rmgap hamiltonian samples from the trained LMs" in err
     assert not (d / "ham_fsdp").exists()
+    # the L2 pull of the head, refused before any mitigation trains
+    args = ["mitigations", "--mitigations", "none,unembedding_l2", "--n-train", "4", "--epochs", "1"]
+    err = _rmgap(d, args, "mit_fsdp", 2, expect=2, **FSDP)
+    assert "rmgap mitigations: error: unembedding_l2 (the L2 pull of the head) is not run" in err
+    assert not (d / "mit_fsdp" / "none").exists()
 
 
 def test_the_persona_experiment_under_two_processes(setup):

@@ -275,12 +275,14 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
     )
     runtime = runtime_from(args)
+    cfgs = {n: replace(base, objective=MITIGATIONS[n].objective, **MITIGATIONS[n].options) for n in names}
+    for cfg in cfgs.values():  # (before any training: what a sharded back end cannot run)
+        cfg.check(sharded=runtime.lockstep)
     factory = lm_factory or (lambda: load_model(args, runtime))
     t0, results = time.perf_counter(), []
     for name in names:
         m = MITIGATIONS[name]
-        cfg = replace(base, objective=m.objective, **m.options)
-        done = read_mitigation(name, args.out / name, cfg) if args.resume else None
+        done = read_mitigation(name, args.out / name, cfgs[name]) if args.resume else None
         if done is None:
             done = run_mitigation(factory, m, data, probe_set, base, args.out / name, args.resume, runtime)
             if runtime.is_main:
