@@ -179,6 +179,13 @@ def train_reward_model(
     history, start_epoch, pending_loss = [], 0, None
     if resuming:  # (into the prepared model: a sharded one loads its shards; and the reference tables)
         history, start_epoch, pending_loss = restore_checkpoint(ckpt, rm, opt)
+        sets = {
+            "training set": (tr, rm.ref),
+            **{f"evaluation set {n!r}": (v, rm.ref_eval) for n, v in ev.items()},
+        }
+        for name, (encs, table) in sets.items():
+            if rm.rt.uses_reference and any(e.input_ids not in table for pr in encs for e in pr):
+                raise ValueError(f"{ckpt}: written for other data than this run's {name}; refusing to resume")
 
     def log(epoch, train_loss, evaluate=True, tokens=False):
         res = evaluate_sets(rm, ev, epoch, tokens) if evaluate else {}
