@@ -87,6 +87,13 @@ def runtime_from(args):
     return Runtime.from_env(getattr(args, "mixed_precision", "no"), cpu=args.device == "cpu")
 
 
+def model_factory(args, lm_factory=None):
+    """(this process's Runtime, a function giving a fresh LM on its device): the experiments' models,
+    ``lm_factory``'s when given (tests), else those --model/--device/--dtype name."""
+    runtime = runtime_from(args)
+    return runtime, lm_factory or (lambda: load_model(args, runtime))
+
+
 def load_model(args, runtime=None, **kw):
     """The LM named by --model/--device/--dtype (lm_probes.loading.load_lm), on this process's device
     when several processes share the work (``runtime``)."""

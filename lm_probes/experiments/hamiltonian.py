@@ -42,10 +42,9 @@ from lm_probes.cli import (
     add_model_args,
     add_run_args,
     command_line,
-    load_model,
+    model_factory,
     parse_list,
     parser,
-    runtime_from,
 )
 from lm_probes.common import write_json, write_jsonl
 from lm_probes.generation import SamplingConfig
@@ -368,10 +367,9 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
         chat_template=cfg.chat_template,
     )
-    runtime = runtime_from(args)
+    runtime, factory = model_factory(args, lm_factory)
     if runtime.lockstep:
         raise ValueError("rmgap hamiltonian samples from the trained LMs, not done on sharded ones: use DDP")
-    factory = lm_factory or (lambda: load_model(args, runtime))
     t0 = time.perf_counter()
     records = run_hamiltonian(
         lambda: add_graph_tokens(factory(), seed=args.seed),

@@ -42,10 +42,9 @@ from lm_probes.cli import (
     add_model_args,
     add_run_args,
     command_line,
-    load_model,
+    model_factory,
     parse_list,
     parser,
-    runtime_from,
 )
 from lm_probes.common import write_json
 from lm_probes.data import Pair, encode_pairs
@@ -274,11 +273,10 @@ def main(argv=None, lm_factory=None) -> dict:
         n_eval_statements=args.probe_statements or preset["probe_statements"],
         seed=args.seed,
     )
-    runtime = runtime_from(args)
+    runtime, factory = model_factory(args, lm_factory)
     cfgs = {n: replace(base, objective=MITIGATIONS[n].objective, **MITIGATIONS[n].options) for n in names}
     for cfg in cfgs.values():  # (before any training: what a sharded back end cannot run)
         cfg.check(sharded=runtime.lockstep)
-    factory = lm_factory or (lambda: load_model(args, runtime))
     t0, results = time.perf_counter(), []
     for name in names:
         m = MITIGATIONS[name]

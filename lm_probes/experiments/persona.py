@@ -30,10 +30,9 @@ from lm_probes.cli import (
     add_model_args,
     add_run_args,
     command_line,
-    load_model,
+    model_factory,
     parse_list,
     parser,
-    runtime_from,
 )
 from lm_probes.common import write_json
 from lm_probes.persona import persona_data
@@ -135,8 +134,7 @@ def main(argv=None, lm_factory=None) -> dict:
     )
     t0 = time.perf_counter()
     settings = dict(config, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
-    runtime = runtime_from(args)
-    factory = lm_factory or (lambda: load_model(args, runtime))
+    runtime, factory = model_factory(args, lm_factory)
     runs = run_persona(factory, data, objectives, settings, args.out, args.resume, runtime)
     model_info = next(iter(runs.values())).summary["model"]
     table = make_table({obj: r.summary["final"] for obj, r in runs.items()})

@@ -282,10 +282,9 @@ def main(argv=None, lm_factory=None) -> dict:
         add_model_args,
         add_run_args,
         command_line,
-        load_model,
+        model_factory,
         parse_list,
         parser,
-        runtime_from,
     )
     from lm_probes.experiments import shifts_analysis, shifts_report
 
@@ -339,8 +338,7 @@ def main(argv=None, lm_factory=None) -> dict:
     if args.n_eval is not None:
         preset["n_eval"] = args.n_eval or None
     t0 = time.perf_counter()
-    runtime = runtime_from(args)
-    factory = lm_factory or (lambda: load_model(args, runtime))
+    runtime, factory = model_factory(args, lm_factory)
     run = run_shifts(factory, args, preset, seeds, objectives, mitigation, runtime)
     if not runtime.is_main:
         return {}  # the main process analyses and writes
