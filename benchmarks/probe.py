@@ -5,7 +5,7 @@ model passes vs in the dynamics arithmetic, measured in one run.
     python benchmarks/probe.py --quick    # 20 evaluation responses
 
 Also times one scoring pass over the evaluation responses three ways in the same run, over the same
-chunks (≤ 16 responses sharing a prompt), so that the two savings of lm_probes.scoring.score are
+chunks (≤ 16 responses sharing a prompt), so that the two savings of lm_probes.lm.scoring.score are
 measured separately:
   full logits   whole sequences through the model with its logits at every position (a plain
                 ``model(...)`` pass, as a scorer without either saving would run);
@@ -23,12 +23,12 @@ import time
 
 import torch
 
-from lm_probes.data import encode_pairs
-from lm_probes.loading import load_lm
-from lm_probes.persona import persona_probe_set
-from lm_probes.probe import ProbeConfig, run_probe
-from lm_probes.scoring import pad_id_of, prompt_groups, score
-from lm_probes.states import forward
+from lm_probes.data.pairs import encode_pairs
+from lm_probes.data.persona import persona_probe_set
+from lm_probes.lm.loading import load_lm
+from lm_probes.lm.scoring import pad_id_of, prompt_groups, score
+from lm_probes.lm.states import forward
+from lm_probes.probe.one_step import ProbeConfig, run_probe
 
 
 def main(argv=None) -> dict:

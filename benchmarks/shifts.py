@@ -1,7 +1,7 @@
 """Speed of ``rmgap shifts`` on SmolLM2-135M-Instruct (CPU, float32), all measured in one run:
 
 1. Evaluation with and without prompt sharing. The UltraFeedback test set and its three rewrites share
-   prompts; lm_probes.train.evaluate_sets pools the sets, scores each distinct (prompt, response) once
+   prompts; lm_probes.rm.trainer.evaluate_sets pools the sets, scores each distinct (prompt, response) once
    and runs each prompt once, expanding its KV cache over all its responses. "Without" evaluates each
    set on its own (two responses per prompt: whole padded sequences). Same pairs, same IM-RM (the one
    that needs logits), same reference table; tokens/s counts every pair's two whole sequences, so
@@ -11,7 +11,7 @@
    the EX-RM and the IM-RM; useful FLOPs as lm_probes.common.train_flops (+ the attention scores,
    reported separately). Target: ≥ 60 % of the matmul rate. Three conditions, in this order, same
    batches: ``padded`` (each micro-batch one padded batch, as before issue 10's fix), ``split``
-   (lm_probes.scoring.length_groups: sub-batches that waste ≤ 20 % on padding) and ``split+malloc``
+   (lm_probes.lm.scoring.length_groups: sub-batches that waste ≤ 20 % on padding) and ``split+malloc``
    (lm_probes.common.tune_malloc, which training calls; process-wide, so measured last). Minor page
    faults per step are reported beside. ``--attention sdpa`` (or ``both``) measures PyTorch's fused
    attention (``load_lm(attention="sdpa")``, ``--attention sdpa`` on the commands) instead of the
@@ -35,12 +35,13 @@ import torch
 
 from lm_probes import scoring
 from lm_probes.common import attention_flops, matmul_rate, train_flops, tune_malloc, write_json
-from lm_probes.data import encode_pairs
-from lm_probes.evaluation import evaluate_sets
-from lm_probes.experiments.shifts import PRESETS, UF_FAMILY, shift_data
-from lm_probes.loading import load_lm
-from lm_probes.reward_model import RewardModel
-from lm_probes.train import TrainConfig, length_buckets
+from lm_probes.data.pairs import encode_pairs
+from lm_probes.lm.loading import load_lm
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import evaluate_sets
+from lm_probes.rm.reward_model import RewardModel
+from lm_probes.rm.trainer import length_buckets
+from rmgap.experiments.shifts import PRESETS, UF_FAMILY, shift_data
 
 
 def _timed(fn) -> float:

@@ -1,4 +1,4 @@
-"""Training throughput of lm_probes.train on SmolLM2-135M-Instruct (CPU, float32), next to TRL's
+"""Training throughput of lm_probes.rm.trainer on SmolLM2-135M-Instruct (CPU, float32), next to TRL's
 RewardTrainer (for ex_rm) and DPOTrainer (for im_rm) on the same model, data and hyperparameters, and
 next to this machine's float32 matrix-product rate, all measured in one run.
 
@@ -35,14 +35,15 @@ import torch
 
 from lm_probes.common import matmul_rate
 from lm_probes.common import train_flops as model_flops
-from lm_probes.data import encode_pairs
-from lm_probes.evaluation import evaluate_sets
-from lm_probes.loading import load_lm, smollm2_checkpoint
-from lm_probes.persona import persona_data
-from lm_probes.reward_model import RewardModel
-from lm_probes.rewards import initial_head
-from lm_probes.scoring import pad_id_of
-from lm_probes.train import TrainConfig, train_reward_model
+from lm_probes.data.pairs import encode_pairs
+from lm_probes.data.persona import persona_data
+from lm_probes.lm.loading import load_lm, smollm2_checkpoint
+from lm_probes.lm.scoring import pad_id_of
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import evaluate_sets
+from lm_probes.rm.reward_model import RewardModel
+from lm_probes.rm.rewards import initial_head
+from lm_probes.rm.trainer import train_reward_model
 
 
 def _t(fn) -> float:

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from lm_probes.loading import load_lm
-from lm_probes.train import TrainConfig, train_reward_model
+from lm_probes.lm.loading import load_lm
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.trainer import train_reward_model
 try:
-    from lm_probes.persona import persona_data
+    from lm_probes.data.persona import persona_data
 except ImportError:  # revisions before issue 9
     from lm_probes.persona_experiment import persona_data
 d = persona_data(n_train=80, n_test=40, pairs_per_statement=2)

@@ -17,10 +17,11 @@ from functools import partial
 import torch
 from train import held_out_metrics, trl_trainer  # benchmarks/train.py, beside this script
 
-from lm_probes.data import encode_pairs
-from lm_probes.loading import load_lm, smollm2_checkpoint
-from lm_probes.persona import persona_data
-from lm_probes.train import TrainConfig, train_reward_model
+from lm_probes.data.pairs import encode_pairs
+from lm_probes.data.persona import persona_data
+from lm_probes.lm.loading import load_lm, smollm2_checkpoint
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.trainer import train_reward_model
 
 
 def response_logprob(forward, enc) -> float:

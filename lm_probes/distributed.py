@@ -1,13 +1,13 @@
 """Several processes (or mixed precision) through accelerate: the one place that knows about them.
 
     accelerate launch --cpu --num_processes 2 -m rmgap train --train-set ultrafeedback/train ...
-    accelerate launch --config_file lm_probes/accelerate_configs/ddp.yaml -m rmgap persona --preset paper
+    accelerate launch --config_file rmgap/accelerate_configs/ddp.yaml -m rmgap persona --preset paper
     rmgap train ... --mixed-precision bf16          # one process, bf16 autocast, fp32 master weights
 
 ``Runtime.from_env()`` gives the run's runtime: a plain single process (no accelerate state touched,
 numbers bitwise as before) unless the command was started by ``accelerate launch`` with more than one
 process or mixed precision was asked for; then an ``accelerate.Accelerator`` (DDP over gloo on CPUs,
-NCCL on GPUs; FSDP2 from the launch config). What lm_probes.train does with it:
+NCCL on GPUs; FSDP2 from the launch config). What lm_probes.rm.trainer does with it:
 
 - the model is wrapped by ``prepare`` (DDP averages gradients over processes, so each process scales
   its loss by the world size: the summed gradient of one process over the same pairs results);
@@ -22,7 +22,7 @@ Fully sharded back ends (FSDP2; ``lockstep``): a forward pass gathers each layer
 every process, so every process makes the same passes: a process's share of a step or of the
 evaluation is padded with zero-weighted repeats (``share``), evaluation goes through the reward
 model's forward as training does (so that its parameters are gathered there too), and a checkpoint
-is gathered to full tensors by all, written by the main process (lm_probes.checkpoints). accelerate
+is gathered to full tensors by all, written by the main process (lm_probes.rm.checkpoints). accelerate
 sets FSDP up only on GPUs; ``RMGAP_FSDP_ON_CPU=1`` under a CPU launch gives the gloo processes its
 FSDP2 plug-in, so that its own FSDP2 path (``fully_shard`` per decoder layer, then the root) runs and
 is tested without GPUs (tests/test_distributed.py). Not supported: FSDP1 and DeepSpeed (refused in one
@@ -65,7 +65,7 @@ class Runtime:
         if kind == "DEEPSPEED":
             raise ValueError(
                 "DeepSpeed is not supported yet (its ZeRO-3 checkpoints are not gathered here); "
-                "for 3B-8B models use FSDP2: lm_probes/accelerate_configs/fsdp.yaml"
+                "for 3B-8B models use FSDP2: rmgap/accelerate_configs/fsdp.yaml"
             )
         if kind == "FSDP" and acc.state.fsdp_plugin.fsdp_version != 2:
             raise ValueError("FSDP: rmgap needs FSDP2 (fsdp_version: 2, as in accelerate_configs/fsdp.yaml)")

@@ -1,5 +1,6 @@
 """What runs write and print: training outputs and learning curves, the probe's report and scatter.
-Nothing here computes a result; every function takes what lm_probes.train / lm_probes.probe returned.
+Nothing here computes a result; every function takes what lm_probes.rm.trainer or
+lm_probes.probe.one_step returned.
 
     write_training(result, out)    # summary.json, rewards_<set>.jsonl, learning_curves.png
     write_probe(res, out)          # summary.json, records.csv, contributions.jsonl, scatter.png
@@ -35,7 +36,8 @@ def pyplot():
 
 
 def write_training(result, out: Path) -> None:
-    """``result`` (lm_probes.train.TrainResult) → summary.json, rewards_<set>.jsonl, learning_curves.png."""
+    """``result`` (lm_probes.rm.trainer.TrainResult) → summary.json, rewards_<set>.jsonl and
+    learning_curves.png."""
     out = Path(out)
     write_json(out / "summary.json", result.summary)
     for name, r in result.rewards.items():

@@ -3,12 +3,12 @@
 rmgap simulate NAME [--quick ...]     run a simulation of simulations/ (same flags as the script)
 rmgap simulate --list                 list the simulations
 rmgap data [--verify]                 the datasets shipped with the package: name, split, rows, licence
-rmgap probe persona | --data FILE     which responses one preference update moves (lm_probes.probe)
-rmgap train --train FILE ...          train one reward model of any registered type (lm_probes.train)
-rmgap persona --preset cpu|paper      the Persona experiment (lm_probes.experiments.persona)
-rmgap shifts --preset cpu|paper       token-level and domain shifts (lm_probes.experiments.shifts)
-rmgap hamiltonian --preset cpu|paper  verification without generation (lm_probes.experiments.hamiltonian)
-rmgap mitigations --preset cpu|paper  IM-RM fixes, predicted and trained (lm_probes.experiments.mitigations)
+rmgap probe persona | --data FILE     which responses one preference update moves (lm_probes.probe.one_step)
+rmgap train --train FILE ...          train one reward model of any registered type (lm_probes.rm.trainer)
+rmgap persona --preset cpu|paper      the Persona experiment (rmgap.experiments.persona)
+rmgap shifts --preset cpu|paper       token-level and domain shifts (rmgap.experiments.shifts)
+rmgap hamiltonian --preset cpu|paper  verification without generation (rmgap.experiments.hamiltonian)
+rmgap mitigations --preset cpu|paper  IM-RM fixes, predicted and trained (rmgap.experiments.mitigations)
 rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
 
 An error in the input ends a command with one line, ``rmgap <command>: error: <what>``, and exit
@@ -28,14 +28,14 @@ from pathlib import Path
 import simulations
 
 COMMANDS = {  # command → (module, function, help)
-    "data": ("lm_probes.cli", "data_main", "list the shipped datasets (rmgap data -h)"),
-    "probe": ("lm_probes.cli", "probe_main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
-    "train": ("lm_probes.cli", "train_main", "train a reward model (rmgap train -h)"),
-    "persona": ("lm_probes.experiments.persona", "main", "the Persona token-level-shift experiment"),
-    "shifts": ("lm_probes.experiments.shifts", "main", "real-world token-level and domain shifts"),
-    "hamiltonian": ("lm_probes.experiments.hamiltonian", "main", "verification without generation (cycles)"),
+    "data": ("rmgap.commands.data", "main", "list the shipped datasets (rmgap data -h)"),
+    "probe": ("rmgap.commands.probe", "main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
+    "train": ("rmgap.commands.train", "main", "train a reward model (rmgap train -h)"),
+    "persona": ("rmgap.experiments.persona", "main", "the Persona token-level-shift experiment"),
+    "shifts": ("rmgap.experiments.shifts", "main", "real-world token-level and domain shifts"),
+    "hamiltonian": ("rmgap.experiments.hamiltonian", "main", "verification without generation (cycles)"),
     "mitigations": (
-        "lm_probes.experiments.mitigations",
+        "rmgap.experiments.mitigations",
         "main",
         "IM-RM mitigations: one-step prediction vs training",
     ),
@@ -68,7 +68,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         NotSeparableError,
     ]
     try:
-        from lm_probes.scoring import HeadMismatchError
+        from lm_probes.lm.scoring import HeadMismatchError
 
         errors.append(HeadMismatchError)
     except ImportError:  # pragma: no cover - torch/transformers missing

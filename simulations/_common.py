@@ -1,4 +1,5 @@
-"""Small helpers shared by the simulation scripts: output paths, JSON summaries, tables."""
+"""Small helpers shared by the simulation scripts: output paths, JSON summaries, tables, the loss.
+(The scripts stand on theory/ alone: nothing here imports lm_probes.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from lm_probes.common import jsonable
+import numpy as np
+import torch
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
@@ -19,11 +21,25 @@ def add_common_args(ap, default_seed: int = 0) -> None:
     ap.add_argument("--no-figure", action="store_true", help="skip the PNG (the JSON is always written)")
 
 
+def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley–Terry loss −ln σ(r+ − r−) = softplus(r− − r+), differentiable (N,) → (N,)."""
+    return torch.nn.functional.softplus(r_rejected - r_chosen)
+
+
+def _plain(x):
+    """What json cannot write by itself: numpy scalars and arrays, paths."""
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
+
+
 def write_summary(summary: dict, config, out_dir: Path, name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     payload = {"config": asdict(config), **summary}
-    path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=_plain, allow_nan=False) + "\n")
     return path
 
 

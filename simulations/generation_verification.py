@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from lm_probes.rewards import bradley_terry
-from simulations._common import add_common_args, print_table, run_and_save
+from simulations._common import add_common_args, bradley_terry, print_table, run_and_save
 from theory import accuracy, tilted_correct_mass, tilting_bound
 from theory.graphs import (
     cycle_pairs,

@@ -32,8 +32,7 @@ import torch
 from scipy.special import log_softmax
 from scipy.stats import pearsonr
 
-from lm_probes.rewards import bradley_terry
-from simulations._common import add_common_args, print_table, run_and_save
+from simulations._common import add_common_args, bradley_terry, print_table, run_and_save
 from theory import TokenStates, ex_reward_change, im_reward_change
 
 NAME = "token_overlap"

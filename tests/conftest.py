@@ -1,12 +1,20 @@
-"""Shared fixtures: a tiny randomly initialised Llama with a word-level tokenizer (offline, fast)."""
+"""Shared fixtures: a tiny randomly initialised Llama with a word-level tokenizer (offline, fast), the
+small preference sets several test files use, and a helper that runs ``python -m rmgap`` as a user."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+
+from lm_probes.data.cycles import add_graph_tokens
+from lm_probes.data.pairs import Pair
+from lm_probes.probe.one_step import ProbeConfig, run_probe
 
 WORDS = (
     "is the following statement something you would say ? i like people kindness matters "
@@ -22,9 +30,9 @@ def make_tiny_lm(dtype=torch.float64, tie=True, seed=0, max_positions=64, extra_
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from lm_probes.loading import LoadedLM
-    from lm_probes.numerics import keep_rms_norms_in_dtype
-    from lm_probes.numerics import register as register_attention
+    from lm_probes.lm.loading import LoadedLM
+    from lm_probes.lm.numerics import keep_rms_norms_in_dtype
+    from lm_probes.lm.numerics import register as register_attention
 
     words = ["<pad>", "<unk>", "<user>", "<assistant>", *dict.fromkeys([*WORDS, *extra_words])]
     vocab = {w: i for i, w in enumerate(words)}
@@ -77,7 +85,7 @@ def _write(root, name, split, rows):
 def write_shift_datasets(root, n_rows: int = 12):
     """Synthetic stand-ins of the datasets rmgap shifts reads, under ``root`` (use with RMGAP_DATA): rows 0
     and 1 of each test set have a long response (9 words; the others 3). → root."""
-    from lm_probes.experiments.shifts import REWRITES
+    from rmgap.experiments.shifts import REWRITES
 
     rng = np.random.default_rng(0)
     uf = []
@@ -111,3 +119,77 @@ def write_shift_datasets(root, n_rows: int = 12):
         _write(root, name, "test", rows)
     _write(root, "rewardmath", "train", [{"prompt": "is the", "chosen": "yes", "rejected": "no"}] * 2)
     return root
+
+
+# --- shared by several test files ---------------------------------------------------------------
+
+PROBE_TRAIN = [
+    Pair("i like people", "a truthful reply is yes", "considering the statement , i say no", "train", "t0")
+]
+
+
+PROBE_EVALS = [
+    Pair("kindness matters", "a truthful reply is yes", "considering the statement , i say no", "same", "e0"),
+    Pair(
+        "kindness matters", "my response would be certainly", "i lean toward not really", "paraphrase", "e0"
+    ),
+    Pair(
+        "i like the statement",
+        "a truthful reply is sure",
+        "considering the statement , i say never",
+        "overlap",
+        "e1",
+    ),
+    Pair("people matters", "my response would be absolutely", "i lean toward nope", "paraphrase", "e2"),
+    Pair("you would say", "a truthful reply is yes", "considering the statement , i say no", "same", "e3"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_probe():
+    lm = make_tiny_lm()
+    return run_probe(lm, PROBE_TRAIN, PROBE_EVALS, ProbeConfig(lr=1e-5, progress=False))
+
+
+TRAIN = [
+    Pair(q, "a truthful reply is yes", "considering the statement , i say no", "train", f"t{i}")
+    for i, q in enumerate(["i like people", "kindness matters", "people matters", "you would say"])
+]
+
+
+EVAL = {
+    "para": [
+        Pair("i like the statement", "my response would be certainly", "i lean toward nope", "para", "e0")
+    ],
+    "orig": TRAIN[:2],
+}
+
+
+REWRITE = ("my response would be certainly", "i lean toward nope")
+
+
+REWRITE_TRAIN = [
+    Pair(q, "a truthful reply is yes", "considering the statement , i say no", "train", f"t{i}", REWRITE)
+    for i, q in enumerate(["i like people", "kindness matters", "people matters", "you would say"])
+]
+
+
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def graph_lm(seed=0):
+    return add_graph_tokens(
+        make_tiny_lm(max_positions=256, extra_words=(*DIGITS, "Vertices:", "Edges:")), seed=seed
+    )
+
+
+def run_rmgap(*args, env=None):
+    """Run ``python -m rmgap ARGS`` as a user would → (exit status, stdout, stderr)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "rmgap", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    return p.returncode, p.stdout, p.stderr

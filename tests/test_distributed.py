@@ -14,19 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from lm_probes.data import Pair
+from lm_probes.data.pairs import Pair
 from tests.conftest import make_tiny_lm, write_shift_datasets
 
-pytestmark = pytest.mark.slow
-
 QUESTIONS = ["i like people", "kindness matters", "people matters", "you would say", "say something"]
+
+
+
 # 10 pairs in micro-batches of 1, 4 per step: steps of 4, 4 and 2 micro-batches; with 3 processes the
 # last step leaves one process without a micro-batch (it takes part with a zero-weighted one)
 TRAIN = [
     Pair(q, "a truthful reply is yes", "considering the statement , i say no", "train", f"t{i}")
     for i, q in enumerate(QUESTIONS)
 ] + [Pair(q, "sure , absolutely", "never , not really", "train", f"u{i}") for i, q in enumerate(QUESTIONS)]
+
+
+
 EVAL = [Pair("i like the statement", "my response would be certainly", "i lean toward nope", "test", "e0")]
+
 
 
 def _write(pairs, path: Path) -> Path:
@@ -34,6 +39,7 @@ def _write(pairs, path: Path) -> Path:
         "".join(json.dumps(dict(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected)) + "\n" for p in pairs)
     )
     return path
+
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +52,7 @@ def setup(tmp_path_factory):
     return d, _write(TRAIN, d / "train.jsonl"), _write(EVAL + TRAIN[:3], d / "test.jsonl")
 
 
+
 def _train(setup, out: str, processes: int, *extra: str, **env: str) -> dict:
     d, train, test = setup
     args = [
@@ -54,6 +61,7 @@ def _train(setup, out: str, processes: int, *extra: str, **env: str) -> dict:
     ]  # fmt: skip
     _rmgap(d, args, out, processes, **env)
     return json.loads((d / out / "summary.json").read_text())
+
 
 
 def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, **env: str) -> str:
@@ -82,6 +90,7 @@ def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, 
     return p.stderr
 
 
+
 def _same(a: dict, b: dict, rel=1e-9) -> None:
     assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]]
     for ha, hb in zip(a["history"], b["history"], strict=True):
@@ -90,6 +99,24 @@ def _same(a: dict, b: dict, rel=1e-9) -> None:
             assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=rel)
         for k in ("loss", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
             assert hb["test"][k] == pytest.approx(ha["test"][k], rel=rel, abs=1e-12)
+
+
+
+FSDP = {"RMGAP_FSDP_ON_CPU": "1"}  # torch's fully_shard over the gloo processes (lm_probes.distributed)
+
+
+
+def _processes(cell: Path) -> int:
+    """How many processes trained the RM whose outputs are in ``cell``."""
+    return json.loads((cell / "summary.json").read_text())["processes"]
+
+
+
+def _rewards(path: Path) -> list[float]:
+    """A rewards_<set>.jsonl file's rewards, chosen and rejected of each pair in turn."""
+    rows = (json.loads(x) for x in path.read_text().splitlines())
+    return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
+
 
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
@@ -103,6 +130,7 @@ def test_two_and_three_processes_train_as_one(setup, objective):
     assert one["history"][-1]["test"]["loss"] < 0.95 * one["history"][0]["test"]["loss"]
 
 
+
 def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     d = setup[0]
     full = _train(setup, "full", 1, "--epochs", "2")
@@ -113,8 +141,6 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     shutil.rmtree(d / "split")
 
 
-FSDP = {"RMGAP_FSDP_ON_CPU": "1"}  # torch's fully_shard over the gloo processes (lm_probes.distributed)
-
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
 def test_fully_sharded_training_trains_as_one_process(setup, objective):
@@ -123,6 +149,7 @@ def test_fully_sharded_training_trains_as_one_process(setup, objective):
         sharded = _train(setup, f"fsdp{n}_{objective}", n, "--objective", objective, "--epochs", "2", **FSDP)
         assert sharded["processes"] == n
         _same(one, sharded)
+
 
 
 def test_fully_sharded_checkpoints_resume_across_back_ends(setup):
@@ -136,6 +163,7 @@ def test_fully_sharded_checkpoints_resume_across_back_ends(setup):
     shutil.rmtree(d / "plain_split")
 
 
+
 def test_what_a_sharded_back_end_cannot_run_is_refused_in_one_line(setup):
     d = setup[0]
     args = ["hamiltonian", "--vertices", "5", "--n-train", "8", "--n-test", "4", "--epochs", "1"]
@@ -147,6 +175,7 @@ def test_what_a_sharded_back_end_cannot_run_is_refused_in_one_line(setup):
     err = _rmgap(d, args, "mit_fsdp", 2, expect=2, **FSDP)
     assert "rmgap mitigations: error: unembedding_l2 (the L2 pull of the head) is not run" in err
     assert not (d / "mit_fsdp" / "none").exists()
+
 
 
 def test_the_persona_experiment_under_two_processes(setup):
@@ -163,16 +192,6 @@ def test_the_persona_experiment_under_two_processes(setup):
             for name, m in sets.items():
                 assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)
 
-
-def _processes(cell: Path) -> int:
-    """How many processes trained the RM whose outputs are in ``cell``."""
-    return json.loads((cell / "summary.json").read_text())["processes"]
-
-
-def _rewards(path: Path) -> list[float]:
-    """A rewards_<set>.jsonl file's rewards, chosen and rejected of each pair in turn."""
-    rows = (json.loads(x) for x in path.read_text().splitlines())
-    return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
 
 
 def test_the_shifts_experiment_under_two_processes(setup):
@@ -198,6 +217,7 @@ def test_the_shifts_experiment_under_two_processes(setup):
     assert _processes(d / "shifts2" / "ex_rm") == _processes(d / "shifts_td2" / "im_rm") == 2  # work shared
 
 
+
 def test_the_hamiltonian_experiment_under_two_processes(setup):
     d = setup[0]
     args = ["hamiltonian", "--vertices", "5", "--edge-prob", "0.3", "--n-train", "8", "--n-test", "4"]
@@ -209,6 +229,7 @@ def test_the_hamiltonian_experiment_under_two_processes(setup):
     assert _processes(d / "ham2" / "im_rm") == 2
     for lm, mass in one["generation_mass"].items():  # the exact mass: graphs shared over the processes
         assert two["generation_mass"][lm]["log10"] == pytest.approx(mass["log10"], rel=1e-9)
+
 
 
 def test_the_mitigations_experiment_under_two_processes(setup):
@@ -225,3 +246,4 @@ def test_the_mitigations_experiment_under_two_processes(setup):
         assert moves == pytest.approx(t["probe"]["moves"], rel=1e-9), name
         for f in ("rewards_original_test.jsonl", "rewards_paraphrased_test.jsonl"):
             assert _rewards(d / "mit2" / name / f) == pytest.approx(_rewards(d / "mit1" / name / f), rel=1e-9)
+

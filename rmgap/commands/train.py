@@ -1,0 +1,116 @@
+"""``rmgap train``: train one reward model of any registered type on JSONL files or shipped datasets
+(lm_probes.rm.trainer) and write its outputs.
+
+    rmgap train --train pairs.jsonl --eval test=test.jsonl --objective im_rm --epochs 2 --lr 1e-6
+    rmgap train --train-set ultrafeedback_paraphrased/train --eval-set fr=ultrafeedback_french/test
+    rmgap train --train-set ultrafeedback/test --precision-check --out runs/precision
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lm_probes.common import write_json
+from lm_probes.data.pairs import read_jsonl
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.rewards import REWARDS
+from rmgap.flags import (
+    add_model_args,
+    add_run_args,
+    command_line,
+    load_model,
+    named_set,
+    parser,
+    runtime_from,
+    shipped_pairs,
+    train_config,
+)
+
+
+def _parser():
+    ap = parser("rmgap train", __doc__)
+    src = ap.add_argument_group("data")
+    src.add_argument("--train", type=Path, help="JSONL with prompt/chosen/rejected")
+    src.add_argument("--train-set", help="a shipped dataset as <name>/<split>, instead of --train")
+    src.add_argument("--eval", action="append", default=[], metavar="NAME=FILE", help="repeatable")
+    src.add_argument("--eval-set", action="append", default=[], metavar="NAME=name/split", help="repeatable")
+    ap.add_argument("--objective", default="im_rm", choices=list(REWARDS), help="a registered reward type")
+    for flag in ("epochs", "lr", "beta", "batch_size", "micro_batch"):
+        default = getattr(TrainConfig, flag)
+        ap.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
+    ap.add_argument("--no-chat-template", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    ap.add_argument(
+        "--precision-check",
+        action="store_true",
+        help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀ "
+        "(printed, and written to --out/precision_check.json)",
+    )
+    add_model_args(ap)
+    add_run_args(ap, "runs/train")
+    return ap
+
+
+def _data(args) -> tuple[list, dict]:
+    """The training pairs and the named evaluation sets the flags give."""
+    train = read_jsonl(args.train, group="train") if args.train else shipped_pairs(args.train_set, "train")
+    eval_sets = {}
+    for spec in args.eval:
+        name, path = named_set(spec, "--eval")
+        eval_sets[name] = read_jsonl(path, group=name)
+    for spec in args.eval_set:
+        name, value = named_set(spec, "--eval-set")
+        eval_sets[name] = shipped_pairs(value, name)
+    return train, eval_sets
+
+
+def precision_check(args, argv, lm, train, cfg) -> dict:
+    """--precision-check: how much autocast moves the rewards at θ₀ (lm_probes.rm.precision), printed
+    and written to --out/precision_check.json."""
+    from lm_probes.rm.precision import autocast_effect
+
+    precision = "bf16" if args.mixed_precision == "no" else args.mixed_precision
+    res = autocast_effect(lm or load_model(args), train, cfg, precision)
+    print(f"rewards of {res['n_pairs']} training pairs at θ₀, {precision} autocast vs full precision:")
+    for name in ("fp32", "mixed_reference", "autocast"):
+        change = res["max_abs_reward_change"].get(name, 0.0)
+        r = res[name]
+        print(f"  {name:16s} mean |margin| {r['mean_abs_margin']:.3g}  loss {r['loss']:.6f}", end="")
+        print(f"  max |Δr| {change:.3g}")
+    res["command"] = command_line("rmgap train", argv)
+    write_json(args.out / "precision_check.json", res)
+    print(f"wrote {args.out}/precision_check.json")
+    return res
+
+
+def main(argv=None, lm=None) -> dict:
+    """Train one reward model on JSONL files or shipped datasets and write its outputs."""
+    from lm_probes.reports import print_training, write_training
+    from lm_probes.rm.trainer import train_reward_model
+
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if (args.train is None) == (args.train_set is None):
+        ap.error("give exactly one of --train FILE or --train-set NAME/SPLIT")
+    train, eval_sets = _data(args)
+    cfg = train_config(
+        args,
+        objective=args.objective,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        chat_template=not args.no_chat_template,
+    )
+    if args.precision_check:
+        return precision_check(args, argv, lm, train, cfg)
+    runtime = runtime_from(args)
+    lm = lm or load_model(args, runtime)
+    result = train_reward_model(
+        lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume, runtime=runtime
+    )
+    result.summary["command"] = command_line("rmgap train", argv)
+    if runtime.is_main:
+        write_training(result, args.out)
+        print_training(result.summary)
+        print(f"wrote {args.out}/summary.json")
+    return result.summary

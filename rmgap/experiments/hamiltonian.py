@@ -1,0 +1,398 @@
+"""Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
+theory/README.md §2, Theorem 1).
+
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian_preset-cpu_on-2cpu      # SmolLM2 on 2 cores (≤ 60 min)
+    rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
+
+Data (lm_probes.data.cycles): graphs on n vertices, a planted Hamiltonian cycle plus i.i.d. edges;
+y+ = the planted cycle, y− = a random permutation with a non-edge; <sep> and <edge_sep> are new tokens
+(embeddings resized, the new rows drawn with the run's seed, identical in every copy of the model).
+The EX-RM and the IM-RM (and any --objectives of lm_probes.rm.rewards) train on the same pairs from the
+same initial LM. Then, for the reference LM and each trained LM:
+  * generation: one sample per train and test prompt, temperature 1, top-k 0, top-p 1, at most 2n − 1
+    new tokens (a response's length) or until end-of-sequence; correct = exactly n distinct vertices
+    joined by <sep>, consecutive ones (and the last with the first) adjacent;
+  * exact generation mass: every Hamiltonian cycle of each test graph (theory.graphs.hamiltonian_cycles:
+    each start and direction) as a token sequence, ln π(C(x)|x) = logsumexp of their ln π, in batched
+    passes that share the prompt; the EX-RM's LM (its backbone with its own output head) is the control;
+  * Theorem 1's tilt τ(p) (theory.tilted_correct_mass) at p = π_ref(C(x)|x) and δ = the IM-RM's own
+    margin on that graph's test pair: what the least-generating verifier with that margin would put on C.
+
+Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
+15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 with fewer graphs and epochs and
+a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 64 train / 64 test
+prompts and the exact mass on 16 test graphs. Both give the prompt without a chat template, as the
+authors' Pythia-1B saw it (--chat-template to use the model's).
+Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
+.<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
+hamiltonian.png, samples.jsonl (every generation), and each RM's training outputs under <out>/<rm>/.
+Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993; correct generations 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from lm_probes.common import write_json, write_jsonl
+from lm_probes.data.cycles import add_graph_tokens, hamiltonian_data
+from lm_probes.lm.generation import SamplingConfig
+from lm_probes.reports import pyplot, save_figure, write_training
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.rewards import REWARDS
+from lm_probes.rm.trainer import train_reward_model
+from rmgap.experiments.hamiltonian_generation import generation_check, generation_mass
+from rmgap.flags import (
+    add_model_args,
+    add_run_args,
+    command_line,
+    model_factory,
+    parse_list,
+    parser,
+    preset_overrides,
+    train_config,
+)
+from theory import tilted_correct_mass, tilting_bound
+
+# Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
+# saw it. cpu: a 10-vertex prompt is ~107 SmolLM2 tokens and a response 19, so a pair is ~250 tokens;
+# at ~130 tokens/s (fwd+bwd, 2 cores) 256 pairs × 2 epochs take ~16 min per RM and one evaluation of
+# 200 pairs ~2.5 min. A test graph has 20 to 500+ cycle sequences (every cycle × 10 starts × 2
+# directions; heavy-tailed: measured 20 s to 90 s per graph and LM on one contended core), so the exact
+# mass runs on 16 test graphs (paired across the LMs); generation on 64 + 64 prompts ~2 min per LM.
+# The reductions (graphs 1 000 → 256, test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs
+# are 64 optimiser steps, lr 1e-6 → 1e-5, evaluation after the last epoch only) buy time; the task
+# (10 vertices, edge probability 0.2) is the authors'.
+PRESETS = {
+    "paper": dict(
+        graphs=dict(n=10, edge_prob=0.2, n_train=1000, n_test=200),
+        train=dict(epochs=15, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01, chat_template=False),
+        n_eval_train=200,
+        n_generate=200,
+        n_mass=200,
+    ),
+    "cpu": dict(
+        graphs=dict(n=10, edge_prob=0.2, n_train=256, n_test=100),
+        train=dict(
+            epochs=2,
+            lr=1e-5,
+            batch_size=8,
+            micro_batch=8,
+            beta=0.01,
+            chat_template=False,
+            eval_every_epoch=False,
+        ),
+        n_eval_train=100,
+        n_generate=64,
+        n_mass=16,
+    ),
+}
+PAPER = {
+    "model": "Pythia-1B",
+    "accuracy": {"train": {"ex_rm": 1.0, "im_rm": 1.0}, "test": {"ex_rm": 0.980, "im_rm": 0.993}},
+    "generation": {"im_rm": {"correct_fraction": {"train": 0.0, "test": 0.0}}},
+}
+
+
+def analyse(
+    lm, data: dict, preset: dict, sampling: SamplingConfig, chat_template: bool, quiet: bool, runtime=None
+):
+    """Generation on train and test prompts and the exact mass on test graphs, for one LM. ``runtime``
+    (lm_probes.distributed): the mass is shared over the processes; each samples the same generations."""
+    lm.model.eval()
+    return {
+        "generation": {
+            split: generation_check(lm, data[split], preset["n_generate"], sampling)
+            for split in ("train", "test")
+        },
+        "mass": generation_mass(
+            lm, data["test"], preset["n_mass"], chat_template=chat_template, quiet=quiet, runtime=runtime
+        ),
+    }
+
+
+def tilt(reference_log10: list, im_rewards: np.ndarray, beta: float) -> dict:
+    """Theorem 1's τ(p) per test graph at p = π_ref(C|x) and δ = the IM-RM's margin on its test pair."""
+    k = len(reference_log10)
+    p = 10.0 ** np.asarray(reference_log10)
+    delta = im_rewards[:k, 0] - im_rewards[:k, 1]
+    with np.errstate(divide="ignore"):
+        log10_tau = np.log10(tilted_correct_mass(p, margin=delta, beta=beta))
+        log10_bound = np.log10(tilting_bound(p, margin=np.maximum(delta, 0), beta=beta))
+    return {
+        "margin_mean": float(delta.mean()),
+        "log10": log10_tau.tolist(),
+        "mean_log10": float(np.mean(log10_tau)),
+        "bound_mean_log10": float(np.mean(log10_bound)),
+    }
+
+
+def run_hamiltonian(
+    lm_factory, data, objectives, preset, cfg: TrainConfig, out, resume, sampling, quiet, runtime=None
+) -> dict:
+    """Train every objective; analyse the reference LM and each trained LM. → {name: record}.
+    ``runtime`` (lm_probes.distributed): training and the mass shared over processes."""
+    chat, main_process = cfg.chat_template, runtime is None or runtime.is_main
+    records = {"reference": analyse(lm_factory(), data, preset, sampling, chat, quiet, runtime)}
+    train = data["train"].pairs()
+    evals = {"train": data["train"].pairs(preset["n_eval_train"]), "test": data["test"].pairs()}
+    for obj in objectives:
+        lm = lm_factory()
+        res = train_reward_model(
+            lm, train, evals, replace(cfg, objective=obj), out / obj if out else None, resume, runtime=runtime
+        )
+        records[obj] = {"train_result": res, **analyse(lm, data, preset, sampling, chat, quiet, runtime)}
+        if not main_process:
+            continue
+        acc = {s: res.summary["final"][s]["rewards/accuracies"] for s in evals}
+        gen = records[obj]["generation"]["test"]["correct_fraction"]
+        print(f"{obj}: accuracy {acc}, correct generations (test) {gen:.3f}", flush=True)
+    return records
+
+
+def make_summary(records: dict, beta: float) -> dict:
+    rms = [k for k in records if k != "reference"]
+    summary = {
+        "accuracy": {
+            s: {rm: records[rm]["train_result"].summary["final"][s]["rewards/accuracies"] for rm in rms}
+            for s in ("train", "test")
+        },
+        "generation": {
+            name: {
+                key: {s: rec["generation"][s][key] for s in ("train", "test")}
+                for key in ("correct_fraction", "permutation_fraction")
+            }
+            for name, rec in records.items()
+        },
+        "generation_mass": {
+            name: {"mean_log10": rec["mass"]["mean_log10"], "log10": rec["mass"]["log10"]}
+            for name, rec in records.items()
+        },
+        "n_cycle_sequences_mean": float(np.mean(records["reference"]["mass"]["n_sequences"])),
+    }
+    if "im_rm" in records:
+        rewards = records["im_rm"]["train_result"].rewards["test"]
+        summary["tilt"] = tilt(records["reference"]["mass"]["log10"], rewards, beta)
+    summary["mass_vs_reference"] = mass_vs_reference(summary)
+    return summary
+
+
+def mass_vs_reference(s: dict) -> dict:
+    """Per trained LM, graph by graph against the reference: the median of log10 π_θ(C|x)/π_ref(C|x),
+    on how many graphs it is higher; for the IM-RM also how far below the tilt its mean sits."""
+    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
+    out = {}
+    for name, m in s["generation_mass"].items():
+        if name == "reference":
+            continue
+        d = np.asarray(m["log10"]) - ref
+        out[name] = {
+            "median_log10_ratio": float(np.median(d)),
+            "graphs_above": int((d > 0).sum()),
+            "n": len(d),
+        }
+    if "tilt" in s and "im_rm" in out:
+        out["im_rm"]["tilt_minus_mean_log10"] = (
+            s["tilt"]["mean_log10"] - s["generation_mass"]["im_rm"]["mean_log10"]
+        )
+    return out
+
+
+def header(s: dict) -> str:
+    g = s["config"]["graphs"]
+    return (
+        f"Hamiltonian cycles ({g['n']} vertices, edge probability {g['edge_prob']}, {g['n_train']} train / "
+        f"{g['n_test']} test graphs), {s['model'].get('model')}, preset {s['preset']}. "
+        f"Command: `{s['command']}`"
+    )
+
+
+def table_markdown(s: dict, header: str) -> str:
+    rms = list(s["accuracy"]["test"])
+    names = ["reference", *rms]
+    paper = PAPER["accuracy"]["test"]
+    lines = [
+        header,
+        "",
+        "| | " + " | ".join(names) + " | paper (IM-RM) |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for split in ("train", "test"):
+        cells = " | ".join(["—", *(f"{s['accuracy'][split][rm]:.3f}" for rm in rms)])
+        lines.append(
+            f"| verification accuracy, {split} | {cells} | {PAPER['accuracy'][split]['im_rm']:.3f} |"
+        )
+    for split in ("train", "test"):
+        cells = " | ".join(f"{s['generation'][n]['correct_fraction'][split]:.3f}" for n in names)
+        lines.append(f"| correct generations, {split} | {cells} | 0 |")
+        cells = " | ".join(f"{s['generation'][n]['permutation_fraction'][split]:.3f}" for n in names)
+        lines.append(f"| permutations generated, {split} | {cells} | — |")
+    cells = " | ".join(f"{s['generation_mass'][n]['mean_log10']:.2f}" for n in names)
+    lines.append(f"| mean log10 π(C(x)\\|x), test | {cells} | — |")
+    vs = s.get("mass_vs_reference", {})
+    if vs:
+        cells = " | ".join(
+            [
+                "—",
+                *(
+                    f"{vs[rm]['median_log10_ratio']:+.2f} ({vs[rm]['graphs_above']}/{vs[rm]['n']})"
+                    for rm in rms
+                ),
+            ]
+        )
+        lines.append(f"| median log10 π_θ(C\\|x)/π_ref(C\\|x) (graphs higher) | {cells} | — |")
+    if "tilt" in s:
+        lines += [
+            "",
+            f"Theorem 1's tilt at the IM-RM's own test margins (mean δ = {s['tilt']['margin_mean']:.4f}, "
+            f"β = {s['config']['train']['beta']}): mean log10 τ(p) = {s['tilt']['mean_log10']:.2f}: "
+            "what the verifier with those margins that generates least would put on C"
+            + (
+                f", {vs['im_rm']['tilt_minus_mean_log10']:.1f} orders of magnitude above the IM-RM's mass."
+                if "tilt_minus_mean_log10" in vs.get("im_rm", {})
+                else "."
+            ),
+        ]
+    lines.append(
+        f"\nPaper (Pythia-1B): test accuracy EX-RM {paper['ex_rm']}, IM-RM {paper['im_rm']}; 0 correct."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def figure(s: dict):
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rms = list(s["accuracy"]["test"])
+    names = ["reference", *rms]
+    x = np.arange(len(names))
+    acc = [np.nan, *(s["accuracy"]["test"][rm] for rm in rms)]
+    gen = [s["generation"][n]["correct_fraction"]["test"] for n in names]
+    a.bar(x - 0.2, acc, 0.4, label="verification accuracy (test)")
+    a.bar(x + 0.2, gen, 0.4, label="correct generations (test)")
+    a.set_xticks(x, names)
+    a.set_ylim(0, 1.05)
+    a.legend(fontsize=8)
+    a.set_title("verifying vs generating Hamiltonian cycles")
+    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
+    for n, marker in zip(rms, "os^v", strict=False):
+        b.scatter(ref, s["generation_mass"][n]["log10"], s=12, marker=marker, label=f"π_θ(C|x), {n}")
+    if "tilt" in s:
+        b.scatter(ref, s["tilt"]["log10"], s=12, marker="x", c="k", label="τ(p) at the IM-RM's margin")
+    lim = [min(ref.min(), b.get_ylim()[0]), max(ref.max(), b.get_ylim()[1])]
+    b.plot(lim, lim, "k:", lw=1, label="= π_ref(C|x)")
+    b.set_xlabel("log10 π_ref(C(x)|x)")
+    b.set_ylabel("log10 π(C(x)|x)")
+    b.legend(fontsize=8)
+    b.set_title("exact generation mass per test graph")
+    fig.tight_layout()
+    return fig
+
+
+def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
+    for name, rec in records.items():
+        if "train_result" in rec:
+            write_training(rec["train_result"], out / name)
+    rows = (
+        {"lm": name, "split": split, **smp}
+        for name, rec in records.items()
+        for split in ("train", "test")
+        for smp in rec["generation"][split]["samples"]
+    )
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
+    (out / "table.md").write_text(result["markdown"])
+    save_figure(figure(result), out / "hamiltonian.png")
+
+
+def report(run: Path) -> dict:
+    """Re-derive a finished run's comparisons and table.md from its summary.json (no model needed)."""
+    path = Path(run) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no summary.json (is {run} a finished rmgap hamiltonian run?)")
+    s = json.loads(path.read_text())
+    s["mass_vs_reference"] = mass_vs_reference(s)
+    markdown = table_markdown(s, header(s))
+    write_json(path, s)
+    (Path(run) / "table.md").write_text(markdown)
+    print(markdown)
+    return s
+
+
+def main(argv=None, lm_factory=None) -> dict:
+    ap = parser("rmgap hamiltonian", __doc__)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
+    for flag in ("vertices", "edge-prob", "n-train", "n-test", "epochs", "lr"):
+        ap.add_argument(
+            f"--{flag}", type=float if flag in ("edge-prob", "lr") else int, help="override the preset"
+        )
+    ap.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
+    ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
+    add_model_args(ap)
+    add_run_args(ap, "runs/hamiltonian")
+    ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")
+    args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report)
+    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
+    overrides = {
+        "n": args.vertices,
+        "edge_prob": args.edge_prob,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+    }
+    preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
+    preset["train"].update(preset_overrides(args))
+    preset["train"]["chat_template"] |= args.chat_template
+    data = hamiltonian_data(**preset["graphs"], seed=args.seed)
+    cfg = train_config(args, **preset["train"])
+    n = preset["graphs"]["n"]
+    sampling = SamplingConfig(
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=2 * n - 1,
+        seed=args.seed,
+        chat_template=cfg.chat_template,
+    )
+    runtime, factory = model_factory(args, lm_factory)
+    if runtime.lockstep:
+        raise ValueError("rmgap hamiltonian samples from the trained LMs, not done on sharded ones: use DDP")
+    t0 = time.perf_counter()
+    records = run_hamiltonian(
+        lambda: add_graph_tokens(factory(), seed=args.seed),
+        data,
+        objectives,
+        preset,
+        cfg,
+        args.out,
+        args.resume,
+        sampling,
+        args.quiet,
+        runtime,
+    )
+    if not runtime.is_main:
+        return {}  # the main process summarises and writes
+    summary = make_summary(records, cfg.beta)
+    cmd = command_line("rmgap hamiltonian", argv)
+    summary.update(
+        config={**preset, "train": asdict(cfg), "sampling": asdict(sampling)},
+        preset=args.preset,
+        command=cmd,
+        model=records[objectives[0]]["train_result"].summary["model"],
+        seconds=time.perf_counter() - t0,
+        paper=PAPER,
+    )
+    summary["markdown"] = table_markdown(summary, header(summary))
+    write_hamiltonian(summary, records, args.out)
+    print("\n" + summary["markdown"])
+    return summary
+
+
+if __name__ == "__main__":
+    main()

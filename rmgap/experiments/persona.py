@@ -1,0 +1,169 @@
+"""The paper's controlled token-level-shift experiment (theory/README.md §5, Persona), end to end.
+
+    rmgap persona --preset cpu --out figures/persona_preset-cpu_on-2cpu     # SmolLM2-135M-Instruct on 2 cores (≈ 28 min)
+    rmgap persona --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda
+    rmgap persona --persona-file other_subset.jsonl --objectives ex_rm,im_rm,ex_rm_mean
+
+Data (lm_probes.data.persona.persona_data): statements of the shipped agreeableness subset (or
+--persona-file) answered " Yes", split seeded into 80 train / 40 test statements, 2 random
+(yes-prefix + {yes, sure}, no-prefix + {no, never}) pairs per statement. Evaluation sets: the
+original templates and paraphrases sharing no content word, each on train and on test prompts. Every
+reward type (--objectives, entries of lm_probes.rm.rewards) is trained on the same data with the same
+optimiser from the same initial LM.
+
+Presets: ``paper`` = 50 epochs, Adam lr 1e-6, effective batch 32, β 0.01 (the paper's, for a GPU);
+``cpu`` = 4 epochs, Adam lr 1e-5, effective batch 16, β 0.01: fewer epochs and a 10× larger learning
+rate so that two reward models finish in ≈ 30 min on 2 cores with SmolLM2-135M-Instruct.
+Output (--out): table.md and table.json (table.<original|paraphrased>.<train|test>.<ex|im|type>),
+persona_curves.png, and each RM's own training outputs (and checkpoint) under <out>/<objective>/.
+Paper (Pythia-1B, Llama-3.2-1B, Qwen2.5-1.5B): original 1 for both; paraphrased EX-RM 1, IM-RM 0.022
+(train prompts) and 0.019 (test prompts).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lm_probes.common import write_json
+from lm_probes.data.persona import persona_data
+from lm_probes.reports import plot_curves, save_figure, write_training
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.rewards import REWARDS
+from lm_probes.rm.trainer import train_reward_model
+from rmgap.flags import (
+    add_model_args,
+    add_preset_args,
+    add_run_args,
+    command_line,
+    model_factory,
+    parse_list,
+    parser,
+    preset_overrides,
+    train_config,
+)
+
+PRESETS = {
+    "paper": dict(epochs=50, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
+    "cpu": dict(epochs=4, lr=1e-5, batch_size=16, micro_batch=8, beta=0.01),
+}
+SETS = {
+    "original_train": ("original", "train"),
+    "original_test": ("original", "test"),
+    "paraphrased_train": ("paraphrased", "train"),
+    "paraphrased_test": ("paraphrased", "test"),
+}
+SHORT = {"ex_rm": "ex", "im_rm": "im"}  # the table's column keys; other types keep their names
+PAPER = {"original": 1.0, "paraphrased": {"ex": 1.0, "im": {"train": 0.022, "test": 0.019}}}
+
+
+def make_table(finals: dict[str, dict]) -> dict:
+    """table[original|paraphrased][train|test][ex|im|type] = accuracy (ties as ½)."""
+    table: dict = {"original": {"train": {}, "test": {}}, "paraphrased": {"train": {}, "test": {}}}
+    for obj, final in finals.items():
+        for name, (kind, split) in SETS.items():
+            table[kind][split][SHORT.get(obj, obj)] = final[name]["rewards/accuracies"]
+    return table
+
+
+def table_markdown(table: dict, header: str) -> str:
+    cols = list(table["original"]["train"])
+    names = {"ex": "EX-RM", "im": "IM-RM"}
+    lines = [
+        header,
+        "",
+        "| responses | prompts | " + " | ".join(names.get(c, c) for c in cols) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
+    for kind in ("original", "paraphrased"):
+        for split in ("train", "test"):
+            cells = " | ".join(f"{table[kind][split][c]:.3f}" for c in cols)
+            lines.append(f"| {kind} | {split} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_persona(
+    lm_factory, data: dict, objectives, base: TrainConfig, out: Path | None, resume=False, runtime=None
+):
+    """Train every objective on ``data`` → {objective: TrainResult}; ``base``: the training settings
+    (preset, seeds, progress) each objective trains with; checkpoints in <out>/<objective>/;
+    ``runtime``: lm_probes.distributed."""
+    results = {}
+    for obj in objectives:
+        cfg = replace(base, objective=obj)
+        ckpt = out / obj if out else None
+        results[obj] = train_reward_model(
+            lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
+        )
+        s = results[obj].summary
+        accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in s["final"].items())
+        if runtime is None or runtime.is_main:
+            print(f"{obj}: {accs}  [{s['seconds'] / 60:.1f} min]", flush=True)
+    return results
+
+
+def write_persona(result: dict, out: Path) -> None:
+    """table.md, table.json, persona_curves.png, and each RM's outputs under <out>/<objective>/."""
+    for obj, r in result["runs"].items():
+        write_training(r, out / obj)
+    (out / "table.md").write_text(result["markdown"])
+    write_json(out / "table.json", {k: v for k, v in result.items() if k not in ("runs", "markdown")})
+    histories = {obj: r.summary["history"] for obj, r in result["runs"].items()}
+    save_figure(plot_curves(histories), out / "persona_curves.png")
+
+
+def main(argv=None, lm_factory=None) -> dict:
+    ap = parser("rmgap persona", __doc__)
+    add_preset_args(ap, PRESETS)
+    ap.add_argument("--persona-file", type=Path, help="a Persona file (default: the shipped subset)")
+    ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
+    ap.add_argument("--n-train", type=int, default=80)
+    ap.add_argument("--n-test", type=int, default=40)
+    ap.add_argument("--pairs-per-statement", type=int, default=2)
+    ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
+    add_model_args(ap)
+    add_run_args(ap, "runs/persona")
+    args = ap.parse_args(argv)
+    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    config = {**PRESETS[args.preset], **preset_overrides(args)}
+    data = persona_data(
+        args.persona_file,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        pairs_per_statement=args.pairs_per_statement,
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    runtime, factory = model_factory(args, lm_factory)
+    base = train_config(args, **config)
+    runs = run_persona(factory, data, objectives, base, args.out, args.resume, runtime)
+    model_info = next(iter(runs.values())).summary["model"]
+    table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
+    cmd = command_line("rmgap persona", argv)
+    source = args.persona_file.name if args.persona_file else "persona/agreeableness"
+    header = (
+        f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}"
+        f"{'' if args.head_seed is None else f', head seed {args.head_seed}'}; "
+        f"accuracy with ties as ½. Command: `{cmd}`"
+    )
+    result = {
+        "table": table,
+        "preset": args.preset,
+        "config": config,
+        "model": model_info,
+        "command": cmd,
+        "final": {obj: r.summary["final"] for obj, r in runs.items()},
+        "seconds": time.perf_counter() - t0,
+        "paper": PAPER,
+        "markdown": table_markdown(table, header),
+        "runs": runs,
+    }
+    if runtime.is_main:
+        write_persona(result, args.out)
+        print("\n" + result["markdown"])
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The flags the commands share, and the one translation of a command line into a training config.
+
+    ap = parser("rmgap X", __doc__)
+    add_model_args(ap); add_run_args(ap, "runs/x"); add_preset_args(ap, PRESETS)
+    args = ap.parse_args(argv)
+    cfg = train_config(args, **preset["train"], objective="im_rm")   # a lm_probes.rm.config.TrainConfig
+    runtime, lm_factory = model_factory(args)
+
+Errors in the input (a bad row, a missing file, a sequence longer than the context, …) end the
+command with one line, ``rmgap <command>: error: <file:line: what>``, and exit status 2 (rmgap.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lm_probes.data.pairs import DataError, load_pairs
+from lm_probes.rm.config import TrainConfig
+
+DTYPES = ("float32", "float64", "bfloat16")
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype: which LM, where, in which precision."""
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a hub id or a local path")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="float32", choices=DTYPES)
+    g.add_argument(
+        "--attention",
+        default="eager",
+        choices=("eager", "sdpa"),
+        help="eager (default; float64-exact, forward-mode autodiff) or sdpa (faster on long sequences)",
+    )
+    g.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16", "fp16"),
+        help="autocast the forward passes, fp32 master weights (GPUs; lm_probes.distributed)",
+    )
+
+
+def add_run_args(ap: argparse.ArgumentParser, out: str | None) -> None:
+    """--seed, --out, --quiet (and --debug, which rmgap.cli reads)."""
+    g = ap.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="everything random derives from it")
+    g.add_argument(
+        "--head-seed", type=int, help="seed of the EX head's initial value alone (default: --seed)"
+    )
+    g.add_argument("--out", type=Path, default=None if out is None else Path(out), help="output folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def parse_list(text: str, allowed, what: str) -> tuple[str, ...]:
+    """ "a,b" → ("a", "b"), each checked against ``allowed``."""
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise ValueError(f"{what}: {', '.join(bad) or '(none)'} not among {', '.join(allowed)}")
+    return items
+
+
+def command_line(prog: str, argv) -> str:
+    """The command as typed, for the outputs' record: ``prog`` + the arguments."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+
+
+def add_preset_args(ap: argparse.ArgumentParser, presets: dict) -> None:
+    """--preset (default cpu), and --epochs / --lr, which override the preset's."""
+    ap.add_argument("--preset", choices=sorted(presets), default="cpu")
+    ap.add_argument("--epochs", type=int, help="override the preset")
+    ap.add_argument("--lr", type=float, help="override the preset")
+
+
+def preset_overrides(args) -> dict:
+    """The training fields --epochs / --lr set, where the command has them and they were given."""
+    given = ((k, getattr(args, k, None)) for k in ("epochs", "lr"))
+    return {k: v for k, v in given if v is not None}
+
+
+def train_config(args, **fields) -> TrainConfig:
+    """The command line as a TrainConfig: ``fields`` (a preset's training fields, the command's own),
+    then --epochs / --lr where given, --seed, --head-seed and --quiet. Every command builds its
+    configs here."""
+    fields.update(preset_overrides(args))
+    return TrainConfig(**fields, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
+
+
+def runtime_from(args):
+    """This process's lm_probes.distributed.Runtime: accelerate where the command was started by
+    ``accelerate launch`` with several processes or --mixed-precision asks for it."""
+    from lm_probes.distributed import Runtime
+
+    return Runtime.from_env(getattr(args, "mixed_precision", "no"), cpu=args.device == "cpu")
+
+
+def model_factory(args, lm_factory=None):
+    """(this process's Runtime, a function giving a fresh LM on its device): the experiments' models,
+    ``lm_factory``'s when given (tests), else those --model/--device/--dtype name."""
+    runtime = runtime_from(args)
+    return runtime, lm_factory or (lambda: load_model(args, runtime))
+
+
+def load_model(args, runtime=None, **kw):
+    """The LM named by --model/--device/--dtype (lm_probes.lm.loading.load_lm), on this process's device
+    when several processes share the work (``runtime``)."""
+    from lm_probes.lm.loading import load_lm
+
+    device = str(runtime.device) if runtime is not None and runtime.device is not None else args.device
+    return load_lm(args.model, device=device, dtype=args.dtype, attention=args.attention, **kw)
+
+
+def named_set(spec: str, flag: str) -> tuple[str, str]:
+    """ "NAME=VALUE" → (NAME, VALUE); a bare VALUE is named after it: a file by its stem
+    ("dir/test.jsonl" → "test"), a shipped dataset by name and split ("rewardmath/test" →
+    "rewardmath_test"), so that two unnamed datasets never share a name."""
+    name, sep, value = spec.partition("=")
+    if not sep:
+        name, value = (
+            (spec.replace("/", "_") if flag == "--eval-set" else Path(spec).name.split(".")[0]),
+            spec,
+        )
+    if not name or not value:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {spec!r}")
+    return name, value
+
+
+def shipped_pairs(spec: str, group: str):
+    """ "name/split" of a shipped dataset → its pairs."""
+    name, sep, split = spec.partition("/")
+    if not sep:
+        raise DataError(f"{spec!r}: a shipped dataset is named <name>/<split> (see `rmgap data`)")
+    return load_pairs(name, split, group=group)

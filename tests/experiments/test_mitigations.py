@@ -1,0 +1,81 @@
+"""rmgap mitigations end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data import persona
+from lm_probes.rm.mitigations import (
+    MITIGATIONS,
+)
+from rmgap.experiments import mitigations as exp
+from tests.conftest import make_tiny_lm
+
+PERSONA_WORDS = tuple(
+    dict.fromkeys(
+        " ".join(
+            [
+                *persona.YES_PREFIXES,
+                *persona.NO_PREFIXES,
+                *persona.YES_WORDS,
+                *persona.NO_WORDS,
+                persona.PARA_YES_PREFIX,
+                persona.PARA_NO_PREFIX,
+                *persona.PARA_YES_WORDS,
+                *persona.PARA_NO_WORDS,
+                persona.AUG_YES_PREFIX,
+                persona.AUG_NO_PREFIX,
+                *persona.AUG_YES_WORDS,
+                *persona.AUG_NO_WORDS,
+            ]
+        ).split()
+    )
+)
+
+
+
+def test_rmgap_mitigations_end_to_end(tmp_path):
+    topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
+    rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
+    path = tmp_path / "persona.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "run"
+    argv = [
+        "--persona-file",
+        str(path),
+        "--n-train",
+        "4",
+        "--n-test",
+        "2",
+        "--probe-statements",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    res = exp.main(
+        argv,
+        lm_factory=lambda: make_tiny_lm(dtype=torch.float64, max_positions=96, extra_words=PERSONA_WORDS),
+    )
+    table = json.loads((out / "table.json").read_text())["mitigations"]
+    assert list(table) == list(MITIGATIONS)
+    for name, t in table.items():
+        for kind in ("original", "paraphrased"):
+            assert set(t[kind]) == {"train", "test"} and all(0 <= v <= 1 for v in t[kind].values())
+        assert np.isfinite(t["probe"]["paraphrase_over_original"])
+        assert not (out / name / "checkpoint.pt").exists() and (out / name / "prediction.json").exists()
+    # theory: at θ₀ token dropout (in expectation), consistency and the L2 pull step exactly as none
+    for same in ("token_dropout", "consistency", "unembedding_l2"):
+        assert table[same]["probe"]["moves"] == pytest.approx(table["none"]["probe"]["moves"], rel=1e-9)
+    assert table["augmentation"]["probe"]["moves"] != pytest.approx(table["none"]["probe"]["moves"], rel=1e-6)
+    assert (out / "mitigations.png").exists() and "| none | im_rm |" in (out / "table.md").read_text()
+    # --resume reads the finished mitigations back instead of training them again
+    again = exp.main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished mitigation was rerun"))
+    assert again["mitigations"]["none"]["original"] == res["mitigations"]["none"]["original"]
+

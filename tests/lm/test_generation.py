@@ -1,0 +1,46 @@
+"""lm_probes.lm.generation: seeded sampling, and its log-probabilities against the scoring path."""
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data.cycles import (
+    hamiltonian_data,
+)
+from lm_probes.lm.generation import SamplingConfig, generate, set_logprob
+from lm_probes.lm.scoring import Encoded, prompt_ids
+from tests.conftest import graph_lm
+
+
+def test_generation_is_reproducible_and_its_logprob_is_the_scoring_paths():
+    lm = graph_lm()
+    data = hamiltonian_data(n=5, edge_prob=0.3, n_train=5, n_test=1, seed=0)
+    prompts = data["train"].prompts  # different lengths: left padding within a batch
+    cfg = SamplingConfig(max_new_tokens=7, batch_size=3, seed=5)
+    rng_before = torch.get_rng_state()
+    a, b = generate(lm, prompts, cfg), generate(lm, prompts, cfg)
+    assert torch.equal(rng_before, torch.get_rng_state())  # the global RNG is left alone
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    c = generate(lm, prompts, SamplingConfig(max_new_tokens=7, batch_size=3, seed=6))
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    # the sampler's ln π of each sample = the scoring path's, and the exact mass of the set of samples
+    # (set_logprob) = the sum of the sampled sequences' probabilities (generate rounds logits to float32:
+    # a wrong position or padding would be off by far more than that)
+    for g in a:
+        p = prompt_ids(lm.tokenizer, g.prompt)[1]
+        enc = Encoded(tuple(p) + g.token_ids, len(p), False)
+        assert set_logprob(lm, [enc]) == pytest.approx(g.logprob, rel=1e-6)
+    many = generate(lm, [prompts[0]] * 40, SamplingConfig(max_new_tokens=3, batch_size=8, seed=1))
+    p = prompt_ids(lm.tokenizer, prompts[0])[1]
+    distinct = {g.token_ids: g.logprob for g in many if g.stopped == "length"}
+    encs = [Encoded(tuple(p) + ids, len(p), False) for ids in distinct]
+    assert set_logprob(lm, encs + encs[:3]) == pytest.approx(
+        np.logaddexp.reduce(list(distinct.values())), rel=1e-6
+    )
+    # greedy decoding is the argmax path
+    greedy = generate(lm, prompts[:1], SamplingConfig(temperature=0, max_new_tokens=3))[0]
+    ids = list(prompt_ids(lm.tokenizer, prompts[0])[1])
+    for _ in range(3):
+        ids.append(int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert greedy.token_ids == tuple(ids[-3:]) or greedy.stopped == "eos"
+

@@ -1,0 +1,68 @@
+"""lm_probes.stats: pair outcomes, winner rules, the paired bootstrap, sample sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lm_probes.stats import paired_bootstrap_ci, pairs_needed, plain_winner, win_rates, winner
+from theory import accuracy, pair_outcomes
+
+
+def test_pair_outcomes_are_the_accuracy_with_ties_as_half():
+    rc, rr = np.array([1.0, 2.0, 3.0, 0.5]), np.array([1.0, 1.0, 4.0, 0.0])
+    out = pair_outcomes(rc, rr)
+    assert out.tolist() == [0.5, 1.0, 0.0, 1.0]
+    assert out.mean() == pytest.approx(accuracy(rc, rr).half_ties)
+
+
+
+def test_winner_rules_on_constructed_accuracies():
+    ex = np.array([1.0] * 40 + [0.0] * 10)  # EX 0.8
+    im = np.array([0.0] * 40 + [1.0] * 10)  # IM 0.2: EX's CI lies above 0
+    d, lo, hi = paired_bootstrap_ci(ex, im, n_boot=2000, seed=1)
+    assert d == pytest.approx(0.6) and lo > 0 and winner(lo, hi) == "ex_rm"
+    d, lo, hi = paired_bootstrap_ci(im, ex, n_boot=2000, seed=1)
+    assert hi < 0 and winner(lo, hi) == "im_rm"
+    # one pair of difference in 50: the plain rule names a winner, the CI rule a tie
+    a = np.array([1.0] * 26 + [0.0] * 24)
+    b = np.array([1.0] * 25 + [0.0] * 25)
+    d, lo, hi = paired_bootstrap_ci(a, b, n_boot=2000, seed=1)
+    assert lo <= 0 <= hi and winner(lo, hi) == "tie" and plain_winner(a.mean(), b.mean()) == "ex_rm"
+    assert plain_winner(0.5, 0.5) == "tie"
+    w = win_rates(["ex_rm", "ex_rm", "tie", "im_rm"])
+    assert w == {"ex_rm": 0.5, "im_rm": 0.25, "tie": 0.25, "n": 4}
+    assert math.isnan(win_rates([])["tie"])
+    with pytest.raises(ValueError, match="paired scores"):
+        paired_bootstrap_ci(a, b[:-1])
+
+
+
+def test_paired_bootstrap_ci_covers_the_true_difference_about_95_percent():
+    """Synthetic paired outcomes with a known mean difference: the percentile CI should cover it in
+    ≈ 95 % of repetitions (binomial slack for 300 repetitions; percentile CIs undercover slightly)."""
+    rng = np.random.default_rng(0)
+    n, reps, p_ex = 60, 300, 0.7
+    covered = 0
+    for r in range(reps):
+        u = rng.random(n)  # correlated pairs: both right on easy pairs
+        a = (u < p_ex).astype(float)
+        b = (rng.random(n) < np.where(u < p_ex, 0.75, 0.3)).astype(float)
+        true = p_ex - (p_ex * 0.75 + (1 - p_ex) * 0.3)
+        _, lo, hi = paired_bootstrap_ci(a, b, n_boot=1000, seed=r)
+        covered += lo <= true <= hi
+    assert 0.90 <= covered / reps <= 0.985
+
+
+
+def test_pairs_needed_matches_the_normal_approximation():
+    d = np.array([1.0, 0.0] * 10 + [0.0] * 5)  # mean 0.4, sd ≈ 0.5
+    n = pairs_needed(d)
+    sd = d.std(ddof=1)
+    assert n == math.ceil((1.959963984540054 * sd / 0.4) ** 2)
+    # at n* pairs the normal CI half-width equals the mean difference
+    assert 1.96 * sd / math.sqrt(n) == pytest.approx(0.4, rel=0.1)
+    assert pairs_needed(np.array([1.0, -1.0])) == math.inf
+
