@@ -25,13 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from lm_probes.lm.loading import load_lm
-from lm_probes.rm.config import TrainConfig
-from lm_probes.rm.trainer import train_reward_model
-try:
+try:  # the layout since issue 21
     from lm_probes.data.persona import persona_data
-except ImportError:  # revisions before issue 9
-    from lm_probes.persona_experiment import persona_data
+    from lm_probes.lm.loading import load_lm
+    from lm_probes.rm.config import TrainConfig
+    from lm_probes.rm.trainer import train_reward_model
+except ImportError:  # revisions before issue 21 (flat lm_probes/)
+    from lm_probes.loading import load_lm
+    from lm_probes.train import TrainConfig, train_reward_model
+    try:
+        from lm_probes.persona import persona_data
+    except ImportError:  # revisions before issue 9
+        from lm_probes.persona_experiment import persona_data
 d = persona_data(n_train=80, n_test=40, pairs_per_statement=2)
 cfg = TrainConfig(objective=sys.argv[2], epochs=1, lr=1e-6, batch_size=16, micro_batch=8, progress=False)
 s = train_reward_model(load_lm("smollm2"), d["train"], {"t": d["train"][:8]}, cfg)

@@ -133,8 +133,8 @@ def set_logprob(lm: LoadedLM, encs: list[Encoded], max_group: int = 64) -> float
     """ln π(S|x) = ln Σ_{y∈S} π(y|x) over the distinct responses ``encs`` (exact, no sampling): each
     scored by lm_probes.lm.scoring.score in passes that share the prompt's KV cache (``max_group``
     responses per pass), summed in log space.
-    This is the mass a sampler puts on S (tests/experiments/test_hamiltonian.py checks it against the logprobs of
-    sampled sequences)."""
+    This is the mass a sampler puts on S (tests/lm/test_generation.py checks it against the logprobs
+    of sampled sequences)."""
     distinct = list({e.input_ids: e for e in encs}.values())
     if not distinct:
         raise ValueError("set_logprob: the set of responses is empty")

@@ -7,7 +7,7 @@
 
 The GGUF file is dequantised once (~30 s) and cached as an ordinary HF checkpoint under
 ``$RMGAP_CACHE`` (default ``~/.cache/rmgap``), keyed by the file's SHA-256, so later loads take
-seconds. Attention is lm_probes.attention's dtype-preserving eager attention: it supports
+seconds. Attention is lm_probes.lm.numerics' dtype-preserving eager attention: it supports
 forward-mode autodiff (the probe's exact first-order changes use torch.func.jvp), which SDPA's CPU
 kernel does not, and keeps float64 models in float64.
 """

@@ -14,11 +14,11 @@ from pathlib import Path
 from lm_probes.data.pairs import read_jsonl
 from lm_probes.probe.one_step import ProbeConfig
 from lm_probes.rm.rewards import REWARDS
-from rmgap.flags import add_model_args, add_run_args, command_line, load_model, parse_list, parser
+from rmgap import flags
 
 
 def _parser():
-    ap = parser("rmgap probe", __doc__)
+    ap = flags.parser("rmgap probe", __doc__)
     ap.add_argument("set", nargs="?", choices=["persona"], help="built-in probe set")
     ap.add_argument("--data", type=Path, help="JSONL with prompt/chosen/rejected instead of a built-in set")
     ap.add_argument("--train-rows", type=int, default=1, help="with --data: the first N rows are triples")
@@ -33,8 +33,8 @@ def _parser():
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
     ap.add_argument("--no-figure", action="store_true")
-    add_model_args(ap)
-    add_run_args(ap, None)
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, None)
     return ap
 
 
@@ -66,8 +66,8 @@ def main(argv=None, lm=None) -> dict:
     args = ap.parse_args(argv)
     if (args.set is None) == (args.data is None):
         ap.error("give exactly one of: a built-in set (persona) or --data FILE")
-    modes = parse_list(args.modes, ("head_only", "full"), "--modes")
-    rewards = parse_list(args.rewards, tuple(REWARDS), "--rewards")
+    modes = flags.parse_list(args.modes, ("head_only", "full"), "--modes")
+    rewards = flags.parse_list(args.rewards, tuple(REWARDS), "--rewards")
     data, name = _probe_set(ap, args)
     out = args.out or Path("runs") / f"probe-{name}"
     t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def main(argv=None, lm=None) -> dict:
         raise ValueError("rmgap probe: --attention sdpa has no forward-mode autodiff; the probe needs eager")
     if args.dtype == "float64" and (why := float64_problem(args.device)):
         raise ValueError(f"--dtype float64 on {args.device}: {why}; use --dtype float32 or --device cpu")
-    lm = lm or load_model(args, untie_head=args.untie_head)
+    lm = lm or flags.load_model(args, untie_head=args.untie_head)
     t_load = time.perf_counter() - t0
     cfg = ProbeConfig(
         beta=args.beta,
@@ -89,7 +89,7 @@ def main(argv=None, lm=None) -> dict:
     )
     res = run_probe(lm, data["train"], data["eval"], cfg, margin=data.get("margin"))
     res["summary"]["seconds"] = {"load": t_load, "probe": time.perf_counter() - t0 - t_load}
-    res["summary"]["command"] = command_line("rmgap probe", argv)
+    res["summary"]["command"] = flags.command_line("rmgap probe", argv)
     write_probe(res, out, figure=not args.no_figure)
     print_probe(res["summary"])
     print(f"wrote {out}/summary.json, records.csv" + ("" if args.no_figure else ", scatter.png"))

@@ -14,21 +14,11 @@ from lm_probes.common import write_json
 from lm_probes.data.pairs import read_jsonl
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.rewards import REWARDS
-from rmgap.flags import (
-    add_model_args,
-    add_run_args,
-    command_line,
-    load_model,
-    named_set,
-    parser,
-    runtime_from,
-    shipped_pairs,
-    train_config,
-)
+from rmgap import flags
 
 
 def _parser():
-    ap = parser("rmgap train", __doc__)
+    ap = flags.parser("rmgap train", __doc__)
     src = ap.add_argument_group("data")
     src.add_argument("--train", type=Path, help="JSONL with prompt/chosen/rejected")
     src.add_argument("--train-set", help="a shipped dataset as <name>/<split>, instead of --train")
@@ -46,21 +36,24 @@ def _parser():
         help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀ "
         "(printed, and written to --out/precision_check.json)",
     )
-    add_model_args(ap)
-    add_run_args(ap, "runs/train")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, "runs/train")
     return ap
 
 
 def _data(args) -> tuple[list, dict]:
     """The training pairs and the named evaluation sets the flags give."""
-    train = read_jsonl(args.train, group="train") if args.train else shipped_pairs(args.train_set, "train")
+    if args.train:
+        train = read_jsonl(args.train, group="train")
+    else:
+        train = flags.shipped_pairs(args.train_set, "train")
     eval_sets = {}
     for spec in args.eval:
-        name, path = named_set(spec, "--eval")
+        name, path = flags.named_set(spec, "--eval")
         eval_sets[name] = read_jsonl(path, group=name)
     for spec in args.eval_set:
-        name, value = named_set(spec, "--eval-set")
-        eval_sets[name] = shipped_pairs(value, name)
+        name, value = flags.named_set(spec, "--eval-set")
+        eval_sets[name] = flags.shipped_pairs(value, name)
     return train, eval_sets
 
 
@@ -70,14 +63,14 @@ def precision_check(args, argv, lm, train, cfg) -> dict:
     from lm_probes.rm.precision import autocast_effect
 
     precision = "bf16" if args.mixed_precision == "no" else args.mixed_precision
-    res = autocast_effect(lm or load_model(args), train, cfg, precision)
+    res = autocast_effect(lm or flags.load_model(args), train, cfg, precision)
     print(f"rewards of {res['n_pairs']} training pairs at θ₀, {precision} autocast vs full precision:")
     for name in ("fp32", "mixed_reference", "autocast"):
         change = res["max_abs_reward_change"].get(name, 0.0)
         r = res[name]
         print(f"  {name:16s} mean |margin| {r['mean_abs_margin']:.3g}  loss {r['loss']:.6f}", end="")
         print(f"  max |Δr| {change:.3g}")
-    res["command"] = command_line("rmgap train", argv)
+    res["command"] = flags.command_line("rmgap train", argv)
     write_json(args.out / "precision_check.json", res)
     print(f"wrote {args.out}/precision_check.json")
     return res
@@ -93,7 +86,7 @@ def main(argv=None, lm=None) -> dict:
     if (args.train is None) == (args.train_set is None):
         ap.error("give exactly one of --train FILE or --train-set NAME/SPLIT")
     train, eval_sets = _data(args)
-    cfg = train_config(
+    cfg = flags.train_config(
         args,
         objective=args.objective,
         beta=args.beta,
@@ -103,12 +96,12 @@ def main(argv=None, lm=None) -> dict:
     )
     if args.precision_check:
         return precision_check(args, argv, lm, train, cfg)
-    runtime = runtime_from(args)
-    lm = lm or load_model(args, runtime)
+    runtime = flags.runtime_from(args)
+    lm = lm or flags.load_model(args, runtime)
     result = train_reward_model(
         lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume, runtime=runtime
     )
-    result.summary["command"] = command_line("rmgap train", argv)
+    result.summary["command"] = flags.command_line("rmgap train", argv)
     if runtime.is_main:
         write_training(result, args.out)
         print_training(result.summary)

@@ -1,7 +1,7 @@
 """Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
 theory/README.md §2, Theorem 1).
 
-    rmgap hamiltonian --preset cpu --out figures/hamiltonian_preset-cpu_on-2cpu      # SmolLM2 on 2 cores (≤ 60 min)
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian_preset-cpu_on-2cpu   # SmolLM2, 2 cores, ≤ 60 min
     rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
 
 Data (lm_probes.data.cycles): graphs on n vertices, a planted Hamiltonian cycle plus i.i.d. edges;
@@ -45,17 +45,8 @@ from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
+from rmgap import flags
 from rmgap.experiments.hamiltonian_generation import generation_check, generation_mass
-from rmgap.flags import (
-    add_model_args,
-    add_run_args,
-    command_line,
-    model_factory,
-    parse_list,
-    parser,
-    preset_overrides,
-    train_config,
-)
 from theory import tilted_correct_mass, tilting_bound
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
@@ -323,7 +314,7 @@ def report(run: Path) -> dict:
 
 
 def main(argv=None, lm_factory=None) -> dict:
-    ap = parser("rmgap hamiltonian", __doc__)
+    ap = flags.parser("rmgap hamiltonian", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
     for flag in ("vertices", "edge-prob", "n-train", "n-test", "epochs", "lr"):
@@ -332,13 +323,13 @@ def main(argv=None, lm_factory=None) -> dict:
         )
     ap.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
-    add_model_args(ap)
-    add_run_args(ap, "runs/hamiltonian")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, "runs/hamiltonian")
     ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")
     args = ap.parse_args(argv)
     if args.report:
         return report(args.report)
-    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    objectives = flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
     preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
     overrides = {
         "n": args.vertices,
@@ -347,10 +338,10 @@ def main(argv=None, lm_factory=None) -> dict:
         "n_test": args.n_test,
     }
     preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
-    preset["train"].update(preset_overrides(args))
+    preset["train"].update(flags.preset_overrides(args))
     preset["train"]["chat_template"] |= args.chat_template
     data = hamiltonian_data(**preset["graphs"], seed=args.seed)
-    cfg = train_config(args, **preset["train"])
+    cfg = flags.train_config(args, **preset["train"])
     n = preset["graphs"]["n"]
     sampling = SamplingConfig(
         temperature=1.0,
@@ -360,7 +351,7 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
         chat_template=cfg.chat_template,
     )
-    runtime, factory = model_factory(args, lm_factory)
+    runtime, factory = flags.model_factory(args, lm_factory)
     if runtime.lockstep:
         raise ValueError("rmgap hamiltonian samples from the trained LMs, not done on sharded ones: use DDP")
     t0 = time.perf_counter()
@@ -379,7 +370,7 @@ def main(argv=None, lm_factory=None) -> dict:
     if not runtime.is_main:
         return {}  # the main process summarises and writes
     summary = make_summary(records, cfg.beta)
-    cmd = command_line("rmgap hamiltonian", argv)
+    cmd = flags.command_line("rmgap hamiltonian", argv)
     summary.update(
         config={**preset, "train": asdict(cfg), "sampling": asdict(sampling)},
         preset=args.preset,

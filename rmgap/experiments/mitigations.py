@@ -1,7 +1,7 @@
 """Mitigations of IM-RM token-level brittleness, predicted by the one-step probe and measured by
 training on Persona (issue 12; theory/README.md §6; the mitigations: lm_probes.rm.mitigations).
 
-    rmgap mitigations --preset cpu --out figures/mitigations_preset-cpu_on-2cpu       # SmolLM2 on 2 cores, ≈ 90–105 min
+    rmgap mitigations --preset cpu --out figures/mitigations_preset-cpu_on-2cpu   # 2 cores, ≈ 90–105 min
     rmgap mitigations --preset cpu --mitigations none,hybrid --resume
     rmgap mitigations --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda
 
@@ -47,18 +47,9 @@ from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.mitigations import MITIGATIONS, Mitigation
 from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.trainer import train_reward_model
+from rmgap import flags
 from rmgap.experiments.persona import PRESETS as PERSONA_PRESETS
 from rmgap.experiments.persona import make_table
-from rmgap.flags import (
-    add_model_args,
-    add_run_args,
-    command_line,
-    model_factory,
-    parse_list,
-    parser,
-    preset_overrides,
-    train_config,
-)
 
 PRESETS = {
     "cpu": dict(train={**PERSONA_PRESETS["cpu"], "eval_every_epoch": False}, probe_statements=20),
@@ -248,7 +239,7 @@ def figure(table: dict):
 
 
 def main(argv=None, lm_factory=None) -> dict:
-    ap = parser("rmgap mitigations", __doc__)
+    ap = flags.parser("rmgap mitigations", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument(
         "--mitigations", default=",".join(MITIGATIONS), help=f"comma list of: {', '.join(MITIGATIONS)}"
@@ -261,20 +252,20 @@ def main(argv=None, lm_factory=None) -> dict:
         "--probe-statements", type=int, help="evaluation statements of the probe set (preset: 20)"
     )
     ap.add_argument("--resume", action="store_true", help="skip finished mitigations, continue a stopped one")
-    add_model_args(ap)
-    add_run_args(ap, "runs/mitigations")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, "runs/mitigations")
     args = ap.parse_args(argv)
-    names = parse_list(args.mitigations, tuple(MITIGATIONS), "--mitigations")
+    names = flags.parse_list(args.mitigations, tuple(MITIGATIONS), "--mitigations")
     preset = PRESETS[args.preset]
-    train_opts = {**preset["train"], **preset_overrides(args)}
-    base = train_config(args, **train_opts)
+    train_opts = {**preset["train"], **flags.preset_overrides(args)}
+    base = flags.train_config(args, **train_opts)
     data = persona_data(args.persona_file, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     probe_set = persona_probe_set(
         args.persona_file,
         n_eval_statements=args.probe_statements or preset["probe_statements"],
         seed=args.seed,
     )
-    runtime, factory = model_factory(args, lm_factory)
+    runtime, factory = flags.model_factory(args, lm_factory)
     cfgs = {n: MITIGATIONS[n].config(base) for n in names}
     for cfg in cfgs.values():  # (before any training: what a sharded back end cannot run)
         cfg.check(sharded=runtime.lockstep)
@@ -301,7 +292,7 @@ def main(argv=None, lm_factory=None) -> dict:
         return {}  # the main process tabulates and writes
     table = make_mitigation_table(results)
     agreement = probe_agreement(table)
-    cmd = command_line("rmgap mitigations", argv)
+    cmd = flags.command_line("rmgap mitigations", argv)
     model = results[0].summary["model"].get("model")
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (

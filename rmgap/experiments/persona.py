@@ -1,6 +1,6 @@
 """The paper's controlled token-level-shift experiment (theory/README.md §5, Persona), end to end.
 
-    rmgap persona --preset cpu --out figures/persona_preset-cpu_on-2cpu     # SmolLM2-135M-Instruct on 2 cores (≈ 28 min)
+    rmgap persona --preset cpu --out figures/persona_preset-cpu_on-2cpu   # SmolLM2-135M, 2 cores, ≈ 28 min
     rmgap persona --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda
     rmgap persona --persona-file other_subset.jsonl --objectives ex_rm,im_rm,ex_rm_mean
 
@@ -32,17 +32,7 @@ from lm_probes.reports import plot_curves, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
-from rmgap.flags import (
-    add_model_args,
-    add_preset_args,
-    add_run_args,
-    command_line,
-    model_factory,
-    parse_list,
-    parser,
-    preset_overrides,
-    train_config,
-)
+from rmgap import flags
 
 PRESETS = {
     "paper": dict(epochs=50, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
@@ -114,19 +104,19 @@ def write_persona(result: dict, out: Path) -> None:
 
 
 def main(argv=None, lm_factory=None) -> dict:
-    ap = parser("rmgap persona", __doc__)
-    add_preset_args(ap, PRESETS)
+    ap = flags.parser("rmgap persona", __doc__)
+    flags.add_preset_args(ap, PRESETS)
     ap.add_argument("--persona-file", type=Path, help="a Persona file (default: the shipped subset)")
     ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
     ap.add_argument("--n-train", type=int, default=80)
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--pairs-per-statement", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
-    add_model_args(ap)
-    add_run_args(ap, "runs/persona")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, "runs/persona")
     args = ap.parse_args(argv)
-    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
-    config = {**PRESETS[args.preset], **preset_overrides(args)}
+    objectives = flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    config = {**PRESETS[args.preset], **flags.preset_overrides(args)}
     data = persona_data(
         args.persona_file,
         n_train=args.n_train,
@@ -135,12 +125,12 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
     )
     t0 = time.perf_counter()
-    runtime, factory = model_factory(args, lm_factory)
-    base = train_config(args, **config)
+    runtime, factory = flags.model_factory(args, lm_factory)
+    base = flags.train_config(args, **config)
     runs = run_persona(factory, data, objectives, base, args.out, args.resume, runtime)
     model_info = next(iter(runs.values())).summary["model"]
     table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
-    cmd = command_line("rmgap persona", argv)
+    cmd = flags.command_line("rmgap persona", argv)
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (
         f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}"

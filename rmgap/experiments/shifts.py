@@ -2,14 +2,15 @@
 RewardMATH), evaluate under token-level shifts (paraphrases, translations) and domain shifts (math,
 code), and count wins with paired-bootstrap CIs (theory/README.md §5).
 
-    rmgap shifts --preset cpu --out figures/shifts_preset-cpu_on-2cpu                               # ≈ 80 min, 2 cores
+    rmgap shifts --preset cpu --out figures/shifts_preset-cpu_on-2cpu              # ≈ 80 min, 2 cores
     rmgap shifts --preset cpu --train-set rewardmath --out figures/shifts-rewardmath_preset-cpu_on-2cpu
     rmgap shifts --preset paper --model meta-llama/Llama-3.2-1B-Instruct --device cuda --attention sdpa \
         --seeds 0,1,2
-    rmgap shifts --combine figures/shifts_preset-cpu_on-2cpu figures/shifts-rewardmath_preset-cpu_on-2cpu --out figures/shifts-combined_preset-cpu_on-2cpu
+    rmgap shifts --combine figures/shifts_preset-cpu_on-2cpu figures/shifts-rewardmath_preset-cpu_on-2cpu \
+        --out figures/shifts-combined_preset-cpu_on-2cpu
     rmgap shifts --preset cpu --out figures/shifts_preset-cpu_on-2cpu --resume    # finish or re-report a run
     rmgap shifts --preset cpu --mitigation augmentation --explicit-from figures/shifts_preset-cpu_on-2cpu \
-        --out figures/shifts_cpu_augmentation     # an IM-RM mitigation (lm_probes.rm.mitigations)
+        --out runs/shifts-augmentation     # an IM-RM mitigation (lm_probes.rm.mitigations)
 
 Data (shipped, lm_probes/data/datasets): training on ``ultrafeedback`` = the 200 UltraFeedback training
 pairs whose originals sit in the rewrite files (the prompt with orig_chosen/orig_rejected), or on
@@ -53,18 +54,8 @@ from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.mitigations import get_mitigation
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
+from rmgap import flags
 from rmgap.experiments import shifts_analysis, shifts_report
-from rmgap.flags import (
-    add_model_args,
-    add_preset_args,
-    add_run_args,
-    command_line,
-    model_factory,
-    parse_list,
-    parser,
-    preset_overrides,
-    train_config,
-)
 
 TRAIN_SETS = ("ultrafeedback", "rewardmath")
 UF_FAMILY = ("ultrafeedback", "ultrafeedback_paraphrased", "ultrafeedback_french", "ultrafeedback_spanish")
@@ -190,7 +181,7 @@ def cell_dir(out: Path, seed: int, objective: str, n_seeds: int) -> Path:
 
 def cell_config(args, preset: dict, objective: str, seed: int) -> TrainConfig:
     """The training settings of one (seed, objective) cell: the preset's, through rmgap.flags."""
-    cfg = train_config(
+    cfg = flags.train_config(
         args,
         **preset["train"],
         objective=objective,
@@ -289,8 +280,8 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=Non
 
 
 def _parser():
-    ap = parser("rmgap shifts", __doc__)
-    add_preset_args(ap, PRESETS)
+    ap = flags.parser("rmgap shifts", __doc__)
+    flags.add_preset_args(ap, PRESETS)
     ap.add_argument("--train-set", choices=TRAIN_SETS, default="ultrafeedback")
     ap.add_argument("--objectives", default="ex_rm,im_rm", help="comma list of two reward types: EX, IM")
     ap.add_argument("--seeds", help="comma list of seeds (default: --seed); results are aggregated")
@@ -307,14 +298,14 @@ def _parser():
     ap.add_argument(
         "--combine", nargs="+", type=Path, metavar="RUN", help="combine finished runs' results.json files"
     )
-    add_model_args(ap)
-    add_run_args(ap, "runs/shifts")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, "runs/shifts")
     return ap
 
 
 def _settings(args) -> tuple[tuple[str, str], object, list[int], dict]:
     """(the two objectives, the mitigation or None, the seeds, the preset with the flags' overrides)."""
-    objectives = parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    objectives = flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
     if len(objectives) != 2:
         raise ValueError("--objectives takes two reward types: the explicit one, then the implicit one")
     mitigation = get_mitigation(args.mitigation) if args.mitigation else None
@@ -324,7 +315,7 @@ def _settings(args) -> tuple[tuple[str, str], object, list[int], dict]:
         objectives = (objectives[0], mitigation.objective)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     preset = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
-    preset["train"].update(preset_overrides(args))
+    preset["train"].update(flags.preset_overrides(args))
     if args.n_train:
         preset["n_train"][args.train_set] = args.n_train
     if args.n_eval is not None:
@@ -345,7 +336,7 @@ def _mitigation_effect(args, cells: dict, seeds, objectives) -> dict:
 
 def main(argv=None, lm_factory=None) -> dict:
     args = _parser().parse_args(argv)
-    cmd = command_line("rmgap shifts", argv)
+    cmd = flags.command_line("rmgap shifts", argv)
     if args.combine:
         runs = [shifts_report.read_results(p) for p in args.combine]
         combined = shifts_analysis.combine(runs, [str(p) for p in args.combine], command=cmd)
@@ -355,7 +346,7 @@ def main(argv=None, lm_factory=None) -> dict:
         return combined
     objectives, mitigation, seeds, preset = _settings(args)
     t0 = time.perf_counter()
-    runtime, factory = model_factory(args, lm_factory)
+    runtime, factory = flags.model_factory(args, lm_factory)
     run = run_shifts(factory, args, preset, seeds, objectives, mitigation, runtime)
     if not runtime.is_main:
         return {}  # the main process analyses and writes
