@@ -25,14 +25,16 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @torch.no_grad()
 def autocast_effect(lm, pairs, cfg, precision: str = "bf16", n_pairs: int = 16) -> dict:
-    """lm: a LoadedLM; pairs: training Pairs; cfg: a train.TrainConfig → {"fp32" | "mixed_reference" |
-    "autocast": {"mean_abs_margin", "loss"}, "max_abs_reward_change": {name: float}, "n_pairs"}."""
+    """lm: a LoadedLM; pairs: training Pairs; cfg: a lm_probes.rm.config.TrainConfig →
+    {"fp32" | "mixed_reference" | "autocast": {"mean_abs_margin", "loss"},
+    "max_abs_reward_change": {name: float}, "n_pairs"}."""
     from lm_probes.rm.reward_model import RewardModel
     from lm_probes.rm.trainer import encode_for_training
 
     if precision not in AUTOCAST:
         raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {precision!r}")
-    encs = encode_for_training(lm, pairs, cfg).encodings[:n_pairs]
+    rt = cfg.check()  # the reward type, resolved once
+    encs = encode_for_training(lm, pairs, cfg, rt).encodings[:n_pairs]
     if not encs:
         raise ValueError("no usable training pair to check (all dropped by the length rules)")
     flat = [e for pr in encs for e in pr]
@@ -47,7 +49,7 @@ def autocast_effect(lm, pairs, cfg, precision: str = "bf16", n_pairs: int = 16) 
         ("mixed_reference", contextlib.nullcontext, auto),
         ("autocast", auto, auto),
     ):
-        rm = RewardModel(lm, cfg)
+        rm = RewardModel(lm, cfg, rt=rt)
         with ref_ctx():
             rm.fill_reference(flat)
         with policy_ctx():

@@ -62,8 +62,8 @@ def one_step_prediction(lm, m: Mitigation, probe_set: dict, train_cfg: TrainConf
     """The mitigation's first-order one-step margin move of every evaluation pair of ``probe_set``
     (lm_probes.data.persona.persona_probe_set) → {"moves": {group: mean}, "paraphrase_over_original"}."""
     cfg = replace(m.config(train_cfg), progress=False)
-    cfg.check()
-    rm = RewardModel(lm, cfg)  # applies the mitigation's freezing / untying to lm.model
+    rt = cfg.check()
+    rm = RewardModel(lm, cfg, rt=rt)  # applies the mitigation's freezing / untying to lm.model
 
     def encode(pairs):
         return encode_pairs(lm.tokenizer, pairs, chat_template=cfg.chat_template, too_long="raise")
