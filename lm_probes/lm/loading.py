@@ -114,6 +114,13 @@ def smollm2_checkpoint() -> tuple[Path, dict]:
     }
 
 
+def load_tokenizer(name: str = "smollm2"):
+    """The tokenizer alone of ``name`` (as :func:`load_lm` names models): for measuring texts."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_checkpoint()[0] if name == "smollm2" else name)
+
+
 def untie_output_head(model) -> bool:
     """Give the output head its own copy of the input embedding when the two share storage (same
     values, so the model's outputs do not change; the copy trains as the embedding did); True when it

@@ -3,4 +3,5 @@
 train   train one reward model of any registered type          rmgap train
 probe   which responses one preference update moves, and why   rmgap probe
 data    the shipped datasets, their licences and checksums     rmgap data
+transform  token-level shifts of pairs, made offline            rmgap transform
 """
