@@ -109,12 +109,11 @@ def _same_numbers(a: str, b: str) -> bool:
 CONTRACTIONS = {
     "it is": "it's", "do not": "don't", "does not": "doesn't", "did not": "didn't", "is not": "isn't",
     "are not": "aren't", "was not": "wasn't", "were not": "weren't", "can not": "can't",
-    "cannot": "can't", "will not": "won't", "would not": "wouldn't", "should not": "shouldn't",
+    "will not": "won't", "would not": "wouldn't", "should not": "shouldn't",
     "could not": "couldn't", "i am": "i'm", "i would": "i'd", "i will": "i'll", "i have": "i've",
     "you are": "you're", "we are": "we're", "they are": "they're", "that is": "that's",
     "there is": "there's", "let us": "let's", "have not": "haven't", "has not": "hasn't",
 }
-CONTRACTIONS.pop("cannot")  # (can't ↔ can not: one direction each way)
 register(
     Transform(
         "contractions",
