@@ -143,11 +143,10 @@ class _Run:
         for idx in progress(self.chunks(encs), f"jvp {rt.name}", enabled=self.cfg.progress):
             chunk = [encs[i] for i in idx]
             p0 = self.params(rt, None, [self.ev_states[i] for i in idx], self.lm.dtype)
-            kw = {"need_logits": rt.needs_logits, "answer_ids": p0.answer_ids}
 
-            def f(p, *h, chunk=chunk, p0=p0, kw=kw):
-                sc = functional_call(self.scorer, p, (chunk, self.pad), kw)
-                return rt.reward(sc, RewardParams(self.cfg.beta, h[0] if h else None, p0.ref, p0.answer_ids))
+            def f(p, *h, chunk=chunk, p0=p0):
+                ph = RewardParams(self.cfg.beta, h[0] if h else None, p0.ref, p0.answer_ids)
+                return self._scored(rt, chunk, ph, p, tie=True)[0]
 
             if head is None:
                 _, t = jvp(f, (params,), (tan,))
