@@ -2,7 +2,7 @@
 
 for batch in progress(batches, "epoch 1", enabled=not quiet): ...
 timer = Timer(); with timer("model"): ...; timer.seconds   # {"model": 1.2}
-write_json(path, summary)        # NaN/inf → null, numpy scalars → Python, tuples → lists
+write_json(path, summary)        # atomic; NaN/inf → null, numpy scalars → Python, tuples → lists
 matmul_rate(); train_flops("im_rm", n_body, n_head, tokens, response_tokens)   # for the benchmarks
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,20 +63,29 @@ def jsonable(x):
 
 def write_json(path: Path, obj) -> Path:
     """Write ``obj`` as indented JSON (see :func:`jsonable`), creating the folder."""
+    return write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically: into a temporary file beside ``path``, then renamed over it (a reader,
+    or a run killed mid-write, sees the old file or the new one, never a fragment)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_jsonl(path: Path, rows) -> Path:
     """One JSON object per line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(jsonable(row)) + "\n")
-    return path
+    return write_text(path, "".join(json.dumps(jsonable(row)) + "\n" for row in rows))
 
 
 def tune_malloc() -> bool:

@@ -70,3 +70,64 @@ def pairs_needed(d, *, level: float = 0.95) -> float:
         return math.inf
     z = NormalDist().inv_cdf((1 + level) / 2)
     return math.ceil((z * sd / abs(mean)) ** 2)
+
+
+def seed_pair_bootstrap(
+    d,
+    clusters,
+    *,
+    n_boot: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    resample_pairs: bool = True,
+) -> tuple[float, float, float, np.ndarray]:
+    """Mean of per-seed, per-pair values and its percentile CI resampling both: seeds with replacement
+    and clusters of pairs (e.g. the pairs of one problem, which share a chosen response) with
+    replacement, the same clusters for every seed (the pairs are matched across seeds).
+
+    d: (K, N) values (K training seeds × N pairs; e.g. EX-RM's minus IM-RM's accuracy change per pair);
+    clusters: (N,) cluster labels. ``resample_seeds`` / ``resample_pairs`` = False keeps that level
+    fixed (the CI of the other alone). → (mean, lower, upper, the bootstrap means (n_boot,)).
+    """
+    d = np.asarray(d, float)
+    if d.ndim != 2 or d.size == 0 or len(clusters) != d.shape[1]:
+        raise ValueError(f"d: (K seeds, N pairs) and N cluster labels; got {d.shape}, {len(clusters)}")
+    _, idx = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters, (k, n) = idx.max() + 1, d.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for i in range(0, n_boot, 500):
+        b = min(500, n_boot - i)
+        if resample_pairs:
+            w = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=b)[:, idx]  # (b, N)
+        else:
+            w = np.ones((b, n))
+        s = rng.integers(0, k, (b, k)) if resample_seeds else np.broadcast_to(np.arange(k), (b, k))
+        per_seed = np.einsum("bkn,bn->bk", d[s], w) / w.sum(1, keepdims=True)
+        means[i : i + b] = per_seed.mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi), means
+
+
+def seeds_and_pairs_needed(d, clusters, target: float, *, n_boot: int = 4000, level: float = 0.95) -> dict:
+    """How many pairs (at these seeds) or seeds (at these pairs) would bring the CI half-width of
+    :func:`seed_pair_bootstrap`'s mean to ``target``, from the variance model
+    Var(K', N') = v_seeds·K/K' + v_pairs·N/N' (v_seeds: the bootstrap variance resampling seeds alone,
+    v_pairs: resampling clusters alone; with few seeds v_seeds is itself uncertain). inf: the other
+    term alone exceeds the target. → {v_seeds, v_pairs, half_width, pairs_needed, seeds_needed}."""
+    d = np.asarray(d, float)
+    k, n = d.shape
+    v_pairs = float(seed_pair_bootstrap(d, clusters, n_boot=n_boot, resample_seeds=False)[3].var())
+    v_seeds = float(seed_pair_bootstrap(d, clusters, n_boot=n_boot, resample_pairs=False)[3].var())
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    goal = (target / z) ** 2
+    pairs = math.ceil(v_pairs * n / (goal - v_seeds)) if goal > v_seeds else math.inf
+    seeds = math.ceil(v_seeds * k / (goal - v_pairs)) if goal > v_pairs else math.inf
+    return {
+        "v_seeds": v_seeds,
+        "v_pairs": v_pairs,
+        "half_width": z * math.sqrt(v_seeds + v_pairs),
+        "pairs_needed": pairs,
+        "seeds_needed": seeds,
+    }

@@ -9,6 +9,7 @@ rmgap transform --set NAME/SPLIT ...  token-level shifts of pairs, offline (lm_p
 rmgap persona --preset cpu|paper      the Persona experiment (rmgap.experiments.persona)
 rmgap shifts --preset cpu|paper       token-level and domain shifts (rmgap.experiments.shifts)
 rmgap hamiltonian --preset cpu|paper  verification without generation (rmgap.experiments.hamiltonian)
+rmgap robustness --preset cpu|paper   EX-RM vs IM-RM robustness to token-level shifts, seeds (rmgap.experiments.robustness)
 rmgap mitigations --preset cpu|paper  IM-RM fixes, predicted and trained (rmgap.experiments.mitigations)
 rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
 
@@ -36,6 +37,11 @@ COMMANDS = {  # command → (module, function, help)
     "persona": ("rmgap.experiments.persona", "main", "the Persona token-level-shift experiment"),
     "shifts": ("rmgap.experiments.shifts", "main", "real-world token-level and domain shifts"),
     "hamiltonian": ("rmgap.experiments.hamiltonian", "main", "verification without generation (cycles)"),
+    "robustness": (
+        "rmgap.experiments.robustness",
+        "main",
+        "EX-RM vs IM-RM under offline token-level shifts, with seeds",
+    ),
     "mitigations": (
         "rmgap.experiments.mitigations",
         "main",

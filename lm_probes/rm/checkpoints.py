@@ -20,9 +20,13 @@ import torch
 def same_config(recorded: dict, cfg) -> bool:
     """Whether a configuration recorded in a summary or checkpoint is ``cfg`` (a train.TrainConfig);
     options added to TrainConfig since it was recorded count at their defaults (so older runs stay
-    resumable and reusable)."""
-    as_json = lambda d: json.loads(json.dumps(d))  # noqa: E731 (tuples → lists, as recorded)
+    resumable and reusable); display options (progress bars) do not count. (Tuples and lists compare
+    equal, as JSON records them.)"""
+    as_json = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k not in DISPLAY}))  # noqa: E731
     return as_json({**asdict(type(cfg)()), **recorded}) == as_json(asdict(cfg))
+
+
+DISPLAY = ("progress",)  # options that change what is printed, not what is computed
 
 
 def save_checkpoint(path: Path, rm, opt, history: list, epoch: int, train_loss: float, write=True) -> None:

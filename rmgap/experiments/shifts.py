@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_probes.data.pairs import DataError, Pair, encode_pairs, load_pairs, load_rows
+from lm_probes.data.splits import length_rule
 from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.mitigations import get_mitigation
@@ -138,14 +139,6 @@ def training_pairs(train_set: str) -> list[Pair]:
     raise ValueError(f"--train-set must be one of {', '.join(TRAIN_SETS)}, got {train_set!r}")
 
 
-def _kept(tokenizer, pairs: list[Pair], max_part: int | None, max_length: int | None):
-    """Indices of the pairs that survive the drop rule, and the counts of those left out."""
-    e = encode_pairs(tokenizer, pairs, max_length=max_length, max_part_length=max_part)
-    kept = {id(p) for p in e.kept}
-    keep = [i for i, p in enumerate(pairs) if id(p) in kept]
-    return keep, len(e.dropped["too_long"]), len(e.dropped["identical"])
-
-
 def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: int | None) -> ShiftData:
     """Training pairs and evaluation sets after the drop rule, subsampled as the preset says (seeded).
     The UltraFeedback test set and its rewrites draw the same row order, so they keep the same prompts
@@ -153,7 +146,7 @@ def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: i
     rng = np.random.default_rng([seed, 10])
     max_part, n_eval = preset["max_part_length"], preset["n_eval"]
     pool = training_pairs(train_set)
-    keep, n_long, n_same = _kept(tokenizer, pool, max_part, max_length)
+    keep, n_long, n_same = length_rule(tokenizer, pool, max_part, max_length)
     order = [keep[i] for i in rng.permutation(len(keep))]
     train = [pool[i] for i in order[: preset["n_train"][train_set]]]
     data = ShiftData(train, {}, {"train": n_long}, {"train": n_same}, {"train": len(keep)})
@@ -162,7 +155,7 @@ def shift_data(tokenizer, train_set: str, preset: dict, seed: int, max_length: i
         pairs = load_pairs(name, "test", group=name)
         if uf_order is None:  # the first set: ultrafeedback, whose rows the rewrites follow
             uf_order = rng.permutation(len(pairs))
-        keep, n_long, n_same = _kept(tokenizer, pairs, max_part, max_length)
+        keep, n_long, n_same = length_rule(tokenizer, pairs, max_part, max_length)
         row_order = uf_order if name in UF_FAMILY else rng.permutation(len(pairs))
         kept = set(keep)
         chosen = [i for i in row_order if i in kept][:n_eval]

@@ -34,7 +34,7 @@ def test_transform_list_and_bad_input(tmp_path):
     code, out, err = run_rmgap("transform", "--list")
     assert code == 0 and "latex_macros" in out and "contractions" in out
     shipped = ("transform", "--set", "rewardmath/test", "--out", "x", "--transform")
-    code, out, err = run_rmgap(*shipped, "synonyms")
-    assert code == 2 and err.strip().startswith("rmgap transform: error: unknown transformation 'synonyms'")
+    code, out, err = run_rmgap(*shipped, "shuffle")
+    assert code == 2 and err.strip().startswith("rmgap transform: error: unknown transformation 'shuffle'")
     code, out, err = run_rmgap(*shipped, "contractions:2")
     assert code == 2 and "strength must be in [0, 1]" in err and "Traceback" not in err

@@ -22,7 +22,6 @@ def test_graph_tokens_are_single_tokens_and_copies_start_equal():
         assert torch.equal(p, q), n  # the new embedding rows are drawn from the seed
 
 
-
 def test_response_check():
     adj = np.zeros((4, 4), dtype=np.int8)
     for u, v in ((0, 1), (1, 2), (2, 3), (3, 0)):
@@ -40,4 +39,3 @@ def test_response_check():
                 gs.adj[g], pr.rejected
             )
             assert f"{SEP}0{SEP}1" in pr.prompt and pr.prompt.endswith("\n")
-

@@ -41,9 +41,7 @@ EXPECTED = {  # (name, split) → rows, from lm_probes/data/datasets/README.md
 }
 
 
-
 UNCHANGED = {"paraphrased": (1, 0), "french": (9, 5), "spanish": (10, 8)}  # datasets/README.md
-
 
 
 def test_every_shipped_dataset_loads_with_its_row_count_and_a_licence(monkeypatch):
@@ -59,7 +57,6 @@ def test_every_shipped_dataset_loads_with_its_row_count_and_a_licence(monkeypatc
     assert len(persona_statements()) == 500  # answered " Yes"
 
 
-
 def test_rewrites_keep_the_prompts_and_rewrite_the_responses():
     test = {p.prompt for p in load_pairs("ultrafeedback", "test")}
     for lang, counts in UNCHANGED.items():
@@ -69,7 +66,6 @@ def test_rewrites_keep_the_prompts_and_rewrite_the_responses():
                 assert {r["prompt"] for r in rows} == test
             same = [r for r in rows if r["orig_chosen"] == r["chosen"] or r["orig_rejected"] == r["rejected"]]
             assert len(same) == n_unchanged, (lang, split)
-
 
 
 def test_a_corrupted_shipped_file_is_refused(tmp_path, monkeypatch):
@@ -89,7 +85,6 @@ def test_a_corrupted_shipped_file_is_refused(tmp_path, monkeypatch):
         catalog.cache_clear()
 
 
-
 def test_rmgap_data_takes_precedence(tmp_path, monkeypatch):
     (tmp_path / "ultrafeedback").mkdir()
     (tmp_path / "ultrafeedback" / "test.jsonl").write_text(
@@ -101,7 +96,6 @@ def test_rmgap_data_takes_precedence(tmp_path, monkeypatch):
     assert len(load_pairs("rewardmath", "test")) == 200  # not in the folder: the shipped copy
     with pytest.raises(DataError, match="no dataset nope/test; shipped: "):
         load_pairs("nope", "test")
-
 
 
 @pytest.mark.parametrize(
@@ -123,7 +117,6 @@ def test_bad_files_name_file_line_and_field(tmp_path, content, match):
         read_jsonl(f)
 
 
-
 def test_gzip_files_are_read_and_broken_ones_refused(tmp_path):
     good = tmp_path / "d.jsonl.gz"
     good.write_bytes(gzip.compress(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'))
@@ -132,7 +125,6 @@ def test_gzip_files_are_read_and_broken_ones_refused(tmp_path):
     bad.write_bytes(b"not gzip")
     with pytest.raises(DataError, match=r"e\.jsonl\.gz: not a readable gzip file"):
         read_rows(bad)
-
 
 
 @pytest.mark.slow
@@ -155,7 +147,6 @@ def test_the_wheel_carries_the_data(tmp_path):
     assert "rmgap/experiments/persona.py" in names
 
 
-
 def test_read_jsonl_names_file_line_and_field(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
@@ -167,4 +158,3 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
     f.write_text("{not json\n")
     with pytest.raises(DataError, match=r"d.jsonl:1: not valid JSON"):
         read_jsonl(f)
-

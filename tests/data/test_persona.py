@@ -16,4 +16,3 @@ def test_persona_probe_set_groups():
             assert set((p.chosen + " " + p.rejected).lower().split()) & train_words <= {"i"}
     prompts = {p.prompt for p in s["eval"]}
     assert s["train"][0].prompt not in prompts
-

@@ -14,7 +14,6 @@ def test_token_overlap_is_a_multiset_jaccard_index():
     assert token_overlap([], []) == 0.0
 
 
-
 def test_rewrite_quality_on_known_strings():
     orig = ["the cat sat on the warm mat today", "a dog ran across the wide green field"]
     same = rewrite_quality(orig, list(orig), str.split)
@@ -28,4 +27,3 @@ def test_rewrite_quality_on_known_strings():
     assert other["length_ratio_tokens"] == pytest.approx(18 / 16)
     with pytest.raises(ValueError, match="need"):
         rewrite_quality(orig[:1], orig[:1], str.split)
-

@@ -1,0 +1,176 @@
+"""rmgap robustness on a tiny model: the split by prompt, the outputs and results.json keys the issue
+names, the evaluation stage against an independent recomputation (trained weights from the
+checkpoint, the reference from the untrained model), the gap statistic by hand, and the run folder's
+protection (no overwrite, no resume into another run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.data.pairs import Pair, read_jsonl
+from lm_probes.lm.scoring import score
+from lm_probes.rm.trainer import encode_for_training
+from rmgap.experiments import robustness, robustness_analysis
+from rmgap.experiments.robustness_eval import load_trained
+from tests.conftest import WORDS, make_tiny_lm
+
+EXTRA = ("it", "it's", "isn't", "not", "calculate", "compute", "therefore", "thus")
+
+
+def _factory():
+    return make_tiny_lm(max_positions=128, extra_words=EXTRA)
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    rows = []
+    for k, w in enumerate(WORDS[:10]):
+        prompt = f"is the following statement something you would say ? {w}"
+        good = f"yes , it is {w} therefore i calculate kindness matters"
+        for j, bad in enumerate(("no it is not", "never , it is not really", "nope")):
+            rows.append({"prompt": prompt, "chosen": good, "rejected": f"{bad} {w} {WORDS[(k + j) % 10]}"})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(out, train_file, *extra):
+    argv = ["--train-set", str(train_file), "--quick", "--seeds", "0,1,2", "--out", str(out), "--quiet"]
+    return robustness.main([*argv, *extra], lm_factory=_factory)
+
+
+def test_robustness_end_to_end(tmp_path, train_file):
+    out = tmp_path / "run"
+    res = _run(out, train_file)
+    split = res["split"]
+    assert split["test_prompts_seen_in_training"] == 0 and split["n_train"] == 6 and split["n_test"] == 6
+    assert res["seeds"] == [0, 1, 2] and res["config"]["preset"] == "quick"
+    t = res["transforms"]
+    assert set(t) == {"contractions", "synonyms"} and set(t["synonyms"]) == {"0", "0.5", "1"}
+    assert t["contractions"]["0"]["set"] == "original" and t["contractions"]["1"]["set"] == "contractions_1"
+    e = t["contractions"]["1"]
+    for obj in ("ex_rm", "im_rm"):
+        assert len(e[obj]["accuracy_per_seed"]) == 3
+    assert 0 < e["token_overlap"] < 1 and e["changed_fraction"] == 1.0
+    lo, hi = e["robustness_gap"]["ci95"]
+    assert lo <= e["robustness_gap"]["estimate"] <= hi
+    gap = e["ex_rm"]["accuracy_change"]["estimate"] - e["im_rm"]["accuracy_change"]["estimate"]
+    assert e["robustness_gap"]["estimate"] == pytest.approx(gap)
+    assert t["synonyms"]["0.5"]["token_overlap"] > t["synonyms"]["1"]["token_overlap"]  # the dose
+    for obj in ("ex_rm", "im_rm"):
+        for k in (0, 1, 2):
+            rows = (out / obj / f"seed{k}" / "rewards_contractions_1.jsonl").read_text().splitlines()
+            assert len(rows) == 6 and {"where", "reward_chosen", "reward_rejected"} <= set(
+                json.loads(rows[0])
+            )
+    assert (out / "dose_response.png").exists() and "| contractions | 1 |" in (out / "table.md").read_text()
+    saved = json.loads((out / "results.json").read_text())
+    assert (
+        saved["transforms"]["contractions"]["1"]["robustness_gap"]["estimate"]
+        == e["robustness_gap"]["estimate"]
+    )
+    assert len(saved["seconds"]["training"]) == 6 and saved["seconds"]["cells_total"] > 0
+
+
+def test_the_evaluation_equals_a_pair_by_pair_recomputation(tmp_path, train_file):
+    out = tmp_path / "run"
+    _run(out, train_file)
+    args = robustness._parser().parse_args(["--train-set", str(train_file), "--quick", "--out", str(out)])
+    preset = robustness.PRESETS["quick"]
+    data = robustness.robustness_data(_factory().tokenizer, args, preset, 128)
+    cfg = robustness.cell_config(args, preset, "im_rm", 1)
+    ref_lm, lm = _factory(), _factory()  # the untrained model (the reference) and the trained one,
+    state = torch.load(robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt", weights_only=False)
+    lm.model.load_state_dict(state["model"])  # loaded by hand, not through load_trained
+    saved = robustness_analysis.read_rewards(robustness.cell_dir(out, "im_rm", 1) / "rewards_original.jsonl")
+    assert len(saved) == len(data.test)
+    pad = lm.tokenizer.pad_token_id
+    for p in data.test:
+        e = encode_for_training(lm, [p], cfg).encodings[0]  # one response at a time
+        with torch.no_grad():
+            lp = [score(lm.model, [x], pad, mode="single").logprob.item() for x in e]
+            lr = [score(ref_lm.model, [x], pad, mode="single").logprob.item() for x in e]
+        want = [cfg.beta * (a - b) for a, b in zip(lp, lr, strict=True)]
+        assert saved[p.where] == pytest.approx(want, abs=1e-9)
+    assert (
+        load_trained(_factory(), cfg, robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt").rt.name
+        == "im_rm"
+    )
+    with pytest.raises(ValueError, match="not this cell's finished training"):
+        load_trained(
+            _factory(),
+            robustness.cell_config(args, preset, "im_rm", 2),
+            robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt",
+        )
+
+
+def test_the_gap_statistic_by_hand(tmp_path):
+    """EX-RM unchanged, IM-RM flipped on 2 of 8 pairs in every seed: gap = +0.25; EX and IM swapped: −0.25."""
+    n, seeds = 8, [0, 1, 2]
+    wheres = [f"f:{i}" for i in range(n)]
+    for obj in ("ex_rm", "im_rm"):
+        for k in seeds:
+            d = robustness.cell_dir(tmp_path, obj, k)
+            d.mkdir(parents=True)
+            for s in ("original", "t_1"):
+                flip = obj == "im_rm" and s == "t_1"
+                rows = [
+                    {"where": w, "reward_chosen": -1.0 if flip and i < 2 else 1.0, "reward_rejected": 0.0}
+                    for i, w in enumerate(wheres)
+                ]
+                (d / f"rewards_{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cells = robustness_analysis.Cells(tmp_path, ("ex_rm", "im_rm"), seeds, ["original", "t_1"])
+    res = robustness_analysis.compare(cells, "t_1", "original", wheres, wheres, changed=wheres[:4])
+    assert res["robustness_gap"]["estimate"] == pytest.approx(0.25)
+    assert res["im_rm"]["accuracy_change"]["estimate"] == pytest.approx(-0.25)
+    assert (
+        res["ex_rm"]["accuracy_change"]["estimate"] == 0.0 and res["ex_rm"]["accuracy_per_seed"] == [1.0] * 3
+    )
+    assert (
+        res["robustness_gap_changed"]["estimate"] == pytest.approx(0.5)
+        and res["robustness_gap_changed"]["n_pairs"] == 4
+    )
+    assert res["margin_gap"]["estimate"] > 0
+    swapped = robustness_analysis.Cells(tmp_path, ("im_rm", "ex_rm"), seeds, ["original", "t_1"])
+    assert robustness_analysis.compare(swapped, "t_1", "original", wheres, wheres, [])["robustness_gap"][
+        "estimate"
+    ] == pytest.approx(-0.25)
+
+
+def test_a_run_folder_is_never_overwritten_and_a_resume_continues_the_same_run(tmp_path, train_file):
+    out = tmp_path / "run"
+    first = _run(out, train_file, "--stages", "train")
+    assert first == {}
+    with pytest.raises(ValueError, match="a run is already here; pass --resume"):
+        _run(out, train_file)
+    with pytest.raises(ValueError, match=r"another run \(differs in split\)"):
+        _run(out, train_file, "--resume", "--split-seed", "1")
+    res = _run(out, train_file, "--resume")
+    assert len(json.loads((out / "run.json").read_text())["invocations"]) == 2  # (refusals record nothing)
+    assert res["transforms"]["contractions"]["1"]["n_pairs"] == 6
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and not a robustness run"):
+        _run(tmp_path / "other", train_file)
+
+
+def test_split_by_prompt_keeps_every_prompt_on_one_side(train_file):
+    from lm_probes.data.splits import split_by_prompt
+
+    pairs = read_jsonl(train_file)
+    train, test = split_by_prompt(pairs, 0.3, seed=0)
+    assert {p.prompt for p in train}.isdisjoint({p.prompt for p in test})
+    assert len(train) + len(test) == len(pairs) and len({p.prompt for p in test}) == 3
+    assert split_by_prompt(pairs, 0.3, seed=0) == (train, test) and split_by_prompt(pairs, 0.3, 1) != (
+        train,
+        test,
+    )
+    with pytest.raises(ValueError, match="held_out must be in"):
+        split_by_prompt(pairs, 1.0, 0)
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_by_prompt([Pair("a", "b", "c")], 0.5, 0)
+    assert np.isfinite(len(train))
