@@ -9,7 +9,7 @@ rmgap transform --set NAME/SPLIT ...  token-level shifts of pairs, offline (lm_p
 rmgap persona --preset cpu|paper      the Persona experiment (rmgap.experiments.persona)
 rmgap shifts --preset cpu|paper       token-level and domain shifts (rmgap.experiments.shifts)
 rmgap hamiltonian --preset cpu|paper  verification without generation (rmgap.experiments.hamiltonian)
-rmgap robustness --preset cpu|paper   EX-RM vs IM-RM robustness to token-level shifts, seeds (rmgap.experiments.robustness)
+rmgap robustness --preset cpu|paper   EX-RM vs IM-RM under token-level shifts (rmgap.experiments.robustness)
 rmgap mitigations --preset cpu|paper  IM-RM fixes, predicted and trained (rmgap.experiments.mitigations)
 rmgap bench NAME [...]                (source checkout) run a benchmark script of benchmarks/
 

@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from lm_probes.common import write_json
-from lm_probes.data.pairs import Pair, encode_pairs
 from lm_probes.data.persona import persona_data, persona_probe_set
+from lm_probes.probe.direction import step_direction
 from lm_probes.probe.one_step import ProbeConfig, first_order_moves
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.mitigations import MITIGATIONS, Mitigation
-from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
 from rmgap.experiments.persona import PRESETS as PERSONA_PRESETS
@@ -61,32 +59,11 @@ PROBE_LR = 1e-3  # the probe's step size (the ratio does not depend on it at fir
 def one_step_prediction(lm, m: Mitigation, probe_set: dict, train_cfg: TrainConfig) -> dict:
     """The mitigation's first-order one-step margin move of every evaluation pair of ``probe_set``
     (lm_probes.data.persona.persona_probe_set) → {"moves": {group: mean}, "paraphrase_over_original"}."""
-    cfg = replace(m.config(train_cfg), progress=False)
-    rt = cfg.check()
-    rm = RewardModel(lm, cfg, rt=rt)  # applies the mitigation's freezing / untying to lm.model
-
-    def encode(pairs):
-        return encode_pairs(lm.tokenizer, pairs, chat_template=cfg.chat_template, too_long="raise")
-
-    enc = encode(m.train_pairs(probe_set["train"]))
-    pairs, rewrites = enc.encodings, None
-    if cfg.consistency:
-        rewrites = [encode([Pair(p.prompt, *p.rewrite)]).encodings[0] for p in enc.kept]
-    rm.fill_reference([e for pr in [*pairs, *(rewrites or [])] for e in pr])
-    params = rm.trainable()
-    loss = rm.batch_loss(pairs, rewrites) / len(pairs) + rm.step_penalty()  # dropout: in expectation
-    grads = dict(zip(map(id, params), torch.autograd.grad(loss, params), strict=True))
-    direction = {n: -grads[id(p)] for n, p in lm.model.named_parameters() if id(p) in grads}
-    head_dir = None if rm.u is None else -grads[id(rm.u)]
+    cfg = m.config(train_cfg)
+    d = step_direction(lm, cfg, m.train_pairs(probe_set["train"]), rewrites=True)
     probe_cfg = ProbeConfig(beta=cfg.beta, lr=PROBE_LR, progress=False)
     moves = first_order_moves(
-        lm,
-        m.objective,
-        probe_set["eval"],
-        direction,
-        None if rm.u is None else rm.u.detach(),
-        head_dir,
-        probe_cfg,
+        lm, m.objective, probe_set["eval"], d.direction, d.head, d.head_direction, probe_cfg
     )
     margin = moves[0::2] - moves[1::2]
     groups = np.array([p.group for p in probe_set["eval"]])

@@ -164,6 +164,19 @@ def analyze(args, data, groups, seeds, preset, tokenize) -> dict:
             )
             by_strength[f"{es.strength:g}"] = entry
     results["in_distribution"] = _original_entry(cells, "original", cells.common(["original"]))
+    if (Path(args.out) / "probe.json").exists():
+        from rmgap.experiments.robustness_probe import agreement
+
+        probe = json.loads((Path(args.out) / "probe.json").read_text())
+        agree = agreement(probe, results["transforms"])
+        results["probe"] = {
+            "move_ratio": probe["move_ratio"],
+            "n_pairs": len(probe["key"]["wheres"]),
+            "n_train_pairs": probe["n_train_pairs"],
+            "seconds": probe["seconds"],
+            "agreement": agree,
+            "summary": _probe_summary(probe, agree),
+        }
     results.update(
         seeds=seeds,
         split=data.split,
@@ -192,3 +205,19 @@ def _original_entry(cells: Cells, original: str, wheres: list[str]) -> dict:
         acc = cells.outcome(obj, original, wheres)
         out[obj] = {"accuracy_per_seed": acc.mean(1).tolist(), "accuracy": float(acc.mean())}
     return out
+
+
+def _probe_summary(probe: dict, agree: dict) -> str:
+    ratios = ", ".join(f"{n} {r:.2f}" for n, r in sorted(probe["move_ratio"].items(), key=lambda kv: kv[1]))
+    rho = agree.get("spearman")
+    rank = (
+        f"Spearman ρ with the trained IM-RMs' accuracy change {rho:+.2f} over {agree['n']} transformations "
+        f"(permutation p = {agree['p_permutation']:.2f}; "
+        f"{agree['distinct_accuracy_changes']} distinct changes)"
+        if rho is not None
+        else f"no rank correlation ({agree['note']})"
+    )
+    return (
+        f"margin move of the transformed pairs / the originals' after one step at θ₀ "
+        f"({len(probe['key']['wheres'])} pairs): {ratios}. {rank}."
+    )

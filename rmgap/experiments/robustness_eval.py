@@ -184,7 +184,8 @@ def evaluate_cell(factory, cfg, d: Path, groups, tables: dict, say=print) -> Non
 
 
 def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> dict:
-    """The eval stage (every cell, every group) and the analysis (robustness_analysis)."""
+    """The eval stage (every cell, every group), the probe (robustness_probe) and the analysis
+    (robustness_analysis), as ``stages`` asks."""
     from rmgap.experiments import robustness, robustness_analysis
 
     lm0 = factory()
@@ -198,6 +199,12 @@ def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> di
             for obj in robustness.OBJECTIVES:
                 cfg = robustness.cell_config(args, preset, obj, seed)
                 evaluate_cell(factory, cfg, robustness.cell_dir(args.out, obj, seed), groups, tables)
+    if "probe" in stages:
+        from rmgap.experiments.robustness_probe import probe_moves
+
+        cfg = robustness.cell_config(args, preset, "im_rm", seeds[0])
+        n = preset["probe"]
+        probe_moves(factory, cfg, data.train[: n["train_pairs"]], groups, n["pairs"], Path(args.out))
     if "analyze" not in stages:
         return {}
     tokenize = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -67,6 +67,10 @@ def test_robustness_end_to_end(tmp_path, train_file):
             assert len(rows) == 6 and {"where", "reward_chosen", "reward_rejected"} <= set(
                 json.loads(rows[0])
             )
+    probe = res["probe"]  # the one-step prediction, at each transformation's largest strength
+    assert set(probe["move_ratio"]) == {"contractions", "synonyms"} and probe["n_pairs"] == 4
+    assert all(np.isfinite(r) and r != 1.0 for r in probe["move_ratio"].values())
+    assert probe["agreement"]["spearman"] is None  # two transformations rank nothing
     assert (out / "dose_response.png").exists() and "| contractions | 1 |" in (out / "table.md").read_text()
     saved = json.loads((out / "results.json").read_text())
     assert (

@@ -1,0 +1,51 @@
+"""The direction of one gradient step of a reward model's own loss at θ₀, on training pairs: what
+``first_order_moves`` (lm_probes.probe.one_step) projects every evaluation response onto.
+
+    d = step_direction(lm, cfg, pairs)                          # cfg: lm_probes.rm.config.TrainConfig
+    moves = first_order_moves(lm, cfg.objective, evals, d.direction, d.head, d.head_direction, probe_cfg)
+
+The loss is the mean over ``pairs`` of the reward type's pair loss (plus the mitigations' penalty and,
+with ``rewrites``, their consistency term), under the type's trainable parameters; token dropout enters
+in expectation (at θ₀ every mask gives the same reward, so the expected gradient is the undropped one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from lm_probes.data.pairs import Pair, encode_pairs
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.reward_model import RewardModel
+
+
+@dataclass
+class StepDirection:
+    direction: dict[str, torch.Tensor]  # −∇ℓ, named as in lm.model.named_parameters()
+    head: torch.Tensor | None  # u at θ₀ (explicit types)
+    head_direction: torch.Tensor | None  # −∇_u ℓ
+    n_pairs: int
+
+
+def step_direction(lm, cfg: TrainConfig, pairs: list[Pair], rewrites: bool = False) -> StepDirection:
+    """−∇ℓ at θ₀ for ``pairs`` under ``cfg`` (its reward type, options, freezing; RewardModel applies
+    them to ``lm``); ``rewrites``: each pair's ``Pair.rewrite`` enters the consistency term."""
+    cfg = replace(cfg, progress=False)
+    rm = RewardModel(lm, cfg, rt=cfg.check())
+
+    def encode(ps):
+        return encode_pairs(lm.tokenizer, ps, chat_template=cfg.chat_template, too_long="raise")
+
+    enc = encode(pairs)
+    encs, rw = enc.encodings, None
+    if rewrites and cfg.consistency:
+        rw = [encode([Pair(p.prompt, *p.rewrite)]).encodings[0] for p in enc.kept]
+    rm.fill_reference([e for pr in [*encs, *(rw or [])] for e in pr])
+    params = rm.trainable()
+    loss = rm.batch_loss(encs, rw) / len(encs) + rm.step_penalty()
+    grads = dict(zip(map(id, params), torch.autograd.grad(loss, params), strict=True))
+    direction = {n: -grads[id(p)] for n, p in lm.model.named_parameters() if id(p) in grads}
+    head = None if rm.u is None else rm.u.detach()
+    head_dir = None if rm.u is None else -grads[id(rm.u)]
+    return StepDirection(direction, head, head_dir, len(encs))
