@@ -192,7 +192,9 @@ def mitigation_effect(plain: list[dict], mitigated: list[dict], shift_map: dict,
 
 
 def combine(runs: list[dict], labels: list[str], command: str = "") -> dict:
-    """Several finished runs (results.json dicts) → win rates over all their (run, set) cells."""
+    """Several finished runs (results.json dicts) → win rates over all their (run, set) cells, pooled
+    and per training set (``by_train_set``: the like-for-like numbers beside the paper's, which are
+    per training set)."""
     cells = []
     for label, res in zip(labels, runs, strict=True):
         model = res.get("models", {}).get("ex_rm", {}).get("model", "?")
@@ -213,10 +215,19 @@ def combine(runs: list[dict], labels: list[str], command: str = "") -> dict:
                     }
                 )
     by = {t: [c for c in cells if c["shift"] == t] for t in SHIFT_TYPES}
+    train_sets = list(dict.fromkeys(c["train_set"] for c in cells))
     return {
         "runs": labels,
         "command": command,
         "cells": cells,
         "win_rate": {t: win_rates([c["winner"] for c in cs]) for t, cs in by.items()},
         "win_rate_plain": {t: win_rates([c["winner_plain"] for c in cs]) for t, cs in by.items()},
+        # like for like: the paper reports its win rates per training set
+        "by_train_set": {
+            ts: {
+                rule: {t: win_rates([c[key] for c in cs if c["train_set"] == ts]) for t, cs in by.items()}
+                for rule, key in (("win_rate", "winner"), ("win_rate_plain", "winner_plain"))
+            }
+            for ts in train_sets
+        },
     }

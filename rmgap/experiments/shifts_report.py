@@ -230,6 +230,20 @@ def combined_markdown(comb: dict) -> str:
             lines.append(
                 f"| {shift} | {rule} | {w['ex_rm']:.3f} | {w['tie']:.3f} | {w['im_rm']:.3f} | {w['n']} |"
             )
+    lines += ["", "Per training set (like for like with the paper, which reports each training set):", ""]
+    lines += [
+        "| train set | shift | rule | EX-RM wins | tie | IM-RM wins | cells |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for ts, rules in comb.get("by_train_set", {}).items():
+        for shift in ("token_level", "domain"):
+            for rule, key in (("CI", "win_rate"), ("plain", "win_rate_plain")):
+                w = rules[key][shift]
+                if w["n"]:
+                    lines.append(
+                        f"| {ts} | {shift} | {rule} | {w['ex_rm']:.3f} | {w['tie']:.3f} | {w['im_rm']:.3f} "
+                        f"| {w['n']} |"
+                    )
     lines += ["", "| run | train set | set | shift | EX-RM | IM-RM | 95 % CI of Δ | winner | plain |"]
     lines += ["|---|---|---|---|---:|---:|---|---|---|"]
     for c in comb["cells"]:

@@ -1,0 +1,94 @@
+"""The shifts experiment's win-rate logic on constructed cells, so that each of these mutations fails:
+the CI win rate counted from the plain winners, the combined plain rate from the CI winners, EX and
+IM swapped in the combined table, a max instead of a mean by shift type (issue 22)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rmgap.experiments import shifts_analysis, shifts_report
+
+N = 60
+
+
+def _rewards(n_right: int, n: int = N) -> np.ndarray:
+    """(n, 2) rewards with the first ``n_right`` pairs right (chosen above rejected)."""
+    return np.array([[1.0, 0.0] if i < n_right else [0.0, 1.0] for i in range(n)])
+
+
+SETS = {  # set → (shift type, EX-RM pairs right, IM-RM pairs right)
+    "ultrafeedback": ("in_distribution", 40, 40),
+    "ultrafeedback_paraphrased": ("token_level", 33, 30),  # plain: EX ahead; CI: a tie
+    "ultrafeedback_french": ("token_level", 50, 20),  # EX by both rules
+    "rewardbench_math": ("domain", 20, 50),  # IM by both rules
+    "rewardbench_code": ("domain", 30, 30),  # a tie by both
+}
+
+
+def _analyze():
+    cells = {0: {}}
+    for obj, k in (("ex_rm", 1), ("im_rm", 2)):
+        cells[0][obj] = {
+            "rewards": {name: _rewards(v[k]) for name, v in SETS.items()},
+            "where": {name: [f"{name}:{i}" for i in range(N)] for name in SETS},
+            "tokens": {},
+            "summary": {"model": {"model": "m"}, "seconds": 1.0},
+        }
+    data = SimpleNamespace(n_available={}, dropped_too_long={})
+    shift_map = {name: v[0] for name, v in SETS.items()}
+    return shifts_analysis.analyze(
+        cells, {0: data}, shift_map, ("ex_rm", "im_rm"), {}, n_boot=2000, tokenize=lambda t: t.split()
+    )
+
+
+def test_ci_and_plain_winners_and_their_rates_are_counted_from_their_own_rule():
+    res = _analyze()
+    assert (
+        res["eval"]["ultrafeedback_paraphrased"]["winner"] == "tie"
+        and res["eval"]["ultrafeedback_paraphrased"]["winner_plain"] == "ex_rm"
+    )
+    assert (
+        res["eval"]["ultrafeedback_french"]["winner"] == "ex_rm"
+        and res["eval"]["rewardbench_math"]["winner"] == "im_rm"
+    )
+    assert res["win_rate"]["token_level"] == pytest.approx({"ex_rm": 0.5, "im_rm": 0.0, "tie": 0.5, "n": 2})
+    assert res["win_rate_plain"]["token_level"] == pytest.approx(
+        {"ex_rm": 1.0, "im_rm": 0.0, "tie": 0.0, "n": 2}
+    )
+    assert res["win_rate"]["domain"] == pytest.approx({"ex_rm": 0.0, "im_rm": 0.5, "tie": 0.5, "n": 2})
+
+
+def test_mean_accuracy_by_shift_is_a_mean_not_a_max():
+    res = _analyze()
+    assert res["mean_accuracy"]["token_level"]["ex_rm"] == pytest.approx((33 + 50) / 2 / N)
+    assert res["mean_accuracy"]["token_level"]["im_rm"] == pytest.approx((30 + 20) / 2 / N)
+    assert res["mean_accuracy"]["domain"]["im_rm"] == pytest.approx((50 + 30) / 2 / N)
+
+
+def test_combine_keeps_each_rule_and_each_model_in_its_place_and_splits_by_training_set():
+    a = {**_analyze(), "config": {"train_set": "ultrafeedback"}}
+    b = {**_analyze(), "config": {"train_set": "rewardmath"}}
+    for name in (
+        "ultrafeedback_paraphrased",
+        "ultrafeedback_french",
+    ):  # in run b the token-level cells go to the IM-RM by the CI rule
+        b["eval"] = {**b["eval"], name: {**b["eval"][name], "winner": "im_rm", "winner_plain": "tie"}}
+    comb = shifts_analysis.combine([a, b], ["a", "b"])
+    assert comb["win_rate"]["token_level"] == pytest.approx(
+        {"ex_rm": 0.25, "im_rm": 0.5, "tie": 0.25, "n": 4}
+    )
+    assert comb["win_rate_plain"]["token_level"] == pytest.approx(
+        {"ex_rm": 0.5, "im_rm": 0.0, "tie": 0.5, "n": 4}
+    )
+    per = comb["by_train_set"]
+    assert per["ultrafeedback"]["win_rate_plain"]["token_level"]["ex_rm"] == 1.0
+    assert per["rewardmath"]["win_rate"]["token_level"]["im_rm"] == 1.0
+    assert per["rewardmath"]["win_rate_plain"]["token_level"]["tie"] == 1.0
+    french = next(c for c in comb["cells"] if c["run"] == "a" and c["set"] == "ultrafeedback_french")
+    assert (french["ex_rm"], french["im_rm"]) == pytest.approx((50 / N, 20 / N))
+    md = shifts_report.combined_markdown(comb)
+    assert f"| a | ultrafeedback | ultrafeedback_french | token_level | {50 / N:.3f} | {20 / N:.3f} |" in md
+    assert "| rewardmath | token_level | CI | 0.000 | 0.000 | 1.000 | 2 |" in md
