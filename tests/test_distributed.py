@@ -20,7 +20,6 @@ from tests.conftest import make_tiny_lm, write_shift_datasets
 QUESTIONS = ["i like people", "kindness matters", "people matters", "you would say", "say something"]
 
 
-
 # 10 pairs in micro-batches of 1, 4 per step: steps of 4, 4 and 2 micro-batches; with 3 processes the
 # last step leaves one process without a micro-batch (it takes part with a zero-weighted one)
 TRAIN = [
@@ -29,9 +28,7 @@ TRAIN = [
 ] + [Pair(q, "sure , absolutely", "never , not really", "train", f"u{i}") for i, q in enumerate(QUESTIONS)]
 
 
-
 EVAL = [Pair("i like the statement", "my response would be certainly", "i lean toward nope", "test", "e0")]
-
 
 
 def _write(pairs, path: Path) -> Path:
@@ -39,7 +36,6 @@ def _write(pairs, path: Path) -> Path:
         "".join(json.dumps(dict(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected)) + "\n" for p in pairs)
     )
     return path
-
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,6 @@ def setup(tmp_path_factory):
     return d, _write(TRAIN, d / "train.jsonl"), _write(EVAL + TRAIN[:3], d / "test.jsonl")
 
 
-
 def _train(setup, out: str, processes: int, *extra: str, **env: str) -> dict:
     d, train, test = setup
     args = [
@@ -61,7 +56,6 @@ def _train(setup, out: str, processes: int, *extra: str, **env: str) -> dict:
     ]  # fmt: skip
     _rmgap(d, args, out, processes, **env)
     return json.loads((d / out / "summary.json").read_text())
-
 
 
 def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, **env: str) -> str:
@@ -90,7 +84,6 @@ def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, 
     return p.stderr
 
 
-
 def _same(a: dict, b: dict, rel=1e-9) -> None:
     assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]]
     for ha, hb in zip(a["history"], b["history"], strict=True):
@@ -101,9 +94,7 @@ def _same(a: dict, b: dict, rel=1e-9) -> None:
             assert hb["test"][k] == pytest.approx(ha["test"][k], rel=rel, abs=1e-12)
 
 
-
 FSDP = {"RMGAP_FSDP_ON_CPU": "1"}  # torch's fully_shard over the gloo processes (lm_probes.distributed)
-
 
 
 def _processes(cell: Path) -> int:
@@ -111,12 +102,10 @@ def _processes(cell: Path) -> int:
     return json.loads((cell / "summary.json").read_text())["processes"]
 
 
-
 def _rewards(path: Path) -> list[float]:
     """A rewards_<set>.jsonl file's rewards, chosen and rejected of each pair in turn."""
     rows = (json.loads(x) for x in path.read_text().splitlines())
     return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
-
 
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
@@ -130,7 +119,6 @@ def test_two_and_three_processes_train_as_one(setup, objective):
     assert one["history"][-1]["test"]["loss"] < 0.95 * one["history"][0]["test"]["loss"]
 
 
-
 def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     d = setup[0]
     full = _train(setup, "full", 1, "--epochs", "2")
@@ -139,7 +127,6 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     resumed = _train(setup, "split", 1, "--epochs", "2", "--resume")  # continued by 1 process
     _same(full, resumed)
     shutil.rmtree(d / "split")
-
 
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
@@ -151,7 +138,6 @@ def test_fully_sharded_training_trains_as_one_process(setup, objective):
         _same(one, sharded)
 
 
-
 def test_fully_sharded_checkpoints_resume_across_back_ends(setup):
     d = setup[0]
     full = _train(setup, "full", 1, "--epochs", "2")
@@ -161,7 +147,6 @@ def test_fully_sharded_checkpoints_resume_across_back_ends(setup):
     _same(full, _train(setup, "plain_split", 2, "--epochs", "2", "--resume", **FSDP))  # loaded into shards
     shutil.rmtree(d / "fsdp_split")
     shutil.rmtree(d / "plain_split")
-
 
 
 def test_what_a_sharded_back_end_cannot_run_is_refused_in_one_line(setup):
@@ -177,7 +162,6 @@ def test_what_a_sharded_back_end_cannot_run_is_refused_in_one_line(setup):
     assert not (d / "mit_fsdp" / "none").exists()
 
 
-
 def test_the_persona_experiment_under_two_processes(setup):
     d = setup[0]
     args = ["persona", "--n-train", "6", "--n-test", "4", "--epochs", "1", "--lr", "1e-2"]
@@ -191,7 +175,6 @@ def test_the_persona_experiment_under_two_processes(setup):
         for obj, sets in one["final"].items():
             for name, m in sets.items():
                 assert two["final"][obj][name]["loss"] == pytest.approx(m["loss"], rel=1e-9)
-
 
 
 def test_the_shifts_experiment_under_two_processes(setup):
@@ -217,7 +200,6 @@ def test_the_shifts_experiment_under_two_processes(setup):
     assert _processes(d / "shifts2" / "ex_rm") == _processes(d / "shifts_td2" / "im_rm") == 2  # work shared
 
 
-
 def test_the_hamiltonian_experiment_under_two_processes(setup):
     d = setup[0]
     args = ["hamiltonian", "--vertices", "5", "--edge-prob", "0.3", "--n-train", "8", "--n-test", "4"]
@@ -229,7 +211,6 @@ def test_the_hamiltonian_experiment_under_two_processes(setup):
     assert _processes(d / "ham2" / "im_rm") == 2
     for lm, mass in one["generation_mass"].items():  # the exact mass: graphs shared over the processes
         assert two["generation_mass"][lm]["log10"] == pytest.approx(mass["log10"], rel=1e-9)
-
 
 
 def test_the_mitigations_experiment_under_two_processes(setup):
@@ -246,4 +227,3 @@ def test_the_mitigations_experiment_under_two_processes(setup):
         assert moves == pytest.approx(t["probe"]["moves"], rel=1e-9), name
         for f in ("rewards_original_test.jsonl", "rewards_paraphrased_test.jsonl"):
             assert _rewards(d / "mit2" / name / f) == pytest.approx(_rewards(d / "mit1" / name / f), rel=1e-9)
-

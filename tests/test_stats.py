@@ -18,7 +18,6 @@ def test_pair_outcomes_are_the_accuracy_with_ties_as_half():
     assert out.mean() == pytest.approx(accuracy(rc, rr).half_ties)
 
 
-
 def test_winner_rules_on_constructed_accuracies():
     ex = np.array([1.0] * 40 + [0.0] * 10)  # EX 0.8
     im = np.array([0.0] * 40 + [1.0] * 10)  # IM 0.2: EX's CI lies above 0
@@ -39,7 +38,6 @@ def test_winner_rules_on_constructed_accuracies():
         paired_bootstrap_ci(a, b[:-1])
 
 
-
 def test_paired_bootstrap_ci_covers_the_true_difference_about_95_percent():
     """Synthetic paired outcomes with a known mean difference: the percentile CI should cover it in
     ≈ 95 % of repetitions (binomial slack for 300 repetitions; percentile CIs undercover slightly)."""
@@ -56,7 +54,6 @@ def test_paired_bootstrap_ci_covers_the_true_difference_about_95_percent():
     assert 0.90 <= covered / reps <= 0.985
 
 
-
 def test_pairs_needed_matches_the_normal_approximation():
     d = np.array([1.0, 0.0] * 10 + [0.0] * 5)  # mean 0.4, sd ≈ 0.5
     n = pairs_needed(d)
@@ -65,4 +62,3 @@ def test_pairs_needed_matches_the_normal_approximation():
     # at n* pairs the normal CI half-width equals the mean difference
     assert 1.96 * sd / math.sqrt(n) == pytest.approx(0.4, rel=0.1)
     assert pairs_needed(np.array([1.0, -1.0])) == math.inf
-

@@ -28,12 +28,18 @@ def token_overlap(a, b) -> float:
     return sum((ca & cb).values()) / union if union else 0.0
 
 
-def rewrite_quality(originals: list[str], rewrites: list[str], tokenize: Callable[[str], list]) -> dict:
+def rewrite_quality(
+    originals: list[str], rewrites: list[str], tokenize: Callable[[str], list], *, paired: bool = False
+) -> dict:
     """Surface change of each rewrite from its original (same order, N ≥ 2 responses).
 
     → token_overlap (mean multiset Jaccard), token_overlap_unrelated (each original vs the next one),
     chrf, bleu (sacrebleu, 0–100), length_ratio_chars and length_ratio_tokens (total rewrite length /
     total original length: a few very short originals would dominate a mean of ratios), n.
+    ``paired``: the responses are (chosen, rejected) of consecutive pairs, so "the next one" is the same
+    prompt's other response half the time and another prompt's the other half; the two floors are then
+    also reported apart: token_overlap_unrelated_same_prompt (chosen vs rejected of one pair) and
+    token_overlap_unrelated_other_prompt (a pair's rejected vs the next pair's chosen).
     """
     import sacrebleu
 
@@ -42,11 +48,21 @@ def rewrite_quality(originals: list[str], rewrites: list[str], tokenize: Callabl
     tok_o = [tokenize(t) for t in originals]
     tok_r = [tokenize(t) for t in rewrites]
     shifted = tok_o[1:] + tok_o[:1]
+    floor = [token_overlap(o, u) for o, u in zip(tok_o, shifted, strict=True)]
+    split = {}
+    if paired:
+        if len(originals) % 2:
+            raise ValueError(
+                "paired=True needs (chosen, rejected) of whole pairs: an even number of responses"
+            )
+        split = {
+            "token_overlap_unrelated_same_prompt": float(np.mean(floor[0::2])),
+            "token_overlap_unrelated_other_prompt": float(np.mean(floor[1::2])),
+        }
     return {
+        **split,
         "token_overlap": float(np.mean([token_overlap(o, r) for o, r in zip(tok_o, tok_r, strict=True)])),
-        "token_overlap_unrelated": float(
-            np.mean([token_overlap(o, u) for o, u in zip(tok_o, shifted, strict=True)])
-        ),
+        "token_overlap_unrelated": float(np.mean(floor)),
         "chrf": float(sacrebleu.corpus_chrf(rewrites, [originals]).score),
         "bleu": float(sacrebleu.corpus_bleu(rewrites, [originals]).score),
         "length_ratio_chars": sum(map(len, rewrites)) / sum(map(len, originals)),

@@ -58,7 +58,7 @@ def rewrite_set_quality(name: str, tokenize) -> dict:
     rows = [r for _, r in load_rows(name, "test")]
     originals = [r[k] for r in rows for k in ("orig_chosen", "orig_rejected")]
     rewrites = [r[k] for r in rows for k in ("chosen", "rejected")]
-    return rewrite_quality(originals, rewrites, tokenize)
+    return rewrite_quality(originals, rewrites, tokenize, paired=True)
 
 
 def _line(where: str) -> int | None:
@@ -105,6 +105,18 @@ def flips(cell_ex: dict, cell_im: dict, shift_map: dict, original: str = "ultraf
     return out
 
 
+def training_overlap(train, evaluated) -> dict:
+    """How many evaluated pairs share the prompt, or the prompt and the chosen response, with a
+    training pair (the RewardMATH splits share problems; a shared chosen solution is a seen answer)."""
+    prompts = {p.prompt for p in train}
+    chosen = {(p.prompt, p.chosen) for p in train}
+    return {
+        "n": len(evaluated),
+        "same_prompt": sum(p.prompt in prompts for p in evaluated),
+        "same_prompt_and_chosen": sum((p.prompt, p.chosen) in chosen for p in evaluated),
+    }
+
+
 def mean_by_shift(eval_: dict) -> dict:
     """Mean accuracy of each RM over the sets of each shift type."""
     out = {}
@@ -136,6 +148,7 @@ def analyze(cells: dict, datas: dict, shift_map: dict, objectives, config: dict,
             **comp,
             "n_available": d.n_available.get(name),
             "dropped_too_long": d.dropped_too_long.get(name),
+            "overlap_with_training": training_overlap(d.train, d.eval.get(name, [])),
         }
     cells_by_shift = {t: [e for e in eval_.values() if e["shift"] == t] for t in SHIFT_TYPES}
     flip_rows = flips(cells[seeds[0]][ex], cells[seeds[0]][im], shift_map)

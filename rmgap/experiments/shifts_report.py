@@ -51,6 +51,11 @@ def _fmt_ci(ci) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def _seen(e: dict) -> str:
+    o = e.get("overlap_with_training")
+    return f"{o['same_prompt']} / {o['same_prompt_and_chosen']} of {o['n']}" if o else "–"
+
+
 def table_markdown(res: dict) -> str:
     """table.md: evaluation sets grouped by shift type, win rates, rewrite quality, a few flips."""
     cfg = res["config"]
@@ -65,8 +70,8 @@ def table_markdown(res: dict) -> str:
         "n* = pairs at which the observed Δ would be significant.",
         "",
         "| shift | evaluation set | pairs (kept / dropped > 512) | EX-RM acc | IM-RM acc | EX margin "
-        "| IM margin | Δ (EX − IM) | 95 % CI | winner | plain | n* |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|",
+        "| IM margin | Δ (EX − IM) | 95 % CI | winner | plain | n* | seen in training (prompt / + chosen) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
     for shift in SHIFT_ORDER:
         for name, e in res["eval"].items():
@@ -77,7 +82,7 @@ def table_markdown(res: dict) -> str:
                 f"| {shift} | {name} | {kept} | {e['ex_rm']['accuracy']:.3f} | {e['im_rm']['accuracy']:.3f} "
                 f"| {e['ex_rm']['normalized_abs_margin']:.3f} | {e['im_rm']['normalized_abs_margin']:.3f} "
                 f"| {e['diff']:+.3f} | {_fmt_ci(e['diff_ci95'])} | {e['winner']} | {e['winner_plain']} "
-                f"| {e['pairs_needed']} |"
+                f"| {e['pairs_needed']} | {_seen(e)} |"
             )
     lines += ["", "## Win rates (fraction of evaluation sets)", ""]
     lines += ["| shift | rule | EX-RM wins | tie | IM-RM wins | sets |", "|---|---|---:|---:|---:|---:|"]
@@ -97,12 +102,21 @@ def table_markdown(res: dict) -> str:
     ]
     lines += ["## Rewrite quality (all pairs of each rewrite test set, both responses, vs the originals)", ""]
     lines += [
-        "| set | token overlap | unrelated-text overlap | chrF | BLEU | length ratio (chars) | (tokens) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| set | token overlap | unrelated-text overlap: mixed / same prompt / other prompt | chrF | BLEU "
+        "| length ratio (chars) | (tokens) |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for name, q in res["rewrite_quality"].items():
+        floors = " / ".join(
+            f"{q[k]:.3f}" if k in q else "–"
+            for k in (
+                "token_overlap_unrelated",
+                "token_overlap_unrelated_same_prompt",
+                "token_overlap_unrelated_other_prompt",
+            )
+        )
         lines.append(
-            f"| {name} | {q['token_overlap']:.3f} | {q['token_overlap_unrelated']:.3f} | {q['chrf']:.1f} "
+            f"| {name} | {q['token_overlap']:.3f} | {floors} | {q['chrf']:.1f} "
             f"| {q['bleu']:.1f} | {q['length_ratio_chars']:.2f} | {q['length_ratio_tokens']:.2f} |"
         )
     fl = res["flips"]

@@ -20,7 +20,6 @@ def test_a_broken_row_is_one_line_naming_file_and_line(tmp_path):
     assert "Traceback" not in err + out
 
 
-
 def test_non_utf8_and_missing_files_are_one_line(tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'.encode("latin-1"))
@@ -31,7 +30,6 @@ def test_non_utf8_and_missing_files_are_one_line(tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
-
 def test_debug_shows_the_traceback(tmp_path):
     broken = tmp_path / "b.jsonl"
     broken.write_text("{not json\n")
@@ -39,7 +37,6 @@ def test_debug_shows_the_traceback(tmp_path):
     assert code != 0 and "Traceback" in err and "DataError" in err
     code, _, err = run_rmgap("train", "--train", str(broken), env={"RMGAP_DEBUG": "1"})
     assert "Traceback" in err
-
 
 
 def test_run_command_tells_input_errors_from_bugs(capsys):
@@ -58,12 +55,10 @@ def test_run_command_tells_input_errors_from_bugs(capsys):
         run_command("train", bug, ["--debug"])
 
 
-
 def test_rmgap_data_lists_the_datasets(capsys):
     assert main(["data"]) == 0
     out = capsys.readouterr().out
     assert "ultrafeedback_french" in out and "CC-BY-4.0" in out and " 2000 " in out
-
 
 
 def test_import_theory_does_not_need_cvxpy():
@@ -79,7 +74,6 @@ def test_import_theory_does_not_need_cvxpy():
     assert p.stdout.split() == ["0.6666666666666667", "needs", "cvxpy"]
 
 
-
 def test_commands_that_run_in_one_process_refuse_several(monkeypatch, capsys):
     from rmgap.cli import main
 
@@ -87,4 +81,3 @@ def test_commands_that_run_in_one_process_refuse_several(monkeypatch, capsys):
     assert main(["probe", "persona"]) == 2
     err = capsys.readouterr().err
     assert "rmgap probe: error: runs in one process" in err and "mitigations" in err
-

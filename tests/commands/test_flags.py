@@ -10,4 +10,3 @@ def test_unnamed_evaluation_sets_keep_distinct_names():
     assert named_set("ultrafeedback/test", "--eval-set") == ("ultrafeedback_test", "ultrafeedback/test")
     assert named_set("data/test.jsonl", "--eval") == ("test", "data/test.jsonl")
     assert named_set("fr=ultrafeedback_french/test", "--eval-set") == ("fr", "ultrafeedback_french/test")
-

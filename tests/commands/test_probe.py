@@ -34,13 +34,11 @@ def test_probe_cli_writes_report(tmp_path):
     )
 
 
-
 def test_the_probe_refuses_sdpa(capsys):
     from rmgap.cli import main as rmgap_main
 
     assert rmgap_main(["probe", "persona", "--attention", "sdpa"]) == 2
     assert "forward-mode" in capsys.readouterr().err
-
 
 
 def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, capsys):
@@ -58,4 +56,3 @@ def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 6))
     assert main(["probe", "persona", "--device", "cuda", "--dtype", "float64"]) == 2
     assert "use --dtype float32" in capsys.readouterr().err
-

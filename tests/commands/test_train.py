@@ -23,4 +23,3 @@ def test_the_precision_check_command_prints_and_writes_its_numbers(tmp_path, cap
     assert saved["mixed_reference"]["mean_abs_margin"] == res["mixed_reference"]["mean_abs_margin"] > 0
     assert "rmgap train" in saved["command"] and not (out / "checkpoint.pt").exists()  # nothing trained
     assert "mixed_reference" in capsys.readouterr().out
-

@@ -27,3 +27,15 @@ def test_rewrite_quality_on_known_strings():
     assert other["length_ratio_tokens"] == pytest.approx(18 / 16)
     with pytest.raises(ValueError, match="need"):
         rewrite_quality(orig[:1], orig[:1], str.split)
+
+
+def test_the_unrelated_floor_split_by_whether_the_other_response_answers_the_same_prompt():
+    # pairs (chosen, rejected): each pair's two responses share 1 of 3 words, different pairs none
+    orig = ["a b c", "a d e", "x y z", "x v w"]
+    q = rewrite_quality(orig, list(orig), str.split, paired=True)
+    assert q["token_overlap_unrelated_same_prompt"] == pytest.approx(1 / 5)  # a|b c d e, x|y z v w
+    assert q["token_overlap_unrelated_other_prompt"] == 0.0  # "a d e" vs "x y z", "x v w" vs "a b c"
+    assert q["token_overlap_unrelated"] == pytest.approx(1 / 10)  # their mean: the mixed floor
+    assert "token_overlap_unrelated_same_prompt" not in rewrite_quality(orig, orig, str.split)
+    with pytest.raises(ValueError, match="whole pairs"):
+        rewrite_quality(orig[:3], orig[:3], str.split, paired=True)

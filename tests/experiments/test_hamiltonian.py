@@ -43,7 +43,6 @@ def test_hamiltonian_end_to_end(tmp_path):
     assert main(["--report", str(out)])["mass_vs_reference"] == vs and (out / "table.md").exists()
 
 
-
 def test_bad_settings_are_one_line_errors(capsys):
     from rmgap.cli import main
 
@@ -51,4 +50,3 @@ def test_bad_settings_are_one_line_errors(capsys):
     assert "between 3 and 10" in capsys.readouterr().err
     assert main(["hamiltonian", "--edge-prob", "1.5", "--quiet"]) == 2
     assert "--edge-prob" in capsys.readouterr().err
-

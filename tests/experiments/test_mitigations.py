@@ -37,7 +37,6 @@ PERSONA_WORDS = tuple(
 )
 
 
-
 def test_rmgap_mitigations_end_to_end(tmp_path):
     topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
     rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
@@ -78,4 +77,3 @@ def test_rmgap_mitigations_end_to_end(tmp_path):
     # --resume reads the finished mitigations back instead of training them again
     again = exp.main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished mitigation was rerun"))
     assert again["mitigations"]["none"]["original"] == res["mitigations"]["none"]["original"]
-

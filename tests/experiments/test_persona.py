@@ -44,4 +44,3 @@ def test_persona_data_and_table():
     assert "| paraphrased | test | 0.700 | 0.700 |" in table_markdown(t, "h")
     with pytest.raises(DataError, match="need 2000"):
         persona_data(n_train=1000, n_test=1000)
-

@@ -15,9 +15,7 @@ from tests.conftest import make_tiny_lm, write_shift_datasets
 N_ROWS = 12
 
 
-
 LONG = 6  # max_part_length used below: responses of more words are dropped
-
 
 
 @pytest.fixture
@@ -28,7 +26,6 @@ def data_root(tmp_path, monkeypatch):
     return root
 
 
-
 PRESET = {
     "train": dict(epochs=1, lr=1e-2, batch_size=4, micro_batch=2, beta=0.1),
     "n_train": {"ultrafeedback": 8, "rewardmath": 2},
@@ -37,13 +34,11 @@ PRESET = {
 }
 
 
-
 def _run(out, *extra):
     return shifts.main(
         ["--out", str(out), "--quiet", "--n-boot", "200", *extra],
         lm_factory=lambda: make_tiny_lm(max_positions=128),
     )
-
 
 
 def test_split_and_drop_rule(data_root):
@@ -65,7 +60,6 @@ def test_split_and_drop_rule(data_root):
     assert d.eval["train_subset"] == d.train[:5]
     other = shifts.shift_data(tok, "ultrafeedback", PRESET, seed=1, max_length=None)
     assert [p.where for p in other.eval["rewardmath"]] != [p.where for p in d.eval["rewardmath"]]
-
 
 
 def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeypatch):
@@ -137,7 +131,6 @@ def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeyp
     assert "against the plain IM-RM" in (out3 / "table.md").read_text()
 
 
-
 def test_seeds_aggregate(data_root, tmp_path, monkeypatch):
     monkeypatch.setitem(shifts.PRESETS, "cpu", PRESET)
     res = _run(tmp_path / "s", "--seeds", "0,1", "--objectives", "ex_rm,im_rm")
@@ -145,7 +138,6 @@ def test_seeds_aggregate(data_root, tmp_path, monkeypatch):
     assert len(e["ex_rm"]["accuracy_per_seed"]) == 2
     assert e["ex_rm"]["accuracy"] == pytest.approx(np.mean(e["ex_rm"]["accuracy_per_seed"]))
     assert (tmp_path / "s" / "seed1" / "im_rm" / "summary.json").exists()
-
 
 
 def test_bad_input_is_one_line(data_root, tmp_path, capsys):
@@ -161,4 +153,3 @@ def test_bad_input_is_one_line(data_root, tmp_path, capsys):
     assert "rejected" in err[-1]
     code = run_command("shifts", tiny, ["--combine", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")])
     assert code == 2 and "no results.json" in capsys.readouterr().err
-

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from lm_probes.data.pairs import Pair
 from rmgap.experiments import shifts_analysis, shifts_report
 
 N = 60
@@ -37,7 +38,11 @@ def _analyze():
             "tokens": {},
             "summary": {"model": {"model": "m"}, "seconds": 1.0},
         }
-    data = SimpleNamespace(n_available={}, dropped_too_long={})
+    seen = Pair(
+        "p0", "c0", "r0"
+    )  # a training pair; two evaluated math pairs share its prompt, one its chosen
+    math = [Pair("p0", "c0", "r9"), Pair("p0", "c5", "r0"), Pair("p7", "c0", "r0")]
+    data = SimpleNamespace(n_available={}, dropped_too_long={}, train=[seen], eval={"rewardbench_math": math})
     shift_map = {name: v[0] for name, v in SETS.items()}
     return shifts_analysis.analyze(
         cells, {0: data}, shift_map, ("ex_rm", "im_rm"), {}, n_boot=2000, tokenize=lambda t: t.split()
@@ -59,6 +64,17 @@ def test_ci_and_plain_winners_and_their_rates_are_counted_from_their_own_rule():
         {"ex_rm": 1.0, "im_rm": 0.0, "tie": 0.0, "n": 2}
     )
     assert res["win_rate"]["domain"] == pytest.approx({"ex_rm": 0.0, "im_rm": 0.5, "tie": 0.5, "n": 2})
+
+
+def test_the_overlap_of_evaluated_and_training_pairs_is_counted():
+    res = _analyze()
+    assert res["eval"]["rewardbench_math"]["overlap_with_training"] == {
+        "n": 3,
+        "same_prompt": 2,
+        "same_prompt_and_chosen": 1,
+    }
+    assert res["eval"]["rewardbench_code"]["overlap_with_training"]["n"] == 0
+    assert shifts_report._seen(res["eval"]["rewardbench_math"]) == "2 / 1 of 3"
 
 
 def test_mean_accuracy_by_shift_is_a_mean_not_a_max():

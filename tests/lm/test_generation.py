@@ -43,4 +43,3 @@ def test_generation_is_reproducible_and_its_logprob_is_the_scoring_paths():
     for _ in range(3):
         ids.append(int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy.token_ids == tuple(ids[-3:]) or greedy.stopped == "eos"
-

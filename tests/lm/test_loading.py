@@ -14,4 +14,3 @@ def test_untie_output_head_copies_the_embedding():
     head, emb = lm.model.get_output_embeddings().weight, lm.model.get_input_embeddings().weight
     assert head.data_ptr() != emb.data_ptr() and torch.equal(head, emb)
     assert not untie_output_head(lm.model)
-

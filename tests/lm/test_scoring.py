@@ -23,18 +23,15 @@ def test_encode_concatenates_separate_tokenisations_and_flags_merges(tiny_lm):
     assert e2.boundary_merged
 
 
-
 @pytest.mark.parametrize("response,match", [("", "empty response"), ("   ", "empty response")])
 def test_encode_rejects_empty_responses_naming_the_row(tiny_lm, response, match):
     with pytest.raises(ScoringError, match=f"data.jsonl:7: {match}"):
         encode(tiny_lm.tokenizer, "i like people", response, where="data.jsonl:7")
 
 
-
 def test_encode_refuses_sequences_longer_than_the_context(tiny_lm):
     with pytest.raises(ScoringError, match="exceeds the model's context of 64 tokens"):
         encode(tiny_lm.tokenizer, "i like people " * 30, "yes", max_length=64, where="row 3")
-
 
 
 def test_extracted_states_reproduce_the_model(tiny_lm):
@@ -51,7 +48,6 @@ def test_extracted_states_reproduce_the_model(tiny_lm):
         assert np.isclose(s.logprob, lp.item(), rtol=1e-12)
 
 
-
 def test_our_attention_is_causal_and_matches_transformers_eager(tiny_lm):
     """Regression: a custom attention needs its causal-mask builder registered, or it sees the future."""
     ids = torch.tensor([[2, 5, 6, 7, 3, 8, 9]])
@@ -62,7 +58,6 @@ def test_our_attention_is_causal_and_matches_transformers_eager(tiny_lm):
         ref = tiny_lm.model(ids).logits
     assert torch.allclose(prefix[0, -1], ours[0, 3], atol=1e-12)  # the future does not leak back
     assert torch.allclose(ours, ref, atol=1e-6)  # transformers' eager takes its softmax in float32
-
 
 
 def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
@@ -84,7 +79,6 @@ def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
         assert torch.allclose(sc.logprob[i], lp, atol=1e-12)
         assert torch.allclose(sc.pred_hidden[i], hidden[i, P - 1 : P - 1 + k], atol=1e-12)
         assert torch.allclose(sc.last_hidden[i], hidden[i, P + k - 1], atol=1e-12)
-
 
 
 def test_uneven_batches_are_split_by_length_with_the_same_numbers(tiny_lm):
@@ -117,7 +111,6 @@ def test_uneven_batches_are_split_by_length_with_the_same_numbers(tiny_lm):
         assert int(split.n_tokens[i]) == encs[i].response_len
 
 
-
 def test_head_check_catches_logit_post_processing(tiny_lm):
     model = tiny_lm.model
     enc = [encode(tiny_lm.tokenizer, "i like people", "a truthful reply is yes")]
@@ -131,7 +124,6 @@ def test_head_check_catches_logit_post_processing(tiny_lm):
     model.forward = capped
     with pytest.raises(HeadMismatchError, match="fixed-state dynamics"):
         extract_states(model, enc, pad_id_of(tiny_lm.tokenizer))
-
 
 
 def test_sdpa_attention_scores_like_the_eager_one():
@@ -149,4 +141,3 @@ def test_sdpa_attention_scores_like_the_eager_one():
     fused = score(lm.model, encs, pad_id_of(lm.tokenizer), mode="whole")
     torch.testing.assert_close(fused.logprob, eager.logprob, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fused.last_hidden, eager.last_hidden, rtol=1e-10, atol=1e-10)
-

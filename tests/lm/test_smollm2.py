@@ -20,7 +20,6 @@ def smol64():
     return load_lm("smollm2", dtype="float64")
 
 
-
 def test_loads_with_provenance_and_a_tied_head(smol64):
     info = smol64.info
     assert info["model"] == "SmolLM2-135M-Instruct" and len(info["file_sha256"]) == 64
@@ -29,14 +28,12 @@ def test_loads_with_provenance_and_a_tied_head(smol64):
     assert smol64.dtype == torch.float64
 
 
-
 def test_head_reproduces_logits_and_chat_template_is_used(smol64):
     enc = encode(smol64.tokenizer, "Is the sky blue?", "A truthful reply is yes", where="t")
     prompt = smol64.tokenizer.decode(list(enc.input_ids[: enc.prompt_len]))
     assert "<|im_start|>user" in prompt and prompt.rstrip().endswith("assistant")
     (s,) = extract_states(smol64.model, [enc], pad_id_of(smol64.tokenizer))  # runs check_head
     assert s.states.n_tokens == enc.response_len and np.isfinite(s.logprob)
-
 
 
 def test_persona_probe_float64_small_eta(smol64):
@@ -50,7 +47,6 @@ def test_persona_probe_float64_small_eta(smol64):
     # the paper's mechanism, all parameters: paraphrases barely move the IM-RM, the originals do
     assert abs(g["paraphrase"]["im_rm"]["full"]) < 0.1 * abs(g["same"]["im_rm"]["full"])
     assert g["same"]["im_rm"]["full"] > 0 and g["same"]["ex_rm"]["full"] > 0
-
 
 
 def test_untrained_im_rm_ties_exactly_on_smollm2():
@@ -71,4 +67,3 @@ def test_untrained_im_rm_ties_exactly_on_smollm2():
     ).summary
     for name in ev:
         assert s["history"][0][name]["rewards/tie_rate"] == 1.0, name
-

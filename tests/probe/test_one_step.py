@@ -22,7 +22,6 @@ def test_probe_head_only_predictions_match_a_real_step(tiny_probe):
     assert {"fixed_state", "head_only", "first_order", "full"} <= set(s["groups"]["same"]["im_rm"])
 
 
-
 def test_probe_first_order_error_shrinks_with_eta():
     lm = make_tiny_lm()
     errs = [
@@ -32,7 +31,6 @@ def test_probe_first_order_error_shrinks_with_eta():
         for lr in (1e-3, 1e-4)
     ]
     assert 5 < errs[0] / errs[1] < 20, errs
-
 
 
 def test_probe_restores_the_model(tiny_probe):
@@ -45,10 +43,8 @@ def test_probe_restores_the_model(tiny_probe):
     assert out.data_ptr() == inp.data_ptr()  # still tied
 
 
-
 def test_contributions_sum_to_the_fixed_state_prediction(tiny_probe):
     for c, r in zip(tiny_probe["contributions"], tiny_probe["records"], strict=True):
         total = sum(np.sum(t["plus"]) - np.sum(t["minus"]) for t in c["im_rm"])
         assert np.isclose(total, r["im_rm_fixed_state"], rtol=1e-10, atol=1e-300)
         assert c["group"] == r["group"] and c["response"] == r["response"]
-

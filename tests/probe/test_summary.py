@@ -13,7 +13,6 @@ def test_compare_metrics():
     assert np.isclose(c["median_rel_error"], np.median([0.1 / 1.1, 0.0, 0.3 / 2.7, 0.4 / 4.4]))
 
 
-
 def test_by_response_pair_recomputes_from_records(tiny_probe):
     """The per-response-pair breakdown equals the mean over its prompts, computed here from records."""
     s, recs = tiny_probe["summary"], tiny_probe["records"]
@@ -24,4 +23,3 @@ def test_by_response_pair_recomputes_from_records(tiny_probe):
         d = [a[f"{name}_full"] - b[f"{name}_full"] for a, b in pairs]
         assert np.isclose(row[name]["full"]["mean"], np.mean(d), rtol=1e-12)
         assert row[name]["full"]["fraction_right"] == np.mean(np.array(d) > 0)
-

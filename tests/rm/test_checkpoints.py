@@ -16,4 +16,3 @@ def test_same_config_counts_options_added_since_at_their_defaults():
     assert same_config(recorded, cfg)
     assert not same_config(recorded, TrainConfig(objective="im_rm", lr=1e-5, token_dropout=0.3))
     assert not same_config({**recorded, "lr": 1e-6}, cfg)
-

@@ -45,4 +45,3 @@ def test_pooled_evaluation_equals_pair_by_pair_scoring_and_token_rewards_sum_to_
         sums = np.array([[tc.sum(), tr.sum()] for tc, tr in after[s].token_rewards])
         np.testing.assert_allclose(sums, after[s].rewards, rtol=1e-9, atol=1e-12)
         assert np.abs(after[s].rewards).max() > 1e-4
-

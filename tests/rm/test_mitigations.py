@@ -28,14 +28,11 @@ from tests.conftest import REWRITE_TRAIN, make_tiny_lm
 EVAL = {"orig": REWRITE_TRAIN[:2]}
 
 
-
 SMALL = dict(epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
-
 
 
 def encodings(lm, pairs):
     return [e for pr in encode_pairs(lm.tokenizer, pairs).encodings for e in pr]
-
 
 
 def nudge(model, scale=0.05, seed=1):
@@ -46,10 +43,8 @@ def nudge(model, scale=0.05, seed=1):
             p += scale * torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
-
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
-
 
 
 def test_token_dropout_is_unbiased_over_every_mask():
@@ -60,7 +55,6 @@ def test_token_dropout_is_unbiased_over_every_mask():
         expected += prob * token_dropout_reward(terms, torch.tensor(bits), p)
     assert float(expected) == pytest.approx(float(terms.sum()), rel=1e-12)
     assert float(token_dropout_reward(terms, torch.ones(4, dtype=torch.bool), 0.0)) == float(terms.sum())
-
 
 
 def test_training_rewards_with_token_dropout_use_the_seeded_masks():
@@ -84,7 +78,6 @@ def test_training_rewards_with_token_dropout_use_the_seeded_masks():
     )
 
 
-
 @pytest.mark.parametrize("what", ["unembedding", "representations"])
 def test_frozen_parameters_do_not_move(what):
     lm = make_tiny_lm(tie=True)
@@ -99,7 +92,6 @@ def test_frozen_parameters_do_not_move(what):
         assert torch.equal(head, w0) and "model.embed_tokens.weight" in moved and len(moved) == len(body)
     else:
         assert not torch.equal(head, w0) and not moved
-
 
 
 def test_unembedding_penalty_pulls_toward_the_initial_head():
@@ -125,7 +117,6 @@ def test_unembedding_penalty_pulls_toward_the_initial_head():
     assert distance(1e3) < 0.5 * distance(0.0)
 
 
-
 def test_consistency_term_of_the_batch_loss():
     lm = make_tiny_lm()
     rm = RewardModel(lm, TrainConfig(objective="im_rm", consistency=0.7, beta=0.1))
@@ -144,7 +135,6 @@ def test_consistency_term_of_the_batch_loss():
     assert torch.allclose(consistency_penalty(r[:2], r[:2]), torch.zeros(1, dtype=r.dtype))
 
 
-
 @pytest.mark.parametrize("objective", ["im_rm_mean", "im_rm_mean_no_ref"])
 def test_length_normalised_reward_is_the_mean_log_ratio(objective):
     lm = make_tiny_lm()
@@ -160,7 +150,6 @@ def test_length_normalised_reward_is_the_mean_log_ratio(objective):
     assert torch.allclose(r, torch.stack([0.1 * (t - q).mean() for t, q in zip(tok, ref, strict=True)]))
 
 
-
 def test_hybrid_is_the_sum_of_the_explicit_and_the_implicit_reward():
     lm = make_tiny_lm()
     rms = {
@@ -173,7 +162,6 @@ def test_hybrid_is_the_sum_of_the_explicit_and_the_implicit_reward():
     with torch.no_grad():
         r = {o: rm.rewards(encs) for o, rm in rms.items()}
     assert torch.allclose(r["hybrid"], r["ex_rm"] + r["im_rm"])
-
 
 
 def test_augmentation_never_trains_on_the_evaluation_paraphrases():
@@ -195,7 +183,6 @@ def test_augmentation_never_trains_on_the_evaluation_paraphrases():
     assert {p.chosen.rsplit(" ", 1)[0] for p in train[len(data["train"]) :]} == {persona.AUG_YES_PREFIX}
 
 
-
 def test_options_that_cannot_apply_are_refused():
     with pytest.raises(ValueError, match="token_dropout"):
         TrainConfig(objective="ex_rm", token_dropout=0.2).check()
@@ -208,4 +195,3 @@ def test_options_that_cannot_apply_are_refused():
             EVAL,
             TrainConfig(consistency=1.0, **SMALL),
         )
-

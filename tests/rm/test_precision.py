@@ -21,7 +21,6 @@ def test_precision_check_shows_the_mixed_reference_effect():
     )
 
 
-
 def test_bf16_training_keeps_the_implicit_rewards_at_zero_before_training():
     from accelerate.state import AcceleratorState
 
@@ -40,4 +39,3 @@ def test_bf16_training_keeps_the_implicit_rewards_at_zero_before_training():
         and res["history"][0]["orig"]["rewards/chosen"] == 0.0
     )
     assert res["history"][1]["orig"]["rewards/margins"] != 0.0  # and training moved them
-

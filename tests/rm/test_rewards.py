@@ -24,13 +24,11 @@ PAIRS = [
 ]
 
 
-
 EVALS = [
     Pair("you would say", "a truthful reply is yes", "considering the statement , i say no", "same", "e0"),
     Pair("you would say", "my response would be absolutely", "i lean toward not really", "para", "e0"),
     Pair("people matters", "a truthful reply is sure", "considering the statement , i say never", "ov", "e1"),
 ]
-
 
 
 def independent(model, encs):
@@ -49,7 +47,6 @@ def independent(model, encs):
     return np.array(lps), np.stack(last), np.stack(mean)
 
 
-
 @pytest.fixture
 def toy_type():
     """A new reward type in one entry: the implicit reward squashed by tanh."""
@@ -63,7 +60,6 @@ def toy_type():
     )
     yield rt
     REWARDS.pop(rt.name)
-
 
 
 def test_registry_rewards_equal_theory_rewards_on_a_tiny_model():
@@ -91,7 +87,6 @@ def test_registry_rewards_equal_theory_rewards_on_a_tiny_model():
         assert np.ptp(w) > 1e-3, name  # the comparison is not between zeros
 
 
-
 def test_registry_loss_is_theorys_bradley_terry():
     rc, rr = np.array([0.3, -1.0, 2.0, 0.0]), np.array([0.1, 0.5, -3.0, 0.0])
     got = bradley_terry(torch.tensor(rc), torch.tensor(rr)).numpy()
@@ -99,13 +94,11 @@ def test_registry_loss_is_theorys_bradley_terry():
     assert all(rt.loss is bradley_terry for rt in REWARDS.values() if rt.loss_input is None)
 
 
-
 def test_initial_head_is_the_same_in_every_dtype():
     u64 = initial_head(64, seed=7, dtype=torch.float64)
     assert torch.equal(initial_head(64, seed=7, dtype=torch.float32), u64.float())
     assert not torch.equal(initial_head(64, seed=8, dtype=torch.float64), u64)
     assert abs(float(u64.pow(2).sum()) - 1.0) < 0.5  # N(0, 1/D) entries: ‖u0‖ ≈ 1
-
 
 
 def test_training_and_the_probe_give_the_same_reward_for_the_same_weights():
@@ -121,7 +114,6 @@ def test_training_and_the_probe_give_the_same_reward_for_the_same_weights():
         probe_side = np.array([r[f"{name}_reward"] for r in res["records"]])
         np.testing.assert_allclose(probe_side, trained_side, rtol=1e-9, atol=1e-12, err_msg=name)
     assert np.ptp([r["ex_rm_reward"] for r in res["records"]]) > 1e-3
-
 
 
 def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
@@ -149,7 +141,6 @@ def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
     assert train_main([*argv, "--quiet"], lm=make_tiny_lm())["config"]["objective"] == "toy_im_tanh"
 
 
-
 def test_registry_refuses_inconsistent_entries():
     with pytest.raises(ValueError, match="already registered"):
         register(REWARDS["im_rm"])
@@ -157,7 +148,6 @@ def test_registry_refuses_inconsistent_entries():
         RewardType(
             "bad", "", lambda sc, p: sc.logprob, fixed_state=lambda *a, **k: 0, fixed_state_moves="head"
         )
-
 
 
 def test_ex_grm_reward_and_loss_by_hand():
@@ -199,7 +189,6 @@ def test_ex_grm_reward_and_loss_by_hand():
         RewardModel(make_tiny_lm(), TrainConfig(objective="ex_grm"))
 
 
-
 def test_the_probe_supports_the_ex_grm():
     """The probe scores the EX-GRM on its own verification prompts: its θ0 rewards equal training's,
     and the exact first-order change predicts one real all-parameter step."""
@@ -216,4 +205,3 @@ def test_the_probe_supports_the_ex_grm():
     np.testing.assert_allclose([r["ex_grm_reward"] for r in res["records"]], trained_side, rtol=1e-9)
     full = res["summary"]["full"]["ex_grm"]
     assert full["pearson_first_order"] > 0.999 and "fixed_state" not in full
-

@@ -45,7 +45,6 @@ def test_every_objective_fits_its_training_pairs(objective, tmp_path):
     assert (tmp_path / "learning_curves.png").exists()
 
 
-
 def test_untrained_im_rm_ties_everywhere():
     rm = RewardModel(make_tiny_lm(), TrainConfig(objective="im_rm"))
     encs = [e for pr in encode_pairs(rm.lm.tokenizer, TRAIN).encodings for e in pr]
@@ -53,7 +52,6 @@ def test_untrained_im_rm_ties_everywhere():
     with torch.no_grad():
         r = rm.rewards(encs)
     assert torch.count_nonzero(r) == 0  # π_θ = π_ref: every reward is exactly 0
-
 
 
 def test_untrained_im_rm_ties_in_evaluation():
@@ -71,7 +69,6 @@ def test_untrained_im_rm_ties_in_evaluation():
     s = train_reward_model(lm, TRAIN, many, TrainConfig(objective="im_rm", epochs=0, progress=False)).summary
     h0 = s["history"][0]["orig"]
     assert h0["rewards/tie_rate"] == 1.0 and h0["rewards/accuracies"] == 0.5 and h0["rewards/margins"] == 0.0
-
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
@@ -92,7 +89,6 @@ def test_resume_continues_where_it_stopped(tmp_path):
     train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part)
     resumed = train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, part, resume=True).summary
     assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
-
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -120,7 +116,6 @@ def test_a_resumed_run_takes_its_reference_tables_from_the_checkpoint(tmp_path, 
         train_reward_model(make_tiny_lm(), TRAIN, other, replace(cfg, epochs=3), tmp_path, resume=True)
 
 
-
 def test_a_run_stopped_during_its_last_evaluation_resumes_without_retraining(tmp_path, monkeypatch):
     import lm_probes.rm.trainer as train_mod
 
@@ -144,7 +139,6 @@ def test_a_run_stopped_during_its_last_evaluation_resumes_without_retraining(tmp
     assert np.isclose(resumed["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
 
 
-
 def test_too_long_and_identical_pairs_are_dropped_and_reported():
     lm = make_tiny_lm()
     long_pair = Pair("i like people " * 30, "yes", "no", "train", "long.jsonl:3")
@@ -154,7 +148,6 @@ def test_too_long_and_identical_pairs_are_dropped_and_reported():
     dropped = s["dropped"]["train"]
     assert s["n_train_pairs"] == 4 and len(dropped["too_long"]) == 1 and len(dropped["identical"]) == 1
     assert "long.jsonl:3" in dropped["too_long"][0] and "same.jsonl:5" in dropped["identical"][0]
-
 
 
 def test_nan_loss_is_a_clear_error():
@@ -168,4 +161,3 @@ def test_nan_loss_is_a_clear_error():
             EVAL,
             TrainConfig(objective="ex_rm", epochs=1, batch_size=4, micro_batch=2, progress=False),
         )
-

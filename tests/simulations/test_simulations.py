@@ -14,12 +14,10 @@ def single(tmp_path_factory):
     return single_token.main(["--quick", "--out-dir", str(out)]), out
 
 
-
 @pytest.fixture(scope="module")
 def overlap(tmp_path_factory):
     out = tmp_path_factory.mktemp("token_overlap")
     return token_overlap.main(["--quick", "--out-dir", str(out)]), out
-
 
 
 def test_single_token_writes_figure_and_json_with_required_keys(single):
@@ -41,7 +39,6 @@ def test_single_token_writes_figure_and_json_with_required_keys(single):
     assert on_disk["config"]["seed"] == 0
 
 
-
 def test_im_rm_ties_exactly_on_unseen_tokens(single):
     s, _ = single
     assert s["im"]["train_accuracy"] == 1.0
@@ -52,7 +49,6 @@ def test_im_rm_ties_exactly_on_unseen_tokens(single):
     assert all(r["im_unseen_accuracy_half_ties"] == 0.5 for r in s["sweep"])
 
 
-
 def test_ex_rm_follows_max_margin_and_meaning(single):
     s, _ = single
     assert s["ex"]["train_accuracy"] == 1.0
@@ -61,7 +57,6 @@ def test_ex_rm_follows_max_margin_and_meaning(single):
     sweep = {r["signal"]: r for r in s["sweep"]}
     assert abs(sweep[0.0]["ex_unseen_accuracy"] - 0.5) < 0.2  # no meaning in the states: chance
     assert sweep[max(sweep)]["ex_unseen_accuracy"] > 0.95  # strong meaning: generalises
-
 
 
 def test_token_overlap_predictions_match_the_actual_step(overlap):
@@ -80,7 +75,6 @@ def test_token_overlap_predictions_match_the_actual_step(overlap):
     assert errs[1] < 1e-3 and 7 < errs[0] / errs[1] < 13  # O(η)
 
 
-
 def test_im_rm_tracks_tokens_and_ex_rm_tracks_meaning(overlap):
     s, _ = overlap
     pa = s["paraphrase"]
@@ -97,7 +91,6 @@ def test_im_rm_tracks_tokens_and_ex_rm_tracks_meaning(overlap):
     assert closest["ex_relative_change"] > 0.5 and closest["im_relative_change"] < 0
 
 
-
 def test_generation_verification_verifies_without_generating(tmp_path):
     s = generation_verification.main(["--quick", "--out-dir", str(tmp_path)])
     assert (tmp_path / "generation_verification.png").exists()
@@ -107,7 +100,6 @@ def test_generation_verification_verifies_without_generating(tmp_path):
     # Theorem 1's construction: exact verifier, generation mass τ(p) ≤ e·p
     assert s["tilt"]["mean_correct_mass"] <= s["tilt"]["mean_bound"] * (1 + 1e-9)
     assert s["tilt"]["mean_correct_mass"] < 0.01
-
 
 
 def test_is_cycle_against_brute_force():
@@ -127,4 +119,3 @@ def test_is_cycle_against_brute_force():
         cycles = hamiltonian_cycles(a)
         assert len(cycles) > 0 and len(cycles) % 10 == 0 and is_hamiltonian_cycle(a, cycles).all()
         assert np.all(a == a.T) and not np.any(np.diag(a))
-

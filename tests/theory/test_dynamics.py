@@ -30,14 +30,12 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-
 def rho_one_hot(tb, lb, t, lg):
     """ρ_{k,l} = ⟨e_{ȳ_k} − p_k, e_{v_l} − q_l⟩ straight from the definition (dense one-hots)."""
     V = lb.shape[1]
     a = np.eye(V)[tb] - softmax(lb)
     b = np.eye(V)[t] - softmax(lg)
     return a @ b.T
-
 
 
 @st.composite
@@ -56,11 +54,9 @@ def rho_case(draw, max_v=12):
     return tb, scale * rng.normal(size=(K, V)), t, scale * rng.normal(size=(L, V))
 
 
-
 def make_model(V=40, D=7, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(V, D)) / np.sqrt(D), rng
-
 
 
 def states(W, rng, K, tokens=None, scale=1.0):
@@ -69,18 +65,15 @@ def states(W, rng, K, tokens=None, scale=1.0):
     return TokenStates(t, h, h @ W.T)
 
 
-
 def torch_logprob(W, s: TokenStates):
     h = torch.as_tensor(s.hidden)
     return torch.log_softmax(h @ W.T, dim=-1)[torch.arange(s.n_tokens), torch.as_tensor(s.tokens)].sum()
-
 
 
 def torch_grad(W_np, s):
     W = torch.tensor(W_np, requires_grad=True)
     (g,) = torch.autograd.grad(torch_logprob(W, s), W)
     return g.numpy()
-
 
 
 def _im_step_errors(etas, seed=5):
@@ -116,14 +109,12 @@ def _im_step_errors(etas, seed=5):
     return np.array(errs)
 
 
-
 @settings(max_examples=200, deadline=None)
 @given(rho_case(), st.sampled_from([None, 1, 3]))
 def test_rho_closed_form_equals_one_hot_definition(case, chunk):
     tb, lb, t, lg = case
     got = rho(tb, lb, t, lg, vocab_chunk=chunk)
     np.testing.assert_allclose(got, rho_one_hot(tb, lb, t, lg), rtol=0, atol=1e-12)
-
 
 
 @settings(max_examples=200, deadline=None)
@@ -140,7 +131,6 @@ def test_rho_bounds_and_overlap_lower_bound(case):
                 assert r[k, j] >= (1 - p[k, a]) * (1 - q[j, a]) - 1e-12
 
 
-
 def test_rho_can_be_negative_for_distinct_tokens():
     # Both positions put most mass on token 0; evaluation token 1, training token 2:
     # ρ = 0 − p[2] − q[1] + ⟨p, q⟩ ≈ ⟨p,q⟩ small... choose p on ȳ's competitor, q on v's competitor
@@ -148,7 +138,6 @@ def test_rho_can_be_negative_for_distinct_tokens():
     lg = np.array([[0.0, 8.0, 0.0]])  # q puts mass on token 1 (= ȳ)
     r = rho([1], lb, [2], lg)[0, 0]
     assert r < -0.9  # the IM-RM can move opposite to the EX-RM
-
 
 
 def test_rho_terms_recombine():
@@ -162,7 +151,6 @@ def test_rho_terms_recombine():
     np.testing.assert_allclose(terms.q_at_ybar, q[:, tb].T, atol=1e-15)
     np.testing.assert_allclose(terms.inner, p @ q.T, atol=1e-15)
     np.testing.assert_allclose(terms.rho, rho_one_hot(tb, lb, t, lg), atol=1e-14)
-
 
 
 @pytest.mark.parametrize("route", ["rho", "gradient"])
@@ -181,7 +169,6 @@ def test_im_reward_change_equals_autograd_gradient_inner_product(route, chunk):
     assert abs(inner - (gb * gp).sum()) <= 1e-10 * abs(inner)
 
 
-
 def test_batch_and_contributions_agree_with_single_calls():
     W, rng = make_model(V=30, D=5, seed=2)
     plus, minus = states(W, rng, 3), states(W, rng, 4)
@@ -197,12 +184,10 @@ def test_batch_and_contributions_agree_with_single_calls():
     assert np.isclose(c_plus.sum() - c_minus.sum(), single[3], rtol=1e-12)
 
 
-
 def test_dense_gradient_matches_autograd():
     W, rng = make_model(V=25, D=4, seed=3)
     s = states(W, rng, 5)
     np.testing.assert_allclose(log_prob_grad_W(s.tokens, s.hidden, s.logits), torch_grad(W, s), atol=1e-13)
-
 
 
 def test_sympy_derivative_of_log_softmax():
@@ -221,14 +206,12 @@ def test_sympy_derivative_of_log_softmax():
     np.testing.assert_allclose(got, want, atol=1e-14)
 
 
-
 def test_im_prediction_error_is_first_order_in_eta():
     errs = _im_step_errors([1e-2, 1e-3, 1e-4])
     ratios = errs[:-1] / errs[1:]
     print(f"IM first-order rel. error at η = 1e-2, 1e-3, 1e-4: {errs}; ratios {ratios}")
     assert errs[-1] < 1e-3
     assert np.all((ratios > 7) & (ratios < 13)), (errs, ratios)
-
 
 
 def test_ex_prediction_vs_step_of_u():
@@ -248,7 +231,6 @@ def test_ex_prediction_vs_step_of_u():
         np.testing.assert_allclose(pred, obs, rtol=1e-9, atol=1e-13 * np.abs(hbar @ u0).max())
 
 
-
 def test_input_validation_names_the_problem():
     W, rng = make_model(V=10, D=3)
     good = states(W, rng, 2)
@@ -265,8 +247,6 @@ def test_input_validation_names_the_problem():
         im_reward_change(good, good, good, beta=1, lr=1, g=1, route="fast")
 
 
-
 def test_choose_route():
     assert choose_route(512, 1024, 2048) == "rho"
     assert choose_route(4096, 4096, 576) == "gradient"
-

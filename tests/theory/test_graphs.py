@@ -25,7 +25,6 @@ def test_cycle_enumeration_equals_brute_force():
     assert hamiltonian_cycles(path).shape == (0, 4)
 
 
-
 def test_planted_cycles_and_negatives():
     rng = np.random.default_rng(2)
     adj, planted = planted_cycle_graphs(10, 0.2, 20, np.random.default_rng(3), return_cycles=True)
@@ -37,4 +36,3 @@ def test_planted_cycles_and_negatives():
     neg = non_cycle_permutations(adj, rng)
     assert not is_hamiltonian_cycle(adj, neg).any()
     assert (np.sort(neg, axis=1) == np.arange(10)).all()
-

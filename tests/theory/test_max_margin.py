@@ -16,7 +16,6 @@ def separable(n=40, d=6, seed=0, gap=0.5):
     return X
 
 
-
 def test_kkt_conditions_hold():
     X = separable()
     res = max_margin_separator(X)
@@ -28,7 +27,6 @@ def test_kkt_conditions_hold():
     assert np.isclose(res.margin, 1 / np.linalg.norm(res.u))
     assert set(np.nonzero(res.dual > 1e-6)[0]) <= set(res.support)
     assert 1 <= len(res.support) <= X.shape[1] + 1
-
 
 
 def test_matches_independent_dual_solve():
@@ -50,7 +48,6 @@ def test_matches_independent_dual_solve():
     np.testing.assert_allclose(res.u, u_dual, rtol=1e-5, atol=1e-6)
 
 
-
 def test_gradient_descent_direction_approaches_max_margin():
     """Soudry et al. 2018: GD on the logistic loss from 0 converges in direction to u* (slowly)."""
     X = separable(n=20, d=4, seed=2, gap=0.2)
@@ -66,7 +63,6 @@ def test_gradient_descent_direction_approaches_max_margin():
     assert cos[1] > 0.995 and cos[1] > cos[0]
 
 
-
 def test_not_separable_raises_clear_error():
     X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(NotSeparableError, match="not linearly separable"):
@@ -75,4 +71,3 @@ def test_not_separable_raises_clear_error():
         max_margin_separator(np.array([[1.0, 1.0], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="NaN"):
         max_margin_separator(np.array([[np.nan, 1.0]]))
-

@@ -12,7 +12,6 @@ from theory import accuracy, bt_grad_scale, bt_loss, ex_reward, im_reward
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 
 
-
 def test_ex_and_im_reward():
     u = np.array([1.0, -2.0])
     h = np.array([[3.0, 1.0], [0.0, 0.5]])
@@ -24,7 +23,6 @@ def test_ex_and_im_reward():
         ex_reward(u, np.ones((2, 3)))
 
 
-
 @given(arrays(np.float64, 8, elements=finite), arrays(np.float64, 8, elements=finite))
 def test_bt_loss_matches_torch_logsigmoid_and_is_finite(rc, rr):
     want = -torch.nn.functional.logsigmoid(torch.as_tensor(rc - rr)).numpy()
@@ -34,13 +32,11 @@ def test_bt_loss_matches_torch_logsigmoid_and_is_finite(rc, rr):
     assert np.isclose(bt_loss(rc, rr), want.mean(), rtol=1e-12)
 
 
-
 def test_bt_grad_scale_is_minus_loss_derivative():
     rc = torch.tensor([0.3, 5.0, -40.0], dtype=torch.float64, requires_grad=True)
     rr = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
     (-torch.nn.functional.logsigmoid(rc - rr)).sum().backward()
     np.testing.assert_allclose(bt_grad_scale(rc.detach(), rr), -rc.grad.numpy(), rtol=1e-12)
-
 
 
 def test_accuracy_counts_ties_and_normalises_margin():
@@ -55,16 +51,13 @@ def test_accuracy_counts_ties_and_normalises_margin():
     assert accuracy([1e-12], [0.0]).strict == 1.0
 
 
-
 def test_untrained_im_rm_is_at_chance_with_half_ties():
     zeros = np.zeros(10)
     acc = accuracy(zeros, zeros)
     assert acc.strict == 0.0 and acc.tie_rate == 1.0 and acc.half_ties == 0.5
 
 
-
 @pytest.mark.parametrize("bad", [([1.0, np.nan], [0.0, 0.0]), ([1.0], [0.0, 1.0]), ([], [])])
 def test_accuracy_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         accuracy(*bad)
-

@@ -25,7 +25,6 @@ def random_autoregressive_ref(vocab, length, rng):
     return seqs, np.array(probs)
 
 
-
 @pytest.mark.parametrize("margin,beta", [(1.0, 1.0), (0.05, 0.01), (3.0, 0.5)])
 def test_tilt_is_exact_verifier_with_predicted_generation_mass(margin, beta):
     rng = np.random.default_rng(0)
@@ -41,7 +40,6 @@ def test_tilt_is_exact_verifier_with_predicted_generation_mass(margin, beta):
     assert pi[correct].sum() <= tilting_bound(p, margin=margin, beta=beta) + 1e-15
 
 
-
 def test_tilted_policy_is_an_autoregressive_lm():
     """The tilt is realisable by next-token conditionals: rebuild them from prefix masses."""
     rng = np.random.default_rng(1)
@@ -55,7 +53,6 @@ def test_tilted_policy_is_an_autoregressive_lm():
     for s, q in pi.items():
         prod = np.prod([prefix[s[: k + 1]] / prefix[s[:k]] for k in range(len(s))])
         assert np.isclose(prod, q, rtol=1e-12)
-
 
 
 @settings(max_examples=300, deadline=None)
@@ -79,7 +76,6 @@ def test_every_verifier_generates_at_least_the_tilt(seed, margin, beta):
     assert pi[correct].sum() >= tau * (1 - 1e-9)
 
 
-
 def test_tiny_reference_mass_means_no_generation():
     # 7-vertex Hamiltonian-cycle scale: p ~ 1e-6 of all strings; margin δ = 1e-2 at β = 1e-2
     p = 1e-6
@@ -89,7 +85,6 @@ def test_tiny_reference_mass_means_no_generation():
     assert tilted_correct_mass(1e-300, margin=1e4, beta=1e-3) == 1.0
 
 
-
 def test_rejects_bad_input():
     with pytest.raises(ValueError, match="proper subset"):
         tilted_policy([0.5, 0.5], [True, True], margin=1, beta=1)
@@ -97,4 +92,3 @@ def test_rejects_bad_input():
         tilted_policy([0.5, 0.6], [True, False], margin=1, beta=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         tilted_correct_mass(1.5, margin=1, beta=1)
-
