@@ -327,6 +327,24 @@ def _mitigation_effect(args, cells: dict, seeds, objectives) -> dict:
     }
 
 
+def _earlier_invocations(out: Path) -> list[dict]:
+    """The invocations a results.json already in ``out`` records (a re-report keeps their times)."""
+    path = Path(out) / "results.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if "invocations" in old:
+        return old["invocations"]
+    cfg = old.get("config", {})
+    return [
+        {
+            "command": cfg.get("command"),
+            "time": cfg.get("time"),
+            "seconds": old.get("seconds_this_invocation"),
+        }
+    ]
+
+
 def main(argv=None, lm_factory=None) -> dict:
     args = _parser().parse_args(argv)
     cmd = flags.command_line("rmgap shifts", argv)
@@ -361,6 +379,10 @@ def main(argv=None, lm_factory=None) -> dict:
         result["mitigation_effect"] = _mitigation_effect(args, cells, seeds, objectives)
     result["paper"] = PAPER[args.train_set]
     result["seconds_this_invocation"] = time.perf_counter() - t0
+    result["invocations"] = [
+        *_earlier_invocations(args.out),
+        {"command": cmd, "time": record["time"], "seconds": result["seconds_this_invocation"]},
+    ]
     result["markdown"] = shifts_report.table_markdown(result)
     shifts_report.write_results(result, args.out)
     print("\n" + result["markdown"])
