@@ -69,6 +69,17 @@ def parse_list(text: str, allowed, what: str) -> tuple[str, ...]:
     return items
 
 
+def parse_seeds(text: str) -> list[int]:
+    """ "0,1,2" → [0, 1, 2]; distinct integers, else a one-line error."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds takes distinct integers, got {text!r}")
+    return seeds
+
+
 def command_line(prog: str, argv) -> str:
     """The command as typed, for the outputs' record: ``prog`` + the arguments."""
     return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])

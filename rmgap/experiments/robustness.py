@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,8 @@ from lm_probes.data.splits import length_rule, split_by_prompt
 from lm_probes.data.transforms import applicable
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
+from rmgap.experiments.robustness_cells import OBJECTIVES, cell_config, cell_dir
 
-OBJECTIVES = ("ex_rm", "im_rm")
 MATH_TRANSFORMS = tuple(n for n in applicable(("general", "math")) if n != "combined")
 PRESETS = {
     # 200 training pairs, 1 epoch at lr 1e-5, batch 8 (the shifts cpu preset, under which SmolLM2 learns
@@ -135,13 +135,19 @@ def _test_pairs(test: list[Pair], keep: list[int], per_prompt: int | None, n: in
     return out[:n] if n else out
 
 
-def robustness_data(tokenizer, args, preset: dict, max_length: int | None) -> RobustnessData:
+def read_pools(args) -> tuple[list[Pair], list[Pair] | None]:
+    """The pairs of ``--train-set`` and of ``--eval`` (None without it), read and checked."""
+    return _pool(args.train_set, "train"), (_pool(args.eval, "test") if args.eval else None)
+
+
+def robustness_data(tokenizer, args, preset: dict, max_length: int | None, pools=None) -> RobustnessData:
     """Training and held-out pairs: the split by prompt of ``--train-set`` (or, with ``--eval``, that
-    file as the test set), the length rule, the preset's sizes (seeded by ``--split-seed``)."""
+    file as the test set), the length rule, the preset's sizes (seeded by ``--split-seed``);
+    ``pools``: read_pools(args), when already read."""
     rng = np.random.default_rng([args.split_seed, 1])
-    pool = _pool(args.train_set, "train")
+    pool, eval_pool = pools or read_pools(args)
     if args.eval:
-        train_side, test_side = pool, _pool(args.eval, "test")
+        train_side, test_side = pool, eval_pool
         how = f"--eval {args.eval} as the test set; training on all of {args.train_set}"
     else:
         train_side, test_side = split_by_prompt(pool, preset["held_out"], args.split_seed)
@@ -171,21 +177,6 @@ def robustness_data(tokenizer, args, preset: dict, max_length: int | None) -> Ro
         digest=dict(train=digest(train), test=digest(test)),
     )
     return RobustnessData(train, test, split)
-
-
-def cell_dir(out: Path, objective: str, seed: int) -> Path:
-    return Path(out) / objective / f"seed{seed}"
-
-
-def cell_config(args, preset: dict, objective: str, seed: int):
-    cfg = flags.train_config(
-        args,
-        **preset["train"],
-        objective=objective,
-        max_part_length=preset["max_part_length"],
-        eval_every_epoch=False,
-    )
-    return replace(cfg, seed=seed)
 
 
 def train_cells(factory, args, data: RobustnessData, preset: dict, seeds, objectives) -> dict:
@@ -260,13 +251,18 @@ def main(argv=None, lm_factory=None) -> dict:
     args.command = flags.command_line("rmgap robustness", argv)
     t_start, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
     stages = flags.parse_list(args.stages, ("train", "eval", "probe", "analyze"), "--stages")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = flags.parse_seeds(args.seeds)
     if args.quick:
         args.preset = "quick"
     preset = PRESETS[args.preset]
+    pools = read_pools(args)  # (bad input is refused before the model loads)
+    if args.resume and not (Path(args.out) / "run.json").exists():
+        raise DataError(
+            f"{args.out}: --resume, but no run here (no run.json); leave out --resume to start one"
+        )
     _, factory = flags.model_factory(args, lm_factory)
     lm0 = factory()
-    data = robustness_data(lm0.tokenizer, args, preset, lm0.info.get("max_positions"))
+    data = robustness_data(lm0.tokenizer, args, preset, lm0.info.get("max_positions"), pools)
     run = open_run(args.out, run_record(args, preset, data, lm0.info), args.resume)
     write_json(args.out / "run.json", run)
     del lm0

@@ -24,6 +24,7 @@ import numpy as np
 from lm_probes.common import write_json, write_text
 from lm_probes.data.rewrites import rewrite_quality
 from lm_probes.stats import seed_pair_bootstrap, seeds_and_pairs_needed
+from rmgap.experiments.robustness_cells import OBJECTIVES, cell_dir
 from theory.rewards import pair_outcomes
 
 TARGET_HALF_WIDTH = 0.05
@@ -44,8 +45,6 @@ class Cells:
     """Every cell's rewards on every set: ``outcome(obj, set, wheres)`` (K, N) and ``margin`` (K, N)."""
 
     def __init__(self, out: Path, objectives, seeds, sets: list[str]):
-        from rmgap.experiments.robustness import cell_dir
-
         self.r = {
             (o, k): {s: read_rewards(cell_dir(out, o, k) / f"rewards_{s}.jsonl") for s in sets}
             for o in objectives
@@ -141,11 +140,11 @@ def _entry(cells, es, original, by_where, wheres, clusters, tokenize) -> dict:
 def analyze(args, data, groups, seeds, preset, tokenize) -> dict:
     """results.json, table.md and dose_response.png in ``args.out`` (see the module docstring);
     ``tokenize``: text → the model's token ids (the dose)."""
-    from rmgap.experiments import robustness, robustness_report
+    from rmgap.experiments import robustness_report
 
     t0 = time.perf_counter()
     sets = {es.name: es for g in groups for es in g}
-    cells = Cells(args.out, robustness.OBJECTIVES, seeds, list(sets))
+    cells = Cells(args.out, OBJECTIVES, seeds, list(sets))
     by_where = {n: {p.where: p for p in es.pairs} for n, es in sets.items()}
     results = {"transforms": {}, "rewrites": {}}
     for group in groups:
@@ -184,7 +183,7 @@ def analyze(args, data, groups, seeds, preset, tokenize) -> dict:
             **json.loads((Path(args.out) / "run.json").read_text())["record"],
             "eval": preset["eval"],
             "seeds": seeds,
-            "objectives": list(robustness.OBJECTIVES),
+            "objectives": list(OBJECTIVES),
             "command": args.command,
         },
         seconds=robustness_report.recorded_seconds(Path(args.out), seeds),

@@ -34,6 +34,7 @@ from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.trainer import encode_for_training
+from rmgap.experiments.robustness_cells import OBJECTIVES, cell_config, cell_dir
 
 
 @dataclass
@@ -186,23 +187,23 @@ def evaluate_cell(factory, cfg, d: Path, groups, tables: dict, say=print) -> Non
 def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> dict:
     """The eval stage (every cell, every group), the probe (robustness_probe) and the analysis
     (robustness_analysis), as ``stages`` asks."""
-    from rmgap.experiments import robustness, robustness_analysis
+    from rmgap.experiments import robustness_analysis
 
     lm0 = factory()
     tok, spec = lm0.tokenizer, preset["eval"]
     groups = eval_sets(tok, data.test, spec, preset["max_part_length"], lm0.info.get("max_positions"))
     del lm0
     if "eval" in stages:
-        im_cfg = robustness.cell_config(args, preset, "im_rm", seeds[0])
+        im_cfg = cell_config(args, preset, "im_rm", seeds[0])
         tables = reference_tables(factory, groups, im_cfg, Path(args.out))
         for seed in seeds:
-            for obj in robustness.OBJECTIVES:
-                cfg = robustness.cell_config(args, preset, obj, seed)
-                evaluate_cell(factory, cfg, robustness.cell_dir(args.out, obj, seed), groups, tables)
+            for obj in OBJECTIVES:
+                cfg = cell_config(args, preset, obj, seed)
+                evaluate_cell(factory, cfg, cell_dir(args.out, obj, seed), groups, tables)
     if "probe" in stages:
         from rmgap.experiments.robustness_probe import probe_moves
 
-        cfg = robustness.cell_config(args, preset, "im_rm", seeds[0])
+        cfg = cell_config(args, preset, "im_rm", seeds[0])
         n = preset["probe"]
         probe_moves(factory, cfg, data.train[: n["train_pairs"]], groups, n["pairs"], Path(args.out))
     if "analyze" not in stages:

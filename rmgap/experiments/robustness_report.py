@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_probes.reports import pyplot, save_figure
+from rmgap.experiments.robustness_cells import OBJECTIVES, cell_dir
 
 FAMILIES = {  # panel → transformations (those not evaluated are skipped)
     "math": ("latex_macros", "variable_renaming", "step_labels", "final_answer", "number_format"),
@@ -24,8 +25,6 @@ TARGET = 0.05  # (robustness_analysis.TARGET_HALF_WIDTH)
 def recorded_seconds(out: Path, seeds) -> dict:
     """The times the run recorded: each cell's training (summary.json), each evaluation group per cell
     (eval.json), the reference passes, and the invocations' wall time (run.json)."""
-    from rmgap.experiments.robustness import OBJECTIVES, cell_dir
-
     train, evals = {}, {}
     for obj in OBJECTIVES:
         for k in seeds:

@@ -15,6 +15,7 @@ from lm_probes.data.pairs import Pair, read_jsonl
 from lm_probes.lm.scoring import score
 from lm_probes.rm.trainer import encode_for_training
 from rmgap.experiments import robustness, robustness_analysis
+from rmgap.experiments.robustness_cells import cell_config, cell_dir
 from rmgap.experiments.robustness_eval import load_trained
 from tests.conftest import WORDS, make_tiny_lm
 
@@ -86,11 +87,11 @@ def test_the_evaluation_equals_a_pair_by_pair_recomputation(tmp_path, train_file
     args = robustness._parser().parse_args(["--train-set", str(train_file), "--quick", "--out", str(out)])
     preset = robustness.PRESETS["quick"]
     data = robustness.robustness_data(_factory().tokenizer, args, preset, 128)
-    cfg = robustness.cell_config(args, preset, "im_rm", 1)
+    cfg = cell_config(args, preset, "im_rm", 1)
     ref_lm, lm = _factory(), _factory()  # the untrained model (the reference) and the trained one,
-    state = torch.load(robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt", weights_only=False)
+    state = torch.load(cell_dir(out, "im_rm", 1) / "checkpoint.pt", weights_only=False)
     lm.model.load_state_dict(state["model"])  # loaded by hand, not through load_trained
-    saved = robustness_analysis.read_rewards(robustness.cell_dir(out, "im_rm", 1) / "rewards_original.jsonl")
+    saved = robustness_analysis.read_rewards(cell_dir(out, "im_rm", 1) / "rewards_original.jsonl")
     assert len(saved) == len(data.test)
     pad = lm.tokenizer.pad_token_id
     for p in data.test:
@@ -101,14 +102,14 @@ def test_the_evaluation_equals_a_pair_by_pair_recomputation(tmp_path, train_file
         want = [cfg.beta * (a - b) for a, b in zip(lp, lr, strict=True)]
         assert saved[p.where] == pytest.approx(want, abs=1e-9)
     assert (
-        load_trained(_factory(), cfg, robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt").rt.name
+        load_trained(_factory(), cfg, cell_dir(out, "im_rm", 1) / "checkpoint.pt").rt.name
         == "im_rm"
     )
     with pytest.raises(ValueError, match="not this cell's finished training"):
         load_trained(
             _factory(),
-            robustness.cell_config(args, preset, "im_rm", 2),
-            robustness.cell_dir(out, "im_rm", 1) / "checkpoint.pt",
+            cell_config(args, preset, "im_rm", 2),
+            cell_dir(out, "im_rm", 1) / "checkpoint.pt",
         )
 
 
@@ -118,7 +119,7 @@ def test_the_gap_statistic_by_hand(tmp_path):
     wheres = [f"f:{i}" for i in range(n)]
     for obj in ("ex_rm", "im_rm"):
         for k in seeds:
-            d = robustness.cell_dir(tmp_path, obj, k)
+            d = cell_dir(tmp_path, obj, k)
             d.mkdir(parents=True)
             for s in ("original", "t_1"):
                 flip = obj == "im_rm" and s == "t_1"
@@ -178,3 +179,19 @@ def test_split_by_prompt_keeps_every_prompt_on_one_side(train_file):
     with pytest.raises(ValueError, match="cannot be split"):
         split_by_prompt([Pair("a", "b", "c")], 0.5, 0)
     assert np.isfinite(len(train))
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, train_file):
+    from tests.conftest import run_rmgap
+
+    base = ("robustness", "--out", str(tmp_path / "r"))
+    for extra, message in [
+        (("--train-set", str(tmp_path / "missing.jsonl")), "missing.jsonl"),
+        (("--stages", "train,bake"), "--stages: bake not among train, eval, probe, analyze"),
+        (("--seeds", "0,x"), "--seeds takes comma-separated integers"),
+        (("--seeds", "1,1"), "--seeds takes distinct integers"),
+        (("--train-set", str(train_file), "--resume"), "--resume, but no run here"),
+    ]:
+        code, out, err = run_rmgap(*base, *extra)
+        assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("rmgap robustness: error:")
