@@ -192,6 +192,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, train_file):
         (("--seeds", "1,1"), "--seeds takes distinct integers"),
         (("--train-set", str(train_file), "--resume"), "--resume, but no run here"),
     ]:
-        code, out, err = run_rmgap(*base, *extra)
+        code, _, err = run_rmgap(*base, *extra)
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("rmgap robustness: error:")
