@@ -228,3 +228,23 @@ def test_bad_settings_are_one_line_errors():
         get_transform("contractions").apply("it is", 1.5, seed=0)
     with pytest.raises(ValueError, match="unknown transformation 'shuffle'; registered: "):
         get_transform("shuffle")
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_token_overlap_falls_as_the_strength_rises(name):
+    from lm_probes.data.rewrites import token_overlap
+
+    t = get_transform(name)
+    text, context = EXAMPLES[name]
+
+    def words(x):  # words and runs of white space (indentation counts)
+        return re.findall(r"\s+|\S+", x)
+
+    def overlap(s):  # mean over seeds
+        return np.mean(
+            [token_overlap(words(text), words(t.apply(text, s, k, context).text)) for k in range(30)]
+        )
+
+    o = [overlap(s) for s in (0.0, 0.25, 0.5, 1.0)]
+    assert o[0] == 1.0 and o[3] < 1.0
+    assert o[0] >= o[1] >= o[2] >= o[3] and o[1] > o[3]
