@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
     pairs = read_jsonl(args.data) if args.data else flags.shipped_pairs(args.set, "data")
     rows, counts = transform_pairs(pairs, get_transform(name), strength, args.seed)
     report = {"transform": name, "strength": strength, "seed": args.seed, "counts": counts}
+    report["fraction_rows_changed"] = counts["rows_changed"] / counts["rows"] if counts["rows"] else 0.0
     report["source"] = str(args.data or args.set)
     if len(rows) >= 1:  # (rewrite_quality needs ≥ 2 responses: one pair has two)
         from lm_probes.data.rewrites import rewrite_quality

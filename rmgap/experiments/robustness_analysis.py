@@ -137,16 +137,17 @@ def _entry(cells, es, original, by_where, wheres, clusters, tokenize) -> dict:
     }
 
 
-def analyze(args, data, groups, seeds, preset, tokenize) -> dict:
+def analyze(args, data, groups, seeds, preset, tokenize, pending=()) -> dict:
     """results.json, table.md and dose_response.png in ``args.out`` (see the module docstring);
-    ``tokenize``: text → the model's token ids (the dose)."""
+    ``tokenize``: text → the model's token ids (the dose); ``pending``: the groups of the preset not
+    scored by every cell yet (listed in the results, not analysed)."""
     from rmgap.experiments import robustness_report
 
     t0 = time.perf_counter()
     sets = {es.name: es for g in groups for es in g}
     cells = Cells(args.out, OBJECTIVES, seeds, list(sets))
     by_where = {n: {p.where: p for p in es.pairs} for n, es in sets.items()}
-    results = {"transforms": {}, "rewrites": {}}
+    results = {"transforms": {}, "rewrites": {}, "pending": list(pending)}
     for group in groups:
         original = group[0].original
         wheres = cells.common([original, *(es.name for es in group)])

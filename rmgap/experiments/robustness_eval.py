@@ -6,11 +6,13 @@ both responses rewritten by lm_probes.data.transforms, the prompt kept), and, wh
 them, the shipped UltraFeedback rewrites: ``uf_original`` (their originals) and the rewrites, on the
 same rows. Each pair keeps its ``where``, which the analysis joins on.
 
-Work is grouped (the originals, then one group per transformation with all its strengths, then the
-UltraFeedback rows): within a group every distinct response is scored once and a prompt's KV cache
-serves all its responses. ln π_ref of a group is computed once, with the untrained model, in exactly
-the chunks the cells use (``<out>/reference/<group>.pt``), so before training every IM reward is exactly
-0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where, reward_chosen,
+Work is grouped (the originals, then one group per transformation with all its strengths, in the
+preset's order, then the UltraFeedback rows), and a group goes through every cell before the next
+starts, so that a run stopped part-way leaves whole groups scored by every seed (the analysis reads
+those and lists the others as pending). Within a group every distinct response is scored once and a
+prompt's KV cache serves all its responses. ln π_ref of a group is computed once, with the untrained
+model, in exactly the chunks the cells use (``<out>/reference/<group>.pt``), so before training every
+IM reward is exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where, reward_chosen,
 reward_rejected) and records the group in its ``eval.json`` (digest of the group's pairs, seconds);
 a resume skips what is recorded and redoes what changed.
 """
@@ -124,23 +126,23 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def reference_tables(factory, groups, im_cfg, out: Path, say=print) -> dict[str, dict]:
-    """ln π_ref of every group's encodings, by the untrained model; computed where not saved yet."""
-    tables, lm = {}, None
-    for group in groups:
-        path = out / "reference" / f"{group[0].transform or group[0].name}.pt"
-        digest = group_digest(group)
-        if path.exists() and (saved := torch.load(path, weights_only=False))["digest"] == digest:
-            tables[digest] = saved["table"]
-            continue
-        lm = lm or factory()
-        rm = RewardModel(lm, replace(im_cfg, progress=False))
-        t0 = time.perf_counter()
-        rm.fill_eval_reference({n: e.encodings for n, e in _encoded(lm, group, im_cfg).items()})
-        _save({"digest": digest, "table": rm.ref_eval, "seconds": time.perf_counter() - t0}, path)
-        tables[digest] = rm.ref_eval
-        say(f"reference {path.stem}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return tables
+def _key(group: list[EvalSet]) -> str:
+    return group[0].transform or group[0].name
+
+
+def reference_table(factory, group, im_cfg, out: Path, say=print) -> dict:
+    """ln π_ref of a group's encodings by the untrained model (``<out>/reference/<group>.pt``, computed
+    once: read back while its digest is the group's)."""
+    path, digest = out / "reference" / f"{_key(group)}.pt", group_digest(group)
+    if path.exists() and (saved := torch.load(path, weights_only=False))["digest"] == digest:
+        return saved["table"]
+    lm = factory()
+    rm = RewardModel(lm, replace(im_cfg, progress=False))
+    t0 = time.perf_counter()
+    rm.fill_eval_reference({n: e.encodings for n, e in _encoded(lm, group, im_cfg).items()})
+    _save({"digest": digest, "table": rm.ref_eval, "seconds": time.perf_counter() - t0}, path)
+    say(f"reference {path.stem}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rm.ref_eval
 
 
 def load_trained(lm, cfg, ckpt: Path) -> RewardModel:
@@ -157,31 +159,54 @@ def load_trained(lm, cfg, ckpt: Path) -> RewardModel:
     return rm
 
 
-def evaluate_cell(factory, cfg, d: Path, groups, tables: dict, say=print) -> None:
-    """Score every group not yet recorded in ``d``/eval.json with the trained cell in ``d``."""
-    record_path = d / "eval.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    todo = [g for g in groups if record.get(g[0].transform or g[0].name, {}).get("digest") != group_digest(g)]
-    if not todo:
-        return
-    lm = factory()
-    rm = load_trained(lm, cfg, d / "checkpoint.pt")
-    for group in todo:
-        key, digest, t0 = group[0].transform or group[0].name, group_digest(group), time.perf_counter()
-        if rm.rt.uses_reference:
-            rm.ref_eval = tables[digest]
-        enc = _encoded(lm, group, cfg)
-        res = evaluate_sets(rm, {n: e.encodings for n, e in enc.items()})
-        for s in group:
-            kept, rewards = enc[s.name].kept, res[s.name].rewards
-            rows = (
-                {"where": p.where, "reward_chosen": r[0], "reward_rejected": r[1]}
-                for p, r in zip(kept, rewards, strict=True)
-            )
-            write_jsonl(d / f"rewards_{s.name}.jsonl", rows)
-        record[key] = {"digest": digest, "seconds": time.perf_counter() - t0, "sets": [s.name for s in group]}
-        write_json(record_path, record)
-        say(f"{cfg.objective} seed {cfg.seed}: {key} in {record[key]['seconds']:.0f} s", flush=True)
+def done(d: Path, group) -> bool:
+    """Whether the cell in ``d`` has scored ``group`` (its eval.json holds the group's digest)."""
+    record = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
+    return record.get(_key(group), {}).get("digest") == group_digest(group)
+
+
+def evaluate_group(rm, cfg, d: Path, group, table: dict | None, say=print) -> None:
+    """Score one group with a trained cell (``rm``), write its sets' rewards and record it in
+    ``d``/eval.json."""
+    key, t0 = _key(group), time.perf_counter()
+    if rm.rt.uses_reference:
+        rm.ref_eval = table
+    enc = _encoded(rm.lm, group, cfg)
+    res = evaluate_sets(rm, {n: e.encodings for n, e in enc.items()})
+    for s in group:
+        kept, rewards = enc[s.name].kept, res[s.name].rewards
+        rows = (
+            {"where": p.where, "reward_chosen": r[0], "reward_rejected": r[1]}
+            for p, r in zip(kept, rewards, strict=True)
+        )
+        write_jsonl(d / f"rewards_{s.name}.jsonl", rows)
+    record = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
+    record[key] = {
+        "digest": group_digest(group),
+        "seconds": time.perf_counter() - t0,
+        "sets": [s.name for s in group],
+    }
+    write_json(d / "eval.json", record)
+    say(f"{cfg.objective} seed {cfg.seed}: {key} in {record[key]['seconds']:.0f} s", flush=True)
+
+
+def evaluate_all(factory, args, preset, seeds, groups) -> None:
+    """Group by group (the originals first, then each transformation in the preset's order), every
+    cell: a run stopped part-way leaves whole groups scored by every seed. The trained cells stay
+    loaded (one LM each) while groups remain."""
+    out, cells = Path(args.out), {}
+    im_cfg = cell_config(args, preset, "im_rm", seeds[0])
+    for group in groups:
+        todo = [(o, k) for k in seeds for o in OBJECTIVES if not done(cell_dir(out, o, k), group)]
+        if not todo:
+            continue
+        table = reference_table(factory, group, im_cfg, out)
+        for obj, seed in todo:
+            cfg = cell_config(args, preset, obj, seed)
+            d = cell_dir(out, obj, seed)
+            if (obj, seed) not in cells:
+                cells[obj, seed] = load_trained(factory(), cfg, d / "checkpoint.pt")
+            evaluate_group(cells[obj, seed], cfg, d, group, table)
 
 
 def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> dict:
@@ -194,12 +219,7 @@ def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> di
     groups = eval_sets(tok, data.test, spec, preset["max_part_length"], lm0.info.get("max_positions"))
     del lm0
     if "eval" in stages:
-        im_cfg = cell_config(args, preset, "im_rm", seeds[0])
-        tables = reference_tables(factory, groups, im_cfg, Path(args.out))
-        for seed in seeds:
-            for obj in OBJECTIVES:
-                cfg = cell_config(args, preset, obj, seed)
-                evaluate_cell(factory, cfg, cell_dir(args.out, obj, seed), groups, tables)
+        evaluate_all(factory, args, preset, seeds, groups)
     if "probe" in stages:
         from rmgap.experiments.robustness_probe import probe_moves
 
@@ -208,5 +228,13 @@ def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> di
         probe_moves(factory, cfg, data.train[: n["train_pairs"]], groups, n["pairs"], Path(args.out))
     if "analyze" not in stages:
         return {}
+    complete = [
+        g for g in groups if all(done(cell_dir(args.out, o, k), g) for o in OBJECTIVES for k in seeds)
+    ]
+    if not complete or complete[0] is not groups[0]:
+        raise ValueError(
+            f"{args.out}: the original pairs are not scored by every cell yet; run --stages eval"
+        )
+    pending = [_key(g) for g in groups if g not in complete]
     tokenize = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return robustness_analysis.analyze(args, data, groups, seeds, preset, tokenize)
+    return robustness_analysis.analyze(args, data, complete, seeds, preset, tokenize, pending)

@@ -108,6 +108,8 @@ def table_markdown(res: dict) -> str:
     if "probe" in res:
         p = res["probe"]
         lines += ["", f"One-step probe (IM-RM): {p['summary']}"]
+    if res.get("pending"):
+        lines += ["", f"**Not evaluated yet** (the run stopped before them): {', '.join(res['pending'])}."]
     t = res["seconds"]
     lines += ["", f"Recorded time: {t['cells_total_hours']:.2f} h of training, reference and evaluation."]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ def test_transform_writes_the_rewrites_schema_and_the_dose(tmp_path, capsys):
     assert shifted[0]["rejected"] == "I'm sure it's 1000."
     assert shifted[1]["chosen"] == rows[1]["chosen"] and shifted[0]["orig_chosen"] == rows[0]["chosen"]
     assert report["counts"] == dict(rows=2, rows_changed=1, responses_refused=0, sites=3, sites_changed=3)
+    assert report["fraction_rows_changed"] == 0.5
     assert 0 < report["quality"]["token_overlap"] < 1
     assert json.loads((tmp_path / "shifted.jsonl.report.json").read_text())["counts"] == report["counts"]
     assert "1 changed" in capsys.readouterr().out
