@@ -12,9 +12,9 @@ starts, so that a run stopped part-way leaves whole groups scored by every seed 
 those and lists the others as pending). Within a group every distinct response is scored once and a
 prompt's KV cache serves all its responses. ln π_ref of a group is computed once, with the untrained
 model, in exactly the chunks the cells use (``<out>/reference/<group>.pt``), so before training every
-IM reward is exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where, reward_chosen,
-reward_rejected) and records the group in its ``eval.json`` (digest of the group's pairs, seconds);
-a resume skips what is recorded and redoes what changed.
+IM reward is exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where,
+reward_chosen, reward_rejected) and records the group in its ``eval.json`` (digest of the group's
+pairs, seconds); a resume skips what is recorded and redoes what changed.
 """
 
 from __future__ import annotations
