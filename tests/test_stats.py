@@ -62,3 +62,58 @@ def test_pairs_needed_matches_the_normal_approximation():
     # at n* pairs the normal CI half-width equals the mean difference
     assert 1.96 * sd / math.sqrt(n) == pytest.approx(0.4, rel=0.1)
     assert pairs_needed(np.array([1.0, -1.0])) == math.inf
+
+
+def test_seed_pair_bootstrap_resamples_whole_clusters():
+    from lm_probes.stats import seed_pair_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.0, 1.0, (1, 50))
+    d, clusters = np.repeat(base, 4, axis=1), np.repeat(np.arange(50), 4)  # each value 4 times
+    width = lambda lo, hi: hi - lo  # noqa: E731
+    _, lo_c, hi_c, _ = seed_pair_bootstrap(d, clusters, n_boot=4000)
+    _, lo_1, hi_1, _ = seed_pair_bootstrap(base, np.arange(50), n_boot=4000)
+    _, lo_i, hi_i, _ = seed_pair_bootstrap(d, np.arange(200), n_boot=4000)
+    assert width(lo_c, hi_c) == pytest.approx(
+        width(lo_1, hi_1), rel=0.15
+    )  # 4 copies carry no new information
+    assert width(lo_i, hi_i) < 0.65 * width(lo_c, hi_c)  # ... which pair-wise resampling would pretend
+
+
+def test_seed_pair_bootstrap_resamples_seeds():
+    from lm_probes.stats import seed_pair_bootstrap
+
+    rng = np.random.default_rng(1)
+    d = np.array([[-0.2], [0.0], [0.3]]) + rng.normal(0, 0.01, (3, 100))  # seeds disagree, pairs barely
+    est, lo, hi, _ = seed_pair_bootstrap(d, np.arange(100), n_boot=4000)
+    _, lo_p, hi_p, _ = seed_pair_bootstrap(d, np.arange(100), n_boot=4000, resample_seeds=False)
+    assert est == pytest.approx(d.mean()) and lo < est < hi
+    assert hi - lo > 0.25 and hi_p - lo_p < 0.01
+    with pytest.raises(ValueError, match="cluster labels"):
+        seed_pair_bootstrap(d, np.arange(99))
+
+
+def test_seed_pair_bootstrap_covers_the_mean_of_a_two_level_model():
+    from lm_probes.stats import seed_pair_bootstrap
+
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(150):  # 5 seeds (sd 0.03) × 60 problems of 2 pairs (sd 0.2, 0.2 within)
+        d = 0.1 + rng.normal(0, 0.03, (5, 1)) + np.repeat(rng.normal(0, 0.2, (1, 60)), 2, 1)
+        d = d + rng.normal(0, 0.2, d.shape)
+        _, lo, hi, _ = seed_pair_bootstrap(d, np.repeat(np.arange(60), 2), n_boot=1000, seed=3)
+        hits += lo <= 0.1 <= hi
+    assert hits / 150 >= 0.85  # (a percentile bootstrap over 5 seeds covers a little under 95 %)
+
+
+def test_seeds_and_pairs_needed_follow_the_variance_model():
+    from lm_probes.stats import seeds_and_pairs_needed
+
+    rng = np.random.default_rng(4)
+    d = np.tile(rng.normal(0.05, 0.5, (1, 400)), (3, 1))  # identical seeds: all variance is the pairs'
+    need = seeds_and_pairs_needed(d, np.arange(400), target=0.05)
+    assert need["v_seeds"] == pytest.approx(0.0, abs=1e-12)
+    assert need["pairs_needed"] == pytest.approx(400 * (need["half_width"] / 0.05) ** 2, rel=0.02)
+    assert need["seeds_needed"] == math.inf or need["half_width"] <= 0.05  # more seeds cannot help
+    noisy = d + np.array([[-0.3], [0.0], [0.3]])  # now seeds disagree more than the target allows
+    assert seeds_and_pairs_needed(noisy, np.arange(400), target=0.05)["pairs_needed"] == math.inf
