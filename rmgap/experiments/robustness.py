@@ -1,7 +1,7 @@
 """The paper's central claim, tested with the power to decide it: is an IM-RM less robust than an EX-RM
 to token-level shifts (the same meaning in other tokens)? (issue 22; theory/README.md §4–§5)
 
-    rmgap robustness --preset cpu --seeds 0,1,2 --out figures/robustness_preset-cpu_on-2cpu   # ≈ 6 h, 2 cores
+    rmgap robustness --preset cpu --seeds 0,1,2 --out figures/robustness_preset-cpu_on-2cpu   # ≤ 6 h, 2 cores
     rmgap robustness --preset cpu --seeds 0,1,2 --out figures/robustness_preset-cpu_on-2cpu --resume
     rmgap robustness --train-set my_pairs.jsonl --eval my_test.jsonl --out runs/mine    # your own pairs
 
@@ -13,9 +13,12 @@ to token-level shifts (the same meaning in other tokens)? (issue 22; theory/READ
    (lm_probes.rm.trainer), each under ``<out>/<rm>/seed<k>/`` with its checkpoint (kept: the
    evaluation reads the trained weights from it).
 3. **Evaluation** (``eval`` stage, rmgap.experiments.robustness_eval): the held-out pairs, and the same
-   pairs under every applicable transformation of lm_probes.data.transforms at several strengths;
+   pairs under the preset's transformations of lm_probes.data.transforms and strengths (cpu:
+   CPU_TRANSFORMS; paper: every math-applicable one at 0.25, 0.5, 1, and the UltraFeedback rewrites);
    per-example rewards ``<out>/<rm>/seed<k>/rewards_<set>.jsonl``.
-4. **Analysis** (rmgap.experiments.robustness_analysis): per transformation and strength, the matched-
+4. **Probe** (``probe`` stage, rmgap.experiments.robustness_probe): one IM-RM step at θ₀ on a training
+   batch, and the exact first-order margin move of each transformation's pairs over the originals'.
+5. **Analysis** (rmgap.experiments.robustness_analysis): per transformation and strength, the matched-
    pair robustness gap (EX-RM's accuracy change from original to transformed − IM-RM's, same pairs),
    with a 95 % CI that resamples seeds and problems; the dose-response figure against measured token
    overlap; the one-step probe's prediction; the pairs and seeds the observed effects need.
