@@ -144,3 +144,23 @@ def attention_flops(lengths, n_layers: int, width: int, *, passes: float = 3.0) 
     """Attention-score FLOPs (QKᵀ and AV, causal halves not exploited: 4 · T² · width per layer) of
     sequences of ``lengths``, times ``passes`` (3 = forward + backward)."""
     return passes * sum(4.0 * T * T * width * n_layers for T in lengths)
+
+
+class Registry(dict):
+    """Named entries, each defined once (the reward types, the transformations): ``add`` refuses a
+    second definition of a name unless ``replace``; ``lookup`` names the registered ones when it fails."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def add(self, item, *, replace: bool = False):
+        if item.name in self and not replace:
+            raise ValueError(f"{self.kind} {item.name!r} is already registered")
+        self[item.name] = item
+        return item
+
+    def lookup(self, name: str):
+        if name not in self:
+            raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(self)}")
+        return self[name]

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lm_probes.common import Registry
 from lm_probes.lm.scoring import Encoded, Scored, score
 from lm_probes.lm.states import ResponseStates
 from theory import ex_reward_change, im_reward_change_batch, im_token_contributions
@@ -150,21 +151,16 @@ def answer_ids(tokenizer, answers: tuple[str, ...]) -> tuple[int, ...] | None:
     return tuple(ids)
 
 
-REWARDS: dict[str, RewardType] = {}
+REWARDS: Registry = Registry("reward type")
 
 
 def register(rt: RewardType, *, replace: bool = False) -> RewardType:
     """Add ``rt`` to the registry (``replace=True`` to redefine a name)."""
-    if rt.name in REWARDS and not replace:
-        raise ValueError(f"reward type {rt.name!r} is already registered")
-    REWARDS[rt.name] = rt
-    return rt
+    return REWARDS.add(rt, replace=replace)
 
 
 def get_reward_type(name: str) -> RewardType:
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward type {name!r}; registered: {', '.join(REWARDS)}")
-    return REWARDS[name]
+    return REWARDS.lookup(name)
 
 
 # --- the registered types ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lm_probes.common import Registry
+
 
 @dataclass(frozen=True)
 class Rewrite:
@@ -84,20 +86,15 @@ def choose_sites(n: int, strength: float, rng: np.random.Generator) -> list[int]
     return sorted(rng.choice(n, size=k, replace=False).tolist()) if k else []
 
 
-TRANSFORMS: dict[str, Transform] = {}
+TRANSFORMS: Registry = Registry("transformation")
 
 
 def register(t: Transform) -> Transform:
-    if t.name in TRANSFORMS:
-        raise ValueError(f"transformation {t.name!r} is already registered")
-    TRANSFORMS[t.name] = t
-    return t
+    return TRANSFORMS.add(t)
 
 
 def get_transform(name: str) -> Transform:
-    if name not in TRANSFORMS:
-        raise ValueError(f"unknown transformation {name!r}; registered: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name]
+    return TRANSFORMS.lookup(name)
 
 
 def both_ways(pairs: dict[str, str]) -> tuple[re.Pattern, Callable[[re.Match], str]]:
