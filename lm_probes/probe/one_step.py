@@ -32,6 +32,7 @@ from lm_probes.lm.loading import LoadedLM
 from lm_probes.lm.scoring import Scorer, pad_id_of, prompt_groups
 from lm_probes.lm.states import extract_states, stack_states
 from lm_probes.probe.summary import summarise
+from lm_probes.rm.config import check_settings
 from lm_probes.rm.rewards import RewardParams, answer_ids, get_reward_type, initial_head
 from theory import bt_grad_scale, max_margin_separator
 from theory.max_margin import NotSeparableError
@@ -47,6 +48,9 @@ class ProbeConfig:
     head_seed: int = 0
     rewards: tuple = ("im_rm", "ex_rm")
     progress: bool = True
+
+    def __post_init__(self):  # (the numeric ranges training has: lr, beta, batch_size, head_seed)
+        check_settings(self)
 
 
 class _Run:

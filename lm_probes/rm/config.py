@@ -10,7 +10,8 @@ consistency weight, what stays frozen (FREEZE), the L2 pull of the output head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from lm_probes.rm.rewards import RewardType, get_reward_type
 
@@ -46,6 +47,7 @@ class TrainConfig:
         naming the option); ``sharded``: under a fully sharded back end (lm_probes.distributed). A run
         resolves its reward type here, once, and hands it on."""
         rt = get_reward_type(self.objective)
+        check_settings(self)
         if self.batch_size % self.micro_batch:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})"
@@ -61,3 +63,34 @@ class TrainConfig:
         if sharded and self.unembedding_l2:
             raise ValueError("unembedding_l2 (the L2 pull of the head) is not run under a sharded back end")
         return rt
+
+
+# field → (lowest, highest, lowest allowed itself?): None = no bound; what every numeric setting must satisfy
+RANGES = {
+    "epochs": (0, None, True),  # (0: evaluate θ₀ only, a library use; the commands ask for ≥ 1)
+    "lr": (0.0, 1.0, False),
+    "beta": (0.0, 1e3, False),
+    "batch_size": (1, None, True),
+    "micro_batch": (1, None, True),
+    "seed": (0, None, True),
+    "head_seed": (0, None, True),
+    "max_length": (1, None, True),
+    "max_part_length": (1, None, True),
+}
+
+
+def check_settings(cfg) -> None:
+    """Refuse a numeric setting out of its range (RANGES) or not finite, in one line naming the field
+    and its flag, before any work."""
+    for f in fields(cfg):
+        if f.name not in RANGES or getattr(cfg, f.name) is None:
+            continue
+        v, (lo, hi, closed) = getattr(cfg, f.name), RANGES[f.name]
+        ints = isinstance(lo, int) and not isinstance(lo, bool)
+        bad = (ints and (not isinstance(v, int) or isinstance(v, bool))) or not math.isfinite(v)
+        bad = bad or (v < lo if closed else v <= lo) or (hi is not None and v > hi)
+        if bad:
+            where = f"{f.name} (--{f.name.replace('_', '-')})"
+            rng = f"{'≥' if closed else '>'} {lo}" + (f" and ≤ {hi:g}" if hi is not None else "")
+            kind = "an integer" if ints else "a finite number"
+            raise ValueError(f"{where} must be {kind} {rng}, got {v!r}")
