@@ -24,10 +24,9 @@ import numpy as np
 from lm_probes.common import write_json, write_text
 from lm_probes.data.rewrites import rewrite_quality
 from lm_probes.stats import seed_pair_bootstrap, seeds_and_pairs_needed
-from rmgap.experiments.robustness_cells import OBJECTIVES, cell_dir
+from rmgap.experiments.robustness_cells import OBJECTIVES, TARGET_HALF_WIDTH, cell_dir
 from theory.rewards import pair_outcomes
 
-TARGET_HALF_WIDTH = 0.05
 N_BOOT = 10_000
 
 

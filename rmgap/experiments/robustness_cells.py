@@ -9,6 +9,7 @@ from pathlib import Path
 from rmgap import flags
 
 OBJECTIVES = ("ex_rm", "im_rm")
+TARGET_HALF_WIDTH = 0.05  # the CI half-width the power model sizes pairs and seeds for
 
 
 def cell_dir(out: Path, objective: str, seed: int) -> Path:

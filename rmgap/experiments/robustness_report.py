@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_probes.reports import pyplot, save_figure
-from rmgap.experiments.robustness_cells import OBJECTIVES, cell_dir
+from rmgap.experiments.robustness_cells import OBJECTIVES, TARGET_HALF_WIDTH, cell_dir
 
 FAMILIES = {  # panel → transformations (those not evaluated are skipped)
     "math": ("latex_macros", "variable_renaming", "step_labels", "final_answer", "number_format"),
@@ -19,7 +19,6 @@ FAMILIES = {  # panel → transformations (those not evaluated are skipped)
     "combined": ("combined",),
 }
 NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
-TARGET = 0.05  # (robustness_analysis.TARGET_HALF_WIDTH)
 
 
 def recorded_seconds(out: Path, seeds) -> dict:
@@ -92,7 +91,7 @@ def table_markdown(res: dict) -> str:
         "",
         "Gap = (EX-RM accuracy change) − (IM-RM accuracy change) from the original to the transformed "
         "pairs, the same pairs; > 0: the IM-RM loses more. 95 % CI resampling seeds and problems. "
-        f"Pairs needed: for a CI half-width of {TARGET} / to decide the observed gap "
+        f"Pairs needed: for a CI half-width of {TARGET_HALF_WIDTH} / to decide the observed gap "
         "(at these seeds; ∞: seed variance alone exceeds it).",
         "",
         "| transformation | strength | token overlap | changed | EX-RM acc | IM-RM acc | EX-RM Δ | IM-RM Δ "
