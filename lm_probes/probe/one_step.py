@@ -225,7 +225,10 @@ def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
         loss = run.train_loss(rt, u)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the {rt.name} training loss is {loss.item()} at θ0")
-        grads = torch.autograd.grad(loss, params + ([u] if u is not None else []))
+        # (a type that reads no logits leaves an untied output head out of the graph: its gradient is 0)
+        wrt = params + ([u] if u is not None else [])
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads, strict=True)]
         for p in params:
             p.requires_grad_(False)
     tangents = {nm: -gr for (nm, _), gr in zip(named, grads[: len(params)], strict=True)}

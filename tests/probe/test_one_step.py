@@ -48,3 +48,21 @@ def test_contributions_sum_to_the_fixed_state_prediction(tiny_probe):
         total = sum(np.sum(t["plus"]) - np.sum(t["minus"]) for t in c["im_rm"])
         assert np.isclose(total, r["im_rm_fixed_state"], rtol=1e-10, atol=1e-300)
         assert c["group"] == r["group"] and c["response"] == r["response"]
+
+
+def test_probe_runs_every_reward_type_on_an_untied_head():
+    """A type that reads no logits (the EX-RMs) leaves an untied output head out of the graph: its
+    gradient is 0, the probe runs (it crashed there), and the full step's first order matches."""
+    from lm_probes.rm.rewards import REWARDS
+    from tests.conftest import GRM_WORDS
+
+    lm = make_tiny_lm(tie=False, extra_words=GRM_WORDS)
+    head = lm.model.get_output_embeddings().weight
+    assert head.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()
+    before = head.detach().clone()
+    res = run_probe(lm, PROBE_TRAIN, PROBE_EVALS, ProbeConfig(lr=1e-5, progress=False, rewards=tuple(REWARDS)))
+    full = res["summary"]["full"]
+    assert set(full) == set(REWARDS)
+    for name in ("ex_rm", "ex_rm_mean", "im_rm"):
+        assert full[name]["pearson_first_order"] > 0.9999, name
+    assert torch.equal(lm.model.get_output_embeddings().weight, before)
