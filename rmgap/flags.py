@@ -131,7 +131,8 @@ def load_model(args, runtime=None, **kw):
     from lm_probes.lm.loading import load_lm
 
     device = str(runtime.device) if runtime is not None and runtime.device is not None else args.device
-    return load_lm(args.model, device=device, dtype=args.dtype, attention=args.attention, **kw)
+    quiet = getattr(args, "quiet", False)
+    return load_lm(args.model, device=device, dtype=args.dtype, attention=args.attention, quiet=quiet, **kw)
 
 
 def named_set(spec: str, flag: str) -> tuple[str, str]:

@@ -161,23 +161,28 @@ def load_lm(
     untie_head: bool = False,
     revision: str | None = None,
     attention: str = "eager",
+    quiet: bool = False,
 ) -> LoadedLM:
     """Load ``name`` ("smollm2", a hub id or a local path) in ``dtype`` on ``device``, in eval mode.
     ``attention``: "eager" (lm_probes.lm.numerics: keeps float64 and forward-mode autodiff, which the probe
     needs) or "sdpa" (PyTorch's fused attention: faster and lighter for training and evaluating long
-    sequences; no forward-mode autodiff)."""
+    sequences; no forward-mode autodiff). ``quiet``: no weight-loading progress bars or warnings."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if attention not in ("eager", "sdpa"):
         raise ValueError(f"attention must be 'eager' or 'sdpa', got {attention!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    check_device(device)
     if name == "smollm2":
         path, info = smollm2_checkpoint()
     else:
+        check_source(name)
         path, info = name, {"model": name, "revision": revision}
+    if quiet:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
     model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
     n_norms = keep_rms_norms_in_dtype(model)
@@ -200,6 +205,40 @@ def load_lm(
         chat_template=getattr(tokenizer, "chat_template", None) is not None,
     )
     return LoadedLM(model, tokenizer, info)
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device torch does not know or this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= n or n == 0:
+            raise ValueError(f"--device {device!r}: this machine has {n} CUDA device(s); use --device cpu")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r}: only cpu, cuda and mps are supported")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_source(name: str) -> None:
+    """Refuse, in one line, a local model folder that is missing or lacks a config or a tokenizer (a
+    name that is not a path on this machine is a hub id, left to the hub)."""
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if not looks_local:
+        return
+    if not path.is_dir():
+        raise ValueError(f"--model {name}: no such model folder")
+    if not (path / "config.json").exists():
+        raise ValueError(f"--model {name}: not a model folder (no config.json)")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ValueError(f"--model {name}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)})")
 
 
 def _is_tied(model) -> bool:

@@ -13,6 +13,7 @@ state at the last response token, position P + K − 1.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -163,13 +164,31 @@ def head_is_linear(model) -> bool:
     return ok
 
 
-def _pass(model, fast: bool, **kw):
-    """One pass → (last-layer states (B, T, D), logits (B, T, V) or None when ``fast``, KV cache)."""
+def _pass(model, fast: bool, cache=None, **kw):
+    """One pass (continuing the KV ``cache`` where given) → (last-layer states (B, T, D), logits
+    (B, T, V) or None when ``fast``, KV cache). The cache is passed and read under the name this
+    transformers uses: ``cache`` from 5.x, ``past_key_values`` before (deprecated since)."""
+    if cache is not None:
+        kw[_cache_name()] = cache
     if fast:
         out = model.get_decoder()(**kw)
-        return out.last_hidden_state, None, getattr(out, "past_key_values", None)
+        return out.last_hidden_state, None, _cache_of(out)
     out = model(output_hidden_states=True, **kw)
-    return out.hidden_states[-1], out.logits, getattr(out, "past_key_values", None)
+    return out.hidden_states[-1], out.logits, _cache_of(out)
+
+
+@functools.cache
+def _cache_name() -> str:
+    import inspect
+
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache of a model output, without touching a deprecated alias."""
+    return out.get(_cache_name()) if hasattr(out, "get") else getattr(out, _cache_name(), None)
 
 
 def _token_logprob(lgt: torch.Tensor, response_ids, device) -> torch.Tensor:
@@ -273,7 +292,7 @@ def _score_cached(
             mask[b, P : P + lens[b]] = 1
         pos = (P + torch.arange(R, device=device))[None].expand(B, R)
         h_r, l_r, _ = _pass(
-            model, fast, input_ids=resp, attention_mask=mask, past_key_values=cache, position_ids=pos
+            model, fast, input_ids=resp, attention_mask=mask, cache=cache, position_ids=pos
         )
         h_first = h_p[0, -1]  # the state predicting y_1; response position j predicts y_{j+2}
         if answer_ids is not None:
