@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,3 +165,57 @@ class Registry(dict):
         if name not in self:
             raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(self)}")
         return self[name]
+
+
+LOCK = ".rmgap.lock"  # (a run folder's lock file: held while a run writes there)
+_HELD: dict = {}  # folder → the lock this process holds there (released when it exits)
+
+
+def claim_folder(
+    out: Path, outputs: tuple[str, ...], *, resume: bool, overwrite: bool, lock: bool = True
+) -> Path:
+    """Make ``out`` this run's folder before any work, or refuse in one line: a path that is a file or
+    cannot be written; a folder that holds anything unless ``resume`` (continue it) or ``overwrite``
+    (replace it: only where everything in it matches the glob patterns of ``outputs``, what the command
+    writes, which are then deleted); a folder another live run holds (a lock, ``lock``: the process
+    that writes; the others of a distributed launch only check)."""
+    import fcntl
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a folder")
+    present = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    if present and not (resume or overwrite):
+        shown = ", ".join(present[:4]) + (", …" if len(present) > 4 else "")
+        raise ValueError(
+            f"--out {out}: holds a run ({shown}); --resume continues it, --overwrite replaces it, "
+            "or give another --out"
+        )
+    foreign = [n for n in present if not any(Path(n).match(g) for g in outputs)]
+    if overwrite and foreign:
+        raise ValueError(
+            f"--out {out}: --overwrite, but it holds files no run writes ({', '.join(foreign[:4])})"
+        )
+    if not lock or out.resolve() in _HELD:  # (a folder this process holds already: its own run)
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OSError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(
+            f"--out {out}: another run (pid {holder}) is writing here; wait for it or use another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[out.resolve()] = fd
+    if overwrite:
+        for name in present:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return out

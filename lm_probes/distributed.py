@@ -76,6 +76,11 @@ class Runtime:
         return cls(acc)
 
     @property
+    def mixed_precision(self) -> str:
+        """The autocast of the forward passes: "no", "bf16" or "fp16"."""
+        return "no" if self.accelerator is None else str(self.accelerator.mixed_precision)
+
+    @property
     def world(self) -> int:
         return 1 if self.accelerator is None else self.accelerator.num_processes
 

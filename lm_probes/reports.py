@@ -9,17 +9,26 @@ lm_probes.probe.one_step returned.
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_jsonl
+from lm_probes.common import write_json, write_jsonl, write_text
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """Write ``fig`` and close it (pyplot keeps every open figure alive)."""
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    """Write ``fig`` atomically (a temporary file renamed over ``path``) and close it (pyplot keeps every
+    open figure alive)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        pyplot().close(fig)
 
 
 def pyplot():
@@ -33,6 +42,18 @@ def pyplot():
 
 
 # --- training ---------------------------------------------------------------------------------------
+
+
+# what a training run writes into its folder (lm_probes.common.claim_folder: what --overwrite replaces)
+TRAIN_OUTPUTS = (
+    "summary.json",
+    "history.json",
+    "checkpoint.pt",
+    "rewards_*.jsonl",
+    "learning_curves.png",
+    "precision_check.json",
+    ".*.tmp*",
+)
 
 
 def write_training(result, out: Path) -> None:
@@ -102,15 +123,18 @@ def print_dropped(dropped: dict[str, dict[str, list[str]]]) -> None:
 # --- the probe --------------------------------------------------------------------------------------
 
 
+PROBE_OUTPUTS = ("summary.json", "records.csv", "contributions.jsonl", "scatter.png", ".*.tmp*")
+
+
 def write_probe(res: dict, out: Path, figure: bool = True) -> None:
     out = Path(out)
     write_json(out / "summary.json", res["summary"])
     recs = res["records"]
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "records.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(recs[0]))
-        w.writeheader()
-        w.writerows(recs)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(recs[0]))
+    w.writeheader()
+    w.writerows(recs)
+    write_text(out / "records.csv", table.getvalue())
     write_jsonl(out / "contributions.jsonl", res.get("contributions", []))
     if figure:
         save_figure(probe_scatter(recs, res["summary"]), out / "scatter.png", dpi=130)

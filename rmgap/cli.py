@@ -110,7 +110,9 @@ def run_command(name: str, fn, argv: list[str], debug: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
+    from rmgap.flags import Parser
+
+    ap = Parser(
         prog="rmgap",
         description="EX-RM vs IM-RM: theory, simulations and probes",
         epilog=__doc__,

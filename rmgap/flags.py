@@ -13,6 +13,8 @@ command with one line, ``rmgap <command>: error: <file:line: what>``, and exit s
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,10 +24,37 @@ from lm_probes.rm.config import TrainConfig
 DTYPES = ("float32", "float64", "bfloat16")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``<prog>: error: <what> (<prog> -h for the flags)``, exit 2, no
+    usage block) and negative numbers as values (``--lr -1e-3``, which argparse takes for a flag)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} ({self.prog} -h for the flags)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._join_negative_values(args), namespace)
+
+    def _join_negative_values(self, args: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(args):
+            a = args[i]
+            action = self._option_string_actions.get(a)
+            takes_one = action is not None and action.nargs is None and action.option_strings
+            if takes_one and i + 1 < len(args) and NEGATIVE.match(args[i + 1]):
+                out.append(f"{a}={args[i + 1]}")
+                i += 2
+                continue
+            out.append(a)
+            i += 1
+        return out
+
+
+NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    return Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
@@ -58,6 +87,38 @@ def add_run_args(ap: argparse.ArgumentParser, out: str | None) -> None:
     g.add_argument("--out", type=Path, default=None if out is None else Path(out), help="output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def add_folder_args(ap: argparse.ArgumentParser, resume: bool) -> None:
+    """--overwrite (and, where the command continues a run, --resume): what a non-empty --out needs."""
+    if resume:
+        ap.add_argument(
+            "--resume", action="store_true", help="continue the run in --out (from its checkpoint)"
+        )
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (its files are deleted)"
+    )
+
+
+def claim_out(args, outputs: tuple[str, ...], needs: str | None = None):
+    """--out claimed for this run before the model loads (lm_probes.common.claim_folder; only the main
+    process of a launch locks it), after --device and a local --model are checked; with --resume,
+    ``needs`` (a file) must be there to continue from."""
+    from lm_probes.common import claim_folder
+    from lm_probes.lm.loading import check_device, check_source
+
+    check_device(args.device)  # (the model flags too, before anything is written)
+    if args.model != "smollm2":
+        check_source(args.model)
+    resume = getattr(args, "resume", False)
+    if resume and args.overwrite:
+        raise ValueError("--resume and --overwrite: give one")
+    if resume and needs and not (args.out / needs).is_file():
+        raise ValueError(
+            f"--out {args.out}: --resume, but nothing to resume (no {needs}); --overwrite starts over"
+        )
+    main = int(os.environ.get("RANK", "0")) == 0
+    return claim_folder(args.out, outputs, resume=resume, overwrite=args.overwrite, lock=main)
 
 
 def parse_list(text: str, allowed, what: str) -> tuple[str, ...]:

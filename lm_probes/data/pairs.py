@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -110,11 +111,13 @@ def read_rows(path, *, label: str | None = None) -> list[tuple[str, dict]]:
     UTF-8, lines that are not JSON objects, and empty files raise :class:`DataError`."""
     path = Path(path)
     label = label or str(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a JSONL file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc})") from None
     rows = []
     for n, line in enumerate(raw.split(b"\n"), 1):
@@ -128,9 +131,11 @@ def read_rows(path, *, label: str | None = None) -> list[tuple[str, dict]]:
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        except _DuplicateKey as exc:
+            raise DataError(f"{where}: field {exc.args[0]!r} appears twice in one object") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         rows.append((where, row))
@@ -139,11 +144,32 @@ def read_rows(path, *, label: str | None = None) -> list[tuple[str, dict]]:
     return rows
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(items: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice is an error (json keeps the last value silently)."""
+    row = {}
+    for k, v in items:
+        if k in row:
+            raise _DuplicateKey(k)
+        row[k] = v
+    return row
+
+
 def require_str(where: str, row: dict, key: str) -> str:
     if key not in row:
         raise DataError(f"{where}: missing field {key!r}")
     if not isinstance(row[key], str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+    try:
+        row[key].encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escape such as \ud800: JSON, not text
+        bad = f"\\u{ord(row[key][exc.start]):04x}"
+        raise DataError(
+            f"{where}: field {key!r} holds {bad} at character {exc.start + 1}, not text"
+        ) from None
     return row[key]
 
 

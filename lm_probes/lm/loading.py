@@ -215,7 +215,7 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, mps, ...)") from None
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if dev.index is not None and dev.index >= n or n == 0:
+        if (dev.index is not None and dev.index >= n) or n == 0:
             raise ValueError(f"--device {device!r}: this machine has {n} CUDA device(s); use --device cpu")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")

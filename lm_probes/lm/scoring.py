@@ -291,9 +291,7 @@ def _score_cached(
             resp[b, : lens[b]] = torch.tensor(encs[i].response_ids, device=device)
             mask[b, P : P + lens[b]] = 1
         pos = (P + torch.arange(R, device=device))[None].expand(B, R)
-        h_r, l_r, _ = _pass(
-            model, fast, input_ids=resp, attention_mask=mask, cache=cache, position_ids=pos
-        )
+        h_r, l_r, _ = _pass(model, fast, input_ids=resp, attention_mask=mask, cache=cache, position_ids=pos)
         h_first = h_p[0, -1]  # the state predicting y_1; response position j predicts y_{j+2}
         if answer_ids is not None:
             l_first = head(h_first) if fast else l_p[0, -1]

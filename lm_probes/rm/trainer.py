@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm_probes.common import progress, tune_malloc
+from lm_probes.common import progress, tune_malloc, write_text
 from lm_probes.data.pairs import EncodedPairs, Pair, encode_pairs
 from lm_probes.distributed import Runtime
 from lm_probes.lm.loading import LoadedLM
 from lm_probes.lm.scoring import Encoded
-from lm_probes.rm.checkpoints import restore_checkpoint, save_checkpoint
+from lm_probes.rm.checkpoints import digest, restore_checkpoint, save_checkpoint, weights_digest
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
@@ -110,10 +110,30 @@ def _encode_run(lm, train: list[Pair], eval_sets: dict, cfg: TrainConfig, rt: Re
     return data
 
 
-def _resume(ckpt: Path, rm: RewardModel, opt, data: _Encoded) -> tuple[list, int, float | None]:
+RESERVED = ("epoch", "train_loss")  # history keys beside the evaluation sets' names
+
+
+def _encodings_digest(encs: list[tuple[Encoded, Encoded]]) -> str:
+    return digest([(np.asarray(e.input_ids, dtype=np.int64), e.prompt_len) for pr in encs for e in pr])
+
+
+def run_identity(rm: RewardModel, data: _Encoded, runtime: Runtime) -> dict:
+    """What a resume must find unchanged (lm_probes.rm.checkpoints.check_run): digests of the encoded
+    training pairs (and rewrites), of every evaluation set, of the model's weights at θ0; the mixed
+    precision."""
+    rewrites = [w for w in data.rewrites or [] if w]
+    return {
+        "train": _encodings_digest(data.train + rewrites),
+        "eval": {n: _encodings_digest(e) for n, e in data.evals.items()},
+        "model": weights_digest(rm.model),
+        "mixed_precision": runtime.mixed_precision,
+    }
+
+
+def _resume(ckpt: Path, rm: RewardModel, opt, data: _Encoded, run: dict) -> tuple[list, int, float | None]:
     """(history, last finished epoch, its loss if its evaluation is pending) from ``ckpt``, refused
-    where the checkpoint's reference tables do not cover this run's pairs."""
-    history, start_epoch, pending_loss = restore_checkpoint(ckpt, rm, opt)
+    where it was written by another run or its reference tables do not cover this run's pairs."""
+    history, start_epoch, pending_loss = restore_checkpoint(ckpt, rm, opt, run)
     sets = {
         "training set": (data.train, rm.ref),
         **{f"evaluation set {n!r}": (v, rm.ref_eval) for n, v in data.evals.items()},
@@ -180,10 +200,13 @@ def train_reward_model(
     ``summary["dropped"]``."""
     runtime = runtime or Runtime()
     rt = cfg.check(sharded=runtime.lockstep)  # the reward type, resolved once for the run
+    if clash := [n for n in eval_sets if n in RESERVED]:
+        raise ValueError(f"evaluation set name {clash[0]!r} is reserved (a history key); name it otherwise")
     tune_malloc()  # (speed only: activations reallocated every step stay in the process)
     torch.manual_seed(cfg.seed)
     rm = RewardModel(lm, cfg, runtime, rt)
     data = _encode_run(lm, train, eval_sets, cfg, rt)
+    identity = run_identity(rm, data, runtime)  # (θ0: before any update)
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     resuming = bool(resume and ckpt and ckpt.exists())
     t_ref = time.perf_counter()  # before any update: π_ref is the initial model
@@ -199,27 +222,30 @@ def train_reward_model(
     wrapped, opt = runtime.prepare(rm, opt, find_unused=unused)
     history, start_epoch, pending_loss = [], 0, None
     if resuming:  # (into the prepared model: a sharded one loads its shards; and the reference tables)
-        history, start_epoch, pending_loss = _resume(ckpt, rm, opt, data)
+        history, start_epoch, pending_loss = _resume(ckpt, rm, opt, data, identity)
 
     def log(epoch, train_loss, evaluate=True, tokens=False):
         res = evaluate_sets(rm, data.evals, epoch, tokens) if evaluate else {}
         history.append({"epoch": epoch, "train_loss": train_loss, **{n: v.metrics for n, v in res.items()}})
+        if ckpt and runtime.is_main:
+            write_text(ckpt.parent / "history.json", json.dumps(history))
         return res
 
     if not history and cfg.eval_every_epoch:
         log(0, None)
+    if pending_loss is not None and start_epoch < cfg.epochs:  # stopped in an earlier epoch's evaluation
+        log(start_epoch, pending_loss, cfg.eval_every_epoch)
+        pending_loss = None
     final, t0, train_s = None, time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         train_loss = _train_epoch(rm, wrapped, opt, data, cfg, epoch, runtime)
         train_s += time.perf_counter() - t_epoch
         if ckpt:  # before the evaluation: a run stopped there keeps its weights (the main process writes)
-            save_checkpoint(ckpt, rm, opt, history, epoch, train_loss, write=runtime.is_main)
+            save_checkpoint(ckpt, rm, opt, history, epoch, train_loss, runtime.is_main, identity)
         last = epoch == cfg.epochs
         res = log(epoch, train_loss, last or cfg.eval_every_epoch, last and cfg.token_rewards)
         final = res if last else None
-        if ckpt and runtime.is_main:
-            (ckpt.parent / "history.json").write_text(json.dumps(history))
         runtime.barrier()  # (every process sees the checkpoint before it goes on)
     if final is None and pending_loss is not None:  # resumed into the last epoch's evaluation
         final = log(cfg.epochs, pending_loss, True, cfg.token_rewards)
@@ -237,6 +263,8 @@ def train_reward_model(
         "train_seconds": train_s,  # optimiser epochs only
         "reference_seconds": reference_s,  # ln π_ref of the training set (~0 without a reference)
         "processes": runtime.world,  # (lm_probes.distributed)
+        "mixed_precision": runtime.mixed_precision,
+        "digests": identity,  # of the data, evaluation sets and initial weights (what a resume checks)
     }
     rewards = {n: v.rewards for n, v in final.items()}
     tokens = {n: v.token_rewards for n, v in final.items() if v.token_rewards is not None}

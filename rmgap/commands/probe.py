@@ -35,6 +35,7 @@ def _parser():
     ap.add_argument("--no-figure", action="store_true")
     flags.add_model_args(ap)
     flags.add_run_args(ap, None)
+    flags.add_folder_args(ap, resume=False)
     return ap
 
 
@@ -60,7 +61,7 @@ def main(argv=None, lm=None) -> dict:
     """Run the reward-dynamics probe (lm_probes.probe.one_step) and write its report."""
     from lm_probes.lm.loading import float64_problem
     from lm_probes.probe.one_step import run_probe
-    from lm_probes.reports import print_probe, write_probe
+    from lm_probes.reports import PROBE_OUTPUTS, print_probe, write_probe
 
     ap = _parser()
     args = ap.parse_args(argv)
@@ -69,14 +70,10 @@ def main(argv=None, lm=None) -> dict:
     modes = flags.parse_list(args.modes, ("head_only", "full"), "--modes")
     rewards = flags.parse_list(args.rewards, tuple(REWARDS), "--rewards")
     data, name = _probe_set(ap, args)
-    out = args.out or Path("runs") / f"probe-{name}"
-    t0 = time.perf_counter()
     if args.attention != "eager":
         raise ValueError("rmgap probe: --attention sdpa has no forward-mode autodiff; the probe needs eager")
     if args.dtype == "float64" and (why := float64_problem(args.device)):
         raise ValueError(f"--dtype float64 on {args.device}: {why}; use --dtype float32 or --device cpu")
-    lm = lm or flags.load_model(args, untie_head=args.untie_head)
-    t_load = time.perf_counter() - t0
     cfg = ProbeConfig(
         beta=args.beta,
         lr=args.lr,
@@ -87,10 +84,15 @@ def main(argv=None, lm=None) -> dict:
         rewards=rewards,
         progress=not args.quiet,
     )
+    args.out = args.out or Path("runs") / f"probe-{name}"
+    flags.claim_out(args, PROBE_OUTPUTS)
+    t0 = time.perf_counter()
+    lm = lm or flags.load_model(args, untie_head=args.untie_head)
+    t_load = time.perf_counter() - t0
     res = run_probe(lm, data["train"], data["eval"], cfg, margin=data.get("margin"))
     res["summary"]["seconds"] = {"load": t_load, "probe": time.perf_counter() - t0 - t_load}
     res["summary"]["command"] = flags.command_line("rmgap probe", argv)
-    write_probe(res, out, figure=not args.no_figure)
+    write_probe(res, args.out, figure=not args.no_figure)
     print_probe(res["summary"])
-    print(f"wrote {out}/summary.json, records.csv" + ("" if args.no_figure else ", scatter.png"))
+    print(f"wrote {args.out}/summary.json, records.csv" + ("" if args.no_figure else ", scatter.png"))
     return res["summary"]

@@ -29,7 +29,6 @@ def _parser():
         default = getattr(TrainConfig, flag)
         ap.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
     ap.add_argument("--no-chat-template", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     ap.add_argument(
         "--precision-check",
         action="store_true",
@@ -38,6 +37,7 @@ def _parser():
     )
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/train")
+    flags.add_folder_args(ap, resume=True)
     return ap
 
 
@@ -78,7 +78,7 @@ def precision_check(args, argv, lm, train, cfg) -> dict:
 
 def main(argv=None, lm=None) -> dict:
     """Train one reward model on JSONL files or shipped datasets and write its outputs."""
-    from lm_probes.reports import print_training, write_training
+    from lm_probes.reports import TRAIN_OUTPUTS, print_training, write_training
     from lm_probes.rm.trainer import train_reward_model
 
     ap = _parser()
@@ -94,6 +94,7 @@ def main(argv=None, lm=None) -> dict:
         micro_batch=args.micro_batch,
         chat_template=not args.no_chat_template,
     )
+    flags.claim_out(args, TRAIN_OUTPUTS, needs=None if args.precision_check else "checkpoint.pt")
     if args.precision_check:
         return precision_check(args, argv, lm, train, cfg)
     runtime = flags.runtime_from(args)

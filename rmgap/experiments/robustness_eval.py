@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from lm_probes.common import write_json, write_jsonl
 from lm_probes.data.pairs import Pair, load_rows
 from lm_probes.data.splits import length_rule
 from lm_probes.data.transforms import get_transform, transform_pairs
-from lm_probes.rm.checkpoints import same_config
+from lm_probes.rm.checkpoints import load_file, load_weights, read_checkpoint, same_config, save_atomic
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.trainer import encode_for_training
@@ -119,13 +116,6 @@ def _encoded(lm, group: list[EvalSet], cfg) -> dict:
     return {s.name: encode_for_training(lm, s.pairs, cfg) for s in group}
 
 
-def _save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _key(group: list[EvalSet]) -> str:
     return group[0].transform or group[0].name
 
@@ -134,13 +124,13 @@ def reference_table(factory, group, im_cfg, out: Path, say=print) -> dict:
     """ln π_ref of a group's encodings by the untrained model (``<out>/reference/<group>.pt``, computed
     once: read back while its digest is the group's)."""
     path, digest = out / "reference" / f"{_key(group)}.pt", group_digest(group)
-    if path.exists() and (saved := torch.load(path, weights_only=False))["digest"] == digest:
+    if path.exists() and (saved := load_file(path))["digest"] == digest:
         return saved["table"]
     lm = factory()
     rm = RewardModel(lm, replace(im_cfg, progress=False))
     t0 = time.perf_counter()
     rm.fill_eval_reference({n: e.encodings for n, e in _encoded(lm, group, im_cfg).items()})
-    _save({"digest": digest, "table": rm.ref_eval, "seconds": time.perf_counter() - t0}, path)
+    save_atomic({"digest": digest, "table": rm.ref_eval, "seconds": time.perf_counter() - t0}, path)
     say(f"reference {path.stem}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rm.ref_eval
 
@@ -148,13 +138,11 @@ def reference_table(factory, group, im_cfg, out: Path, say=print) -> dict:
 def load_trained(lm, cfg, ckpt: Path) -> RewardModel:
     """The reward model of a finished training cell: its checkpoint's weights (and head) in ``lm``,
     refused when the checkpoint was written with another configuration or before the last epoch."""
-    state = torch.load(ckpt, weights_only=False, map_location=lm.device)
+    state = read_checkpoint(ckpt, map_location=lm.device)
     if not same_config(state["config"], cfg) or state["epoch"] != cfg.epochs:
         raise ValueError(f"{ckpt}: not this cell's finished training ({cfg.objective}, seed {cfg.seed})")
     rm = RewardModel(lm, replace(cfg, progress=False))
-    rm.model.load_state_dict(state["model"])
-    if rm.u is not None:
-        rm.u.data.copy_(state["u"])
+    load_weights(ckpt, rm, state)
     rm.model.eval()
     return rm
 
