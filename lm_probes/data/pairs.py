@@ -76,6 +76,16 @@ def dataset_path(name: str, split: str) -> Path:
     return shipped_path(name, split)
 
 
+def data_overrides() -> dict[str, str]:
+    """``{"<name>/<split>": path}`` of the shipped datasets ``RMGAP_DATA`` replaces (read unchecked)."""
+    found = {}
+    for e in catalog() if os.environ.get("RMGAP_DATA") else ():
+        path = dataset_path(e["name"], e["split"])
+        if path != DATASETS_DIR / e["file"]:
+            found[f"{e['name']}/{e['split']}"] = str(path)
+    return found
+
+
 def shipped_path(name: str, split: str) -> Path:
     """The shipped file of a dataset, its SHA-256 checked against the manifest (once per process)."""
     entry = _entry(name, split)

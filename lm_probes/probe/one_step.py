@@ -64,6 +64,9 @@ class _Run:
             if tr.dropped["identical"]:
                 raise DataError(f"{tr.dropped['identical'][0]}: a training triple must have two responses")
             ev = self.encode(evals)
+            if not ev.encodings:
+                why = f"its {len(evals)} pair(s) all have two identical responses" if evals else "it is empty"
+                raise DataError(f"no evaluation pair to probe: {why}")
         self.tr_encs = [e for pr in tr.encodings for e in pr]
         self.ev_encs = [e for pr in ev.encodings for e in pr]
         self.train, self.evals, self.dropped = train, ev.kept, ev.dropped["identical"]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from lm_probes.data.pairs import catalog, shipped_path
+import os
+
+from lm_probes.data.pairs import catalog, data_overrides, shipped_path
 from rmgap.flags import parser
 
 
@@ -20,6 +22,10 @@ def main(argv=None) -> list[dict]:
             shipped_path(e["name"], e["split"])  # raises DataError on a mismatch
         print(f"{e['name']:<26} {e['split']:<14} {e['rows']:>5}  {e['licence']}")
     if args.verify:
-        print(f"all {len(entries)} files match their SHA-256")
+        print(f"all {len(entries)} shipped files match their SHA-256")
+    if over := data_overrides():
+        print(f"RMGAP_DATA={os.environ['RMGAP_DATA']} replaces {len(over)} of them (read unchecked):")
+        for spec, path in over.items():
+            print(f"  {spec:<40} {path}")
     print("details: lm_probes/data/datasets/README.md; load: lm_probes.data.pairs.load_pairs(name, split)")
     return entries

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lm_probes.common import write_json
-from lm_probes.data.pairs import read_jsonl
+from lm_probes.data.pairs import data_overrides, read_jsonl
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.rewards import REWARDS
 from rmgap import flags
@@ -47,13 +47,17 @@ def _data(args) -> tuple[list, dict]:
         train = read_jsonl(args.train, group="train")
     else:
         train = flags.shipped_pairs(args.train_set, "train")
+    from lm_probes.rm.trainer import RESERVED
+
     eval_sets = {}
-    for spec in args.eval:
-        name, path = flags.named_set(spec, "--eval")
-        eval_sets[name] = read_jsonl(path, group=name)
-    for spec in args.eval_set:
-        name, value = flags.named_set(spec, "--eval-set")
-        eval_sets[name] = flags.shipped_pairs(value, name)
+    specs = [(s, "--eval") for s in args.eval] + [(s, "--eval-set") for s in args.eval_set]
+    for spec, flag in specs:
+        name, value = flags.named_set(spec, flag)
+        if name in eval_sets or name in RESERVED:
+            why = "reserved (a history key)" if name in RESERVED else "already the name of another set"
+            raise ValueError(f"{flag} {spec}: the name {name!r} is {why}; name each set once (NAME=...)")
+        read = (lambda v, n: read_jsonl(v, group=n)) if flag == "--eval" else flags.shipped_pairs
+        eval_sets[name] = read(value, name)
     return train, eval_sets
 
 
@@ -103,6 +107,7 @@ def main(argv=None, lm=None) -> dict:
         lm, train, eval_sets or {"train": train}, cfg, args.out, args.resume, runtime=runtime
     )
     result.summary["command"] = flags.command_line("rmgap train", argv)
+    result.summary["data_overrides"] = data_overrides()  # (shipped sets RMGAP_DATA replaced, unchecked)
     if runtime.is_main:
         write_training(result, args.out)
         print_training(result.summary)

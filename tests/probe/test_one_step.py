@@ -66,3 +66,13 @@ def test_probe_runs_every_reward_type_on_an_untied_head():
     for name in ("ex_rm", "ex_rm_mean", "im_rm"):
         assert full[name]["pearson_first_order"] > 0.9999, name
     assert torch.equal(lm.model.get_output_embeddings().weight, before)
+
+
+def test_probe_refuses_evaluation_pairs_that_are_all_identical():
+    import pytest
+
+    from lm_probes.data.pairs import DataError, Pair
+
+    same = [Pair("kindness matters", "yes", "yes", "same", "e0")]
+    with pytest.raises(DataError, match="no evaluation pair to probe: its 1 pair"):
+        run_probe(make_tiny_lm(), PROBE_TRAIN, same, ProbeConfig(progress=False))
