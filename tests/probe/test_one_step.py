@@ -60,7 +60,9 @@ def test_probe_runs_every_reward_type_on_an_untied_head():
     head = lm.model.get_output_embeddings().weight
     assert head.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()
     before = head.detach().clone()
-    res = run_probe(lm, PROBE_TRAIN, PROBE_EVALS, ProbeConfig(lr=1e-5, progress=False, rewards=tuple(REWARDS)))
+    res = run_probe(
+        lm, PROBE_TRAIN, PROBE_EVALS, ProbeConfig(lr=1e-5, progress=False, rewards=tuple(REWARDS))
+    )
     full = res["summary"]["full"]
     assert set(full) == set(REWARDS)
     for name in ("ex_rm", "ex_rm_mean", "im_rm"):
