@@ -1,8 +1,9 @@
-"""Helpers every part of lm_probes uses: progress bars, phase timers, JSON output.
+"""Helpers every part of lm_probes uses: progress bars, phase timers, atomic output, run folders.
 
 for batch in progress(batches, "epoch 1", enabled=not quiet): ...
 timer = Timer(); with timer("model"): ...; timer.seconds   # {"model": 1.2}
 write_json(path, summary)        # atomic; NaN/inf → null, numpy scalars → Python, tuples → lists
+claim_folder(out, ("summary.json", "rewards_*.jsonl"), resume=False, overwrite=False)   # or one line
 matmul_rate(); train_flops("im_rm", n_body, n_head, tokens, response_tokens)   # for the benchmarks
 """
 
