@@ -69,14 +69,19 @@ def write_json(path: Path, obj) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` atomically: into a temporary file beside ``path``, then renamed over it (a reader,
-    or a run killed mid-write, sees the old file or the new one, never a fragment)."""
+    """Write ``text`` (UTF-8) atomically: see :func:`write_bytes`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` atomically: into a temporary file beside ``path``, flushed to disk, then renamed
+    over it (a reader, or a run killed mid-write, sees the old file or the new one, never a fragment)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -215,6 +220,9 @@ def claim_folder(
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _HELD[out.resolve()] = fd
+    for name in present if resume else ():  # a killed run's temporary files (no live writer: locked)
+        if name.startswith(".") and ".tmp" in name and (out / name).is_file():
+            (out / name).unlink()
     if overwrite:
         for name in present:
             target = out / name

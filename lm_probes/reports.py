@@ -57,10 +57,9 @@ TRAIN_OUTPUTS = (
 
 
 def write_training(result, out: Path) -> None:
-    """``result`` (lm_probes.rm.trainer.TrainResult) → summary.json, rewards_<set>.jsonl and
-    learning_curves.png."""
+    """``result`` (lm_probes.rm.trainer.TrainResult) → rewards_<set>.jsonl, learning_curves.png and,
+    last (a folder with it is finished), summary.json."""
     out = Path(out)
-    write_json(out / "summary.json", result.summary)
     for name, r in result.rewards.items():
         rows = (
             {
@@ -77,6 +76,7 @@ def write_training(result, out: Path) -> None:
     objective = result.summary["config"]["objective"]
     fig = plot_curves({objective: result.summary["history"]})
     save_figure(fig, out / "learning_curves.png")
+    write_json(out / "summary.json", result.summary)
 
 
 def plot_curves(histories: dict[str, list[dict]]):

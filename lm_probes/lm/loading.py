@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from lm_probes.common import write_text
 from lm_probes.lm.numerics import keep_rms_norms_in_dtype
 from lm_probes.lm.numerics import register as register_attention
 
@@ -81,7 +82,10 @@ def smollm2_checkpoint() -> tuple[Path, dict]:
     stat = gguf.stat()
     root = cache_root()
     stamp = root / "hashes.json"
-    hashes = json.loads(stamp.read_text()) if stamp.exists() else {}
+    try:
+        hashes = json.loads(stamp.read_text()) if stamp.exists() else {}
+    except ValueError:  # (unreadable: recomputed below)
+        hashes = {}
     key = f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}"
     sha = hashes.get(key) or _sha256(gguf)
     target = root / f"smollm2-135m-instruct-{sha[:16]}"
@@ -105,7 +109,7 @@ def smollm2_checkpoint() -> tuple[Path, dict]:
                 shutil.rmtree(tmp, ignore_errors=True)
     hashes[key] = sha
     root.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(hashes, indent=1))
+    write_text(stamp, json.dumps(hashes, indent=1))
     return target, {
         "model": "SmolLM2-135M-Instruct",
         "source": f"{SMOLLM2_PACKAGE}/{gguf.name}",  # (inside the package; no path of this machine)

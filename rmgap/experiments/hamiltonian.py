@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_jsonl
+from lm_probes.common import write_json, write_jsonl, write_text
 from lm_probes.data.cycles import add_graph_tokens, hamiltonian_data
 from lm_probes.lm.generation import SamplingConfig
 from lm_probes.reports import pyplot, save_figure, write_training
@@ -295,7 +295,7 @@ def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
     )
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
-    (out / "table.md").write_text(result["markdown"])
+    write_text(out / "table.md", result["markdown"])
     save_figure(figure(result), out / "hamiltonian.png")
 
 
@@ -308,7 +308,7 @@ def report(run: Path) -> dict:
     s["mass_vs_reference"] = mass_vs_reference(s)
     markdown = table_markdown(s, header(s))
     write_json(path, s)
-    (Path(run) / "table.md").write_text(markdown)
+    write_text(Path(run) / "table.md", markdown)
     print(markdown)
     return s
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from lm_probes.common import write_json
+from lm_probes.common import write_json, write_text
 from lm_probes.data.persona import persona_data, persona_probe_set
 from lm_probes.probe.direction import step_direction
 from lm_probes.probe.one_step import ProbeConfig, first_order_moves
@@ -296,7 +296,7 @@ def write_mitigations(result: dict, out: Path) -> None:
     """table.json, table.md and mitigations.png (each mitigation's own files are written as it ends)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "table.json", {k: v for k, v in result.items() if k != "markdown"})
-    (out / "table.md").write_text(result["markdown"])
+    write_text(out / "table.md", result["markdown"])
     save_figure(figure(result["mitigations"]), out / "mitigations.png")
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lm_probes.common import write_json
+from lm_probes.common import write_json, write_text
 from lm_probes.data.persona import persona_data
 from lm_probes.reports import plot_curves, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
@@ -97,7 +97,7 @@ def write_persona(result: dict, out: Path) -> None:
     """table.md, table.json, persona_curves.png, and each RM's outputs under <out>/<objective>/."""
     for obj, r in result["runs"].items():
         write_training(r, out / obj)
-    (out / "table.md").write_text(result["markdown"])
+    write_text(out / "table.md", result["markdown"])
     write_json(out / "table.json", {k: v for k, v in result.items() if k not in ("runs", "markdown")})
     histories = {obj: r.summary["history"] for obj, r in result["runs"].items()}
     save_figure(plot_curves(histories), out / "persona_curves.png")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import jsonable, write_json, write_jsonl
+from lm_probes.common import jsonable, write_bytes, write_json, write_jsonl, write_text
 from lm_probes.data.pairs import DataError
 from lm_probes.reports import pyplot, save_figure, write_training
 
@@ -20,12 +20,13 @@ NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
 
 def write_cell(result, tokens: dict[str, list[dict]], out: Path) -> None:
     """One RM: summary.json, rewards_<set>.jsonl, learning_curves.png (write_training) and
-    token_rewards_<set>.jsonl.gz (rows of rmgap.experiments.shifts.token_rows)."""
-    write_training(result, out)
+    token_rewards_<set>.jsonl.gz (rows of rmgap.experiments.shifts.token_rows), each atomically and
+    summary.json last (what --resume takes for a finished cell)."""
     for name, rows in tokens.items():
-        with gzip.open(out / f"token_rewards_{name}.jsonl.gz", "wt", encoding="utf-8", compresslevel=9) as f:
-            for row in rows:
-                f.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+        text = "".join(json.dumps(jsonable(row), ensure_ascii=False) + "\n" for row in rows)
+        packed = gzip.compress(text.encode("utf-8"), compresslevel=9)
+        write_bytes(out / f"token_rewards_{name}.jsonl.gz", packed)
+    write_training(result, out)
 
 
 def load_cell(d: Path) -> dict:
@@ -212,7 +213,7 @@ def write_results(res: dict, out: Path) -> None:
     body["flips"] = {k: v for k, v in res["flips"].items() if k != "rows"}
     write_json(out / "results.json", body)
     write_jsonl(out / "flips.jsonl", res["flips"]["rows"])
-    (out / "table.md").write_text(res["markdown"], encoding="utf-8")
+    write_text(out / "table.md", res["markdown"])
     title = f"trained on {res['config']['train_set']}"
     fig = win_rate_figure(res["win_rate"], res["win_rate_plain"], res["eval"], title)
     save_figure(fig, out / "win_rates.png")
@@ -271,6 +272,6 @@ def combined_markdown(comb: dict) -> str:
 def write_combined(comb: dict, out: Path) -> None:
     out = Path(out)
     write_json(out / "results.json", {k: v for k, v in comb.items() if k != "markdown"})
-    (out / "table.md").write_text(comb["markdown"], encoding="utf-8")
+    write_text(out / "table.md", comb["markdown"])
     fig = win_rate_figure(comb["win_rate"], comb["win_rate_plain"], title="all runs combined")
     save_figure(fig, out / "win_rates.png")

@@ -165,6 +165,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(world, tmp_path, fault
     assert rc == 0, err
     assert world.result(out) == world.result(world.root / "clean_im_rm")
     assert [h["epoch"] for h in json.loads((out / "summary.json").read_text())["history"]] == [0, 1, 2, 3]
+    assert not list(out.glob(".*tmp*"))  # the killed run's temporary file is cleared by the resume
 
 
 def test_a_run_killed_before_its_first_checkpoint_says_so_and_starts_over(world, tmp_path):
