@@ -87,6 +87,7 @@ def encode(
         raise ScoringError(f"{at}prompt and response must be strings")
     if not response.strip():
         raise ScoringError(f"{at}empty response: an empty response has no tokens to score")
+    _too_long_to_tokenise(tokenizer, prompt, response, max_length, max_part_length, at)
     text, p_ids = prompt_ids(tokenizer, prompt, chat_template=chat_template)
     special = not _templated(tokenizer, chat_template)
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
@@ -107,6 +108,28 @@ def encode(
             f"exceeds the model's context of {max_length} tokens"
         )
     return Encoded(ids, len(p_ids), list(joint) != list(ids), where)
+
+
+def _too_long_to_tokenise(tokenizer, prompt, response, max_length, max_part_length, at) -> None:
+    """Raise SequenceTooLongError, before tokenising, for text that cannot fit: no token spells more than
+    L characters (the vocabulary's longest), so n characters are at least n / L tokens; the bound is
+    taken with a margin of 4 (normalisers, spaces between words). A 10 MB line is refused in
+    microseconds instead of tokenised for a minute."""
+    limits = [(len(prompt) + len(response), max_length, "the model's context of")]
+    limits += [(max(len(prompt), len(response)), max_part_length, "the per-part limit of")]
+    longest = tokenizer.__dict__.get("_rmgap_longest_token")
+    for n, limit, what in limits:
+        if limit is None:
+            continue
+        if longest is None:
+            longest = tokenizer.__dict__["_rmgap_longest_token"] = max(
+                map(len, tokenizer.get_vocab()), default=1
+            )
+        if n > 4 * longest * limit:
+            raise SequenceTooLongError(
+                f"{at}{n} characters cannot fit {what} {limit} tokens (checked before tokenising: "
+                f"no token is longer than {longest} characters)"
+            )
 
 
 def pad_batch(encs: list[Encoded], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,3 +141,20 @@ def test_sdpa_attention_scores_like_the_eager_one():
     fused = score(lm.model, encs, pad_id_of(lm.tokenizer), mode="whole")
     torch.testing.assert_close(fused.logprob, eager.logprob, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fused.last_hidden, eager.last_hidden, rtol=1e-10, atol=1e-10)
+
+
+def test_a_text_too_long_to_fit_is_refused_before_tokenising(tiny_lm, monkeypatch):
+    """A 10 MB response cannot fit 64 tokens: refused without calling the tokenizer; a text near the
+    bound is still tokenised and measured."""
+    tok = tiny_lm.tokenizer
+    calls = []
+    real = type(tok).__call__
+    monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    with pytest.raises(ScoringError, match="checked before tokenising"):
+        encode(tok, "i like people", "yes " * 2_500_000, max_length=64, where="row 1")
+    with pytest.raises(ScoringError, match="checked before tokenising"):
+        encode(tok, "i like people", "yes " * 2_500_000, max_part_length=64, where="row 1")
+    assert not calls
+    with pytest.raises(ScoringError, match="exceeds the model's context of 64 tokens"):
+        encode(tok, "i like people", "yes " * 65, max_length=64)  # 260 characters: under the bound
+    assert calls
