@@ -177,14 +177,12 @@ LOCK = ".rmgap.lock"  # (a run folder's lock file: held while a run writes there
 _HELD: dict = {}  # folder → the lock this process holds there (released when it exits)
 
 
-def claim_folder(
-    out: Path, outputs: tuple[str, ...], *, resume: bool, overwrite: bool, lock: bool = True
-) -> Path:
+def claim_folder(out: Path, outputs: tuple[str, ...], *, resume: bool, overwrite: bool) -> Path:
     """Make ``out`` this run's folder before any work, or refuse in one line: a path that is a file or
     cannot be written; a folder that holds anything unless ``resume`` (continue it) or ``overwrite``
     (replace it: only where everything in it matches the glob patterns of ``outputs``, what the command
-    writes, which are then deleted); a folder another live run holds (a lock, ``lock``: the process
-    that writes; the others of a distributed launch only check)."""
+    writes, which are then deleted); a folder another live run holds (a lock, held while this process
+    lives; of a distributed launch, only the main process claims)."""
     import fcntl
 
     out = Path(out)
@@ -202,7 +200,7 @@ def claim_folder(
         raise ValueError(
             f"--out {out}: --overwrite, but it holds files no run writes ({', '.join(foreign[:4])})"
         )
-    if not lock or out.resolve() in _HELD:  # (a folder this process holds already: its own run)
+    if out.resolve() in _HELD:  # (a folder this process holds already: its own run)
         return out
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -101,8 +101,8 @@ def add_folder_args(ap: argparse.ArgumentParser, resume: bool) -> None:
 
 
 def claim_out(args, outputs: tuple[str, ...], needs: str | None = None):
-    """--out claimed for this run before the model loads (lm_probes.common.claim_folder; only the main
-    process of a launch locks it), after --device and a local --model are checked; with --resume,
+    """--out claimed for this run before the model loads (lm_probes.common.claim_folder; by the main
+    process of a launch alone), after --device and a local --model are checked; with --resume,
     ``needs`` (a file) must be there to continue from."""
     from lm_probes.common import claim_folder
     from lm_probes.lm.loading import check_device, check_source
@@ -117,8 +117,9 @@ def claim_out(args, outputs: tuple[str, ...], needs: str | None = None):
         raise ValueError(
             f"--out {args.out}: --resume, but nothing to resume (no {needs}); --overwrite starts over"
         )
-    main = int(os.environ.get("RANK", "0")) == 0
-    return claim_folder(args.out, outputs, resume=resume, overwrite=args.overwrite, lock=main)
+    if int(os.environ.get("RANK", "0")) != 0:  # (another process of a launch: the main one claims; a
+        return args.out  # check here would race with what the main one has begun to write)
+    return claim_folder(args.out, outputs, resume=resume, overwrite=args.overwrite)
 
 
 def parse_list(text: str, allowed, what: str) -> tuple[str, ...]:

@@ -108,9 +108,16 @@ def _rewards(path: Path) -> list[float]:
     return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
 
 
+def _one_process(setup, out: str, *args) -> dict:
+    """The one-process run ``out``, read back where an earlier test trained it (a finished --out is not
+    trained into again)."""
+    done = setup[0] / out / "summary.json"
+    return json.loads(done.read_text()) if done.exists() else _train(setup, out, 1, *args)
+
+
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
 def test_two_and_three_processes_train_as_one(setup, objective):
-    one = _train(setup, f"one_{objective}", 1, "--objective", objective, "--epochs", "2")
+    one = _one_process(setup, f"one_{objective}", "--objective", objective, "--epochs", "2")
     for n in (2, 3):
         many = _train(setup, f"n{n}_{objective}", n, "--objective", objective, "--epochs", "2")
         assert one["processes"] == 1 and many["processes"] == n
@@ -121,7 +128,7 @@ def test_two_and_three_processes_train_as_one(setup, objective):
 
 def test_a_two_process_checkpoint_resumes_in_one_process(setup):
     d = setup[0]
-    full = _train(setup, "full", 1, "--epochs", "2")
+    full = _one_process(setup, "full", "--epochs", "2")
     _train(setup, "split", 2, "--epochs", "1")  # 2 processes, stopped (finished) after epoch 1
     assert (d / "split" / "checkpoint.pt").exists()
     resumed = _train(setup, "split", 1, "--epochs", "2", "--resume")  # continued by 1 process
@@ -131,7 +138,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup):
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
 def test_fully_sharded_training_trains_as_one_process(setup, objective):
-    one = _train(setup, f"one_{objective}", 1, "--objective", objective, "--epochs", "2")
+    one = _one_process(setup, f"one_{objective}", "--objective", objective, "--epochs", "2")
     for n in (2, 3):  # (3: a short step leaves a process one zero-weighted pass, as many as the others)
         sharded = _train(setup, f"fsdp{n}_{objective}", n, "--objective", objective, "--epochs", "2", **FSDP)
         assert sharded["processes"] == n
@@ -140,7 +147,7 @@ def test_fully_sharded_training_trains_as_one_process(setup, objective):
 
 def test_fully_sharded_checkpoints_resume_across_back_ends(setup):
     d = setup[0]
-    full = _train(setup, "full", 1, "--epochs", "2")
+    full = _one_process(setup, "full", "--epochs", "2")
     _train(setup, "fsdp_split", 2, "--epochs", "1", **FSDP)  # gathered to full tensors, main writes
     _same(full, _train(setup, "fsdp_split", 1, "--epochs", "2", "--resume"))  # continued by 1 process
     _train(setup, "plain_split", 1, "--epochs", "1")
