@@ -25,8 +25,9 @@ import torch
 
 from lm_probes.data.pairs import encode_pairs
 from lm_probes.data.persona import persona_probe_set
+from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import load_lm
-from lm_probes.lm.scoring import pad_id_of, prompt_groups, score
+from lm_probes.lm.scoring import prompt_groups, score
 from lm_probes.lm.states import forward
 from lm_probes.probe.one_step import ProbeConfig, run_probe
 

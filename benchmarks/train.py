@@ -37,8 +37,8 @@ from lm_probes.common import matmul_rate
 from lm_probes.common import train_flops as model_flops
 from lm_probes.data.pairs import encode_pairs
 from lm_probes.data.persona import persona_data
+from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import load_lm, smollm2_checkpoint
-from lm_probes.lm.scoring import pad_id_of
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel

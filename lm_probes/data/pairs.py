@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from lm_probes.lm.scoring import Encoded, SequenceTooLongError, encode
+from lm_probes.lm.encoding import Encoded, SequenceTooLongError, encode
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -225,7 +225,7 @@ def encode_pairs(
     too_long: str = "drop",
     verbalize=None,
 ) -> EncodedPairs:
-    """Encode chosen and rejected of every pair (lm_probes.lm.scoring.encode). Pairs whose two responses
+    """Encode chosen and rejected of every pair (lm_probes.lm.encoding.encode). Pairs whose two responses
     encode to the same tokens carry no preference: they are left out and listed under "identical".
     Pairs longer than ``max_length`` (or with a prompt or a response over ``max_part_length``
     tokens) are left out and listed under "too_long" (``too_long="drop"``, the

@@ -6,7 +6,7 @@ temperature / top-k / top-p and a stop rule.
     outs[0].text, outs[0].token_ids, outs[0].stopped      # stopped: "eos", "stop" or "length"
     set_logprob(lm, encs)      # ln π(S|x) = ln Σ_{y∈S} π(y|x) of a set of encoded responses to one prompt
 
-Prompts are rendered exactly as the scoring path renders them (lm_probes.lm.scoring.prompt_ids: the chat
+Prompts are rendered exactly as the scoring path renders them (lm_probes.lm.encoding.prompt_ids: the chat
 template's user turn and generation prompt when the tokenizer has one and ``chat_template`` is on),
 left-padded in batches of ``batch_size``. Stop rule: the tokenizer's and the model's end-of-sequence
 tokens, any of the ``stop`` strings (the text is cut before it), or ``max_new_tokens``.
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lm_probes.lm.encoding import Encoded, pad_id_of, prompt_ids
 from lm_probes.lm.loading import LoadedLM
-from lm_probes.lm.scoring import Encoded, pad_id_of, prompt_ids, score
+from lm_probes.lm.scoring import score
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lm_probes.lm.scoring import Encoded, HeadMismatchError, Scored, pad_batch, score
+from lm_probes.lm.encoding import Encoded
+from lm_probes.lm.scoring import HeadMismatchError, Scored, pad_batch, score
 from theory import TokenStates
 
 

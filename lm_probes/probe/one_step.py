@@ -28,8 +28,9 @@ from torch.func import functional_call, jvp
 
 from lm_probes.common import Timer, progress
 from lm_probes.data.pairs import DataError, Pair, encode_pairs
+from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import LoadedLM
-from lm_probes.lm.scoring import Scorer, pad_id_of, prompt_groups
+from lm_probes.lm.scoring import Scorer, prompt_groups
 from lm_probes.lm.states import extract_states, stack_states
 from lm_probes.probe.summary import summarise
 from lm_probes.rm.config import check_settings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lm_probes.lm.scoring import Encoded
+from lm_probes.lm.encoding import Encoded
 from theory import accuracy
 
 EVAL_TOKENS = 16384  # padded tokens per evaluation chunk

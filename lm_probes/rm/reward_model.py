@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from lm_probes.distributed import Runtime
+from lm_probes.lm.encoding import Encoded, pad_id_of
 from lm_probes.lm.loading import LoadedLM
-from lm_probes.lm.scoring import Encoded, head_is_linear, pad_id_of, score
+from lm_probes.lm.scoring import head_is_linear, score
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import eval_chunks
 from lm_probes.rm.mitigations import (

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from lm_probes.common import Registry
-from lm_probes.lm.scoring import Encoded, Scored, score
+from lm_probes.lm.encoding import Encoded
+from lm_probes.lm.scoring import Scored, score
 from lm_probes.lm.states import ResponseStates
 from theory import ex_reward_change, im_reward_change_batch, im_token_contributions
 

@@ -31,8 +31,8 @@ import torch
 from lm_probes.common import progress, tune_malloc, write_text
 from lm_probes.data.pairs import EncodedPairs, Pair, encode_pairs
 from lm_probes.distributed import Runtime
+from lm_probes.lm.encoding import Encoded
 from lm_probes.lm.loading import LoadedLM
-from lm_probes.lm.scoring import Encoded
 from lm_probes.rm.checkpoints import digest, restore_checkpoint, save_checkpoint, weights_digest
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import evaluate_sets

@@ -16,8 +16,8 @@ import torch
 from lm_probes.common import progress
 from lm_probes.data.cycles import GraphSet, cycle_response, is_correct_response, parse_response
 from lm_probes.distributed import Runtime
+from lm_probes.lm.encoding import encode
 from lm_probes.lm.generation import SamplingConfig, generate, set_logprob
-from lm_probes.lm.scoring import encode
 from theory.graphs import hamiltonian_cycles
 
 

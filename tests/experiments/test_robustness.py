@@ -101,10 +101,7 @@ def test_the_evaluation_equals_a_pair_by_pair_recomputation(tmp_path, train_file
             lr = [score(ref_lm.model, [x], pad, mode="single").logprob.item() for x in e]
         want = [cfg.beta * (a - b) for a, b in zip(lp, lr, strict=True)]
         assert saved[p.where] == pytest.approx(want, abs=1e-9)
-    assert (
-        load_trained(_factory(), cfg, cell_dir(out, "im_rm", 1) / "checkpoint.pt").rt.name
-        == "im_rm"
-    )
+    assert load_trained(_factory(), cfg, cell_dir(out, "im_rm", 1) / "checkpoint.pt").rt.name == "im_rm"
     with pytest.raises(ValueError, match="not this cell's finished training"):
         load_trained(
             _factory(),

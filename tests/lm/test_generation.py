@@ -7,8 +7,8 @@ import torch
 from lm_probes.data.cycles import (
     hamiltonian_data,
 )
+from lm_probes.lm.encoding import Encoded, prompt_ids
 from lm_probes.lm.generation import SamplingConfig, generate, set_logprob
-from lm_probes.lm.scoring import Encoded, prompt_ids
 from tests.conftest import graph_lm
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lm_probes.data.pairs import Pair, encode_pairs
-from lm_probes.lm.scoring import HeadMismatchError, ScoringError, encode, pad_id_of, score
+from lm_probes.lm.encoding import ScoringError, encode, pad_id_of
+from lm_probes.lm.scoring import HeadMismatchError, score
 from lm_probes.lm.states import extract_states, forward
 from tests.conftest import PROBE_EVALS, make_tiny_lm
 
@@ -128,7 +129,8 @@ def test_head_check_catches_logit_post_processing(tiny_lm):
 
 def test_sdpa_attention_scores_like_the_eager_one():
     """--attention sdpa (faster on long sequences) against the default eager path, float64 tiny model."""
-    from lm_probes.lm.scoring import pad_id_of, score
+    from lm_probes.lm.encoding import pad_id_of
+    from lm_probes.lm.scoring import score
 
     lm = make_tiny_lm(max_positions=128)
     encs = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lm_probes.data.persona import persona_probe_set
+from lm_probes.lm.encoding import encode, pad_id_of
 from lm_probes.lm.loading import load_lm
-from lm_probes.lm.scoring import encode, pad_id_of
 from lm_probes.lm.states import extract_states
 from lm_probes.probe.one_step import ProbeConfig, run_probe
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lm_probes.data.pairs import Pair, encode_pairs
-from lm_probes.lm.scoring import pad_id_of
+from lm_probes.lm.encoding import pad_id_of
 from lm_probes.probe.one_step import ProbeConfig, run_probe
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.reward_model import RewardModel
@@ -153,7 +153,7 @@ def test_registry_refuses_inconsistent_entries():
 def test_ex_grm_reward_and_loss_by_hand():
     """r = P("Yes") at the answer position of the authors' verification prompt; the loss is
     −ln P(Yes | chosen) − ln P(No | rejected): both against a plain forward pass of the rendered text."""
-    from lm_probes.lm.scoring import render_prompt
+    from lm_probes.lm.encoding import render_prompt
 
     lm = make_tiny_lm(extra_words=GRM_WORDS)
     tok = lm.tokenizer
