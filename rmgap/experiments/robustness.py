@@ -24,7 +24,8 @@ to token-level shifts (the same meaning in other tokens)? (issue 22; theory/READ
    overlap; the one-step probe's prediction; the pairs and seeds the observed effects need.
 
 Every stage resumes (``--resume``): a finished cell or set is read back, a stopped one continues from
-its checkpoint. ``<out>/run.json`` records the data (digests), the training settings and every
+its checkpoint; a cell whose checkpoint is gone is trained again and must reproduce its records
+(robustness_eval.trained_cell). ``<out>/run.json`` records the data (digests), the training settings and every
 invocation with its time; a resume that would continue another run is refused, and an existing run
 folder is never written over without ``--resume``.
 """

@@ -6,23 +6,28 @@ both responses rewritten by lm_probes.data.transforms, the prompt kept), and, wh
 them, the shipped UltraFeedback rewrites: ``uf_original`` (their originals) and the rewrites, on the
 same rows. Each pair keeps its ``where``, which the analysis joins on.
 
-Work is grouped (the originals, then one group per transformation with all its strengths, in the
-preset's order, then the UltraFeedback rows), and a group goes through every cell before the next
-starts, so that a run stopped part-way leaves whole groups scored by every seed (the analysis reads
-those and lists the others as pending). Within a group every distinct response is scored once and a
-prompt's KV cache serves all its responses. ln π_ref of a group is computed once, with the untrained
-model, in exactly the chunks the cells use (``<out>/reference/<group>.pt``), so before training every
-IM reward is exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where,
-reward_chosen, reward_rejected) and records the group in its ``eval.json`` (digest of the group's
-pairs, seconds); a resume skips what is recorded and redoes what changed.
+Work goes cell by cell, each (type, seed) cell through every group (the originals, then one group per
+transformation with all its strengths, in the preset's order, then the UltraFeedback rows), so that a
+cell once through needs its checkpoint no more: a run stopped part-way leaves whole cells, and a
+finished cell lives in committed files alone. A cell whose checkpoint is gone (a fresh clone, a wiped
+ignored folder) while groups remain is trained again and must reproduce what it recorded
+(``trained_cell``). Within a group every distinct response is scored once and a prompt's KV cache
+serves all its responses. ln π_ref of a group is computed once, with the untrained model, in exactly
+the chunks the cells use (``<out>/reference/<group>.pt``), so before training every IM reward is
+exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where, reward_chosen,
+reward_rejected) and records the group in its ``eval.json`` (digest of the group's pairs, seconds); a
+resume skips what is recorded and redoes what changed. The analysis reads the groups every cell has
+scored and lists the others as pending.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from lm_probes.common import write_json, write_jsonl
@@ -32,7 +37,7 @@ from lm_probes.data.transforms import get_transform, transform_pairs
 from lm_probes.rm.checkpoints import load_file, load_weights, read_checkpoint, same_config, save_atomic
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
-from lm_probes.rm.trainer import encode_for_training
+from lm_probes.rm.trainer import encode_for_training, train_reward_model
 from rmgap.experiments.robustness_cells import OBJECTIVES, cell_config, cell_dir
 
 
@@ -149,26 +154,32 @@ def load_trained(lm, cfg, ckpt: Path) -> RewardModel:
 
 def done(d: Path, group) -> bool:
     """Whether the cell in ``d`` has scored ``group`` (its eval.json holds the group's digest)."""
-    record = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
-    return record.get(_key(group), {}).get("digest") == group_digest(group)
+    return _record(d).get(_key(group), {}).get("digest") == group_digest(group)
+
+
+def group_rewards(rm, cfg, group, table: dict | None) -> dict[str, list[dict]]:
+    """A trained cell's (``rm``) rewards on one group: set name → rows (where, reward_chosen,
+    reward_rejected), the pairs the set keeps, in order."""
+    if rm.rt.uses_reference:
+        rm.ref_eval = table
+    enc = _encoded(rm.lm, group, cfg)
+    res = evaluate_sets(rm, {n: e.encodings for n, e in enc.items()})
+    return {
+        s.name: [
+            {"where": p.where, "reward_chosen": r[0], "reward_rejected": r[1]}
+            for p, r in zip(enc[s.name].kept, res[s.name].rewards, strict=True)
+        ]
+        for s in group
+    }
 
 
 def evaluate_group(rm, cfg, d: Path, group, table: dict | None, say=print) -> None:
     """Score one group with a trained cell (``rm``), write its sets' rewards and record it in
     ``d``/eval.json."""
     key, t0 = _key(group), time.perf_counter()
-    if rm.rt.uses_reference:
-        rm.ref_eval = table
-    enc = _encoded(rm.lm, group, cfg)
-    res = evaluate_sets(rm, {n: e.encodings for n, e in enc.items()})
-    for s in group:
-        kept, rewards = enc[s.name].kept, res[s.name].rewards
-        rows = (
-            {"where": p.where, "reward_chosen": r[0], "reward_rejected": r[1]}
-            for p, r in zip(kept, rewards, strict=True)
-        )
-        write_jsonl(d / f"rewards_{s.name}.jsonl", rows)
-    record = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
+    for name, rows in group_rewards(rm, cfg, group, table).items():
+        write_jsonl(d / f"rewards_{name}.jsonl", rows)
+    record = _record(d)
     record[key] = {
         "digest": group_digest(group),
         "seconds": time.perf_counter() - t0,
@@ -178,23 +189,75 @@ def evaluate_group(rm, cfg, d: Path, group, table: dict | None, say=print) -> No
     say(f"{cfg.objective} seed {cfg.seed}: {key} in {record[key]['seconds']:.0f} s", flush=True)
 
 
-def evaluate_all(factory, args, preset, seeds, groups) -> None:
-    """Group by group (the originals first, then each transformation in the preset's order), every
-    cell: a run stopped part-way leaves whole groups scored by every seed. The trained cells stay
-    loaded (one LM each) while groups remain."""
-    out, cells = Path(args.out), {}
+def _record(d: Path) -> dict:
+    return json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
+
+
+REPRODUCE_TOL = 1e-4  # |Δ reward| a retrained cell may differ by on the originals (float32 sums)
+
+
+def trained_cell(factory, cfg, d: Path, train, originals, table, say=print) -> RewardModel:
+    """The cell's trained RM: from ``d``/checkpoint.pt, or, where the checkpoint is gone, trained again
+    (same pairs, settings and seed, in ``d``/.retrain) and accepted only if it reproduces what the cell
+    recorded: the epoch losses of its history.json exactly, and its rewards on the originals
+    (rewards_original.jsonl) within REPRODUCE_TOL. The check is recorded in eval.json ("retrained");
+    a cell that does not reproduce is refused in one line (its recorded groups came from other weights)."""
+    if not (d / "summary.json").exists():
+        raise ValueError(f"{d}: this cell is not trained yet; run --stages train first")
+    if (d / "checkpoint.pt").exists():
+        return load_trained(factory(), cfg, d / "checkpoint.pt")
+    t0, tmp = time.perf_counter(), d / ".retrain"
+    say(f"{cfg.objective} seed {cfg.seed}: checkpoint gone, training again to continue", flush=True)
+    result = train_reward_model(factory(), train, {}, cfg, tmp, resume=True)
+    rm = load_trained(factory(), cfg, tmp / "checkpoint.pt")
+    check = {"seconds": None, "history_identical": None, "max_abs_diff_original": None}
+    recorded = json.loads((d / "history.json").read_text())
+    losses = lambda h: [e.get("train_loss") for e in h]  # noqa: E731
+    check["history_identical"] = losses(result.summary["history"]) == losses(recorded)
+    if (d / "rewards_original.jsonl").exists():
+        old = {
+            r["where"]: r for r in map(json.loads, (d / "rewards_original.jsonl").read_text().splitlines())
+        }
+        new = group_rewards(rm, cfg, originals, table)["original"]
+        if [r["where"] for r in new] != list(old):
+            raise ValueError(f"{d}: the retrained cell keeps other original pairs than it recorded")
+        check["max_abs_diff_original"] = max(
+            abs(r[k] - old[r["where"]][k]) for r in new for k in ("reward_chosen", "reward_rejected")
+        )
+    check["seconds"] = time.perf_counter() - t0
+    diff = check["max_abs_diff_original"]
+    if not check["history_identical"] or (diff is not None and diff > REPRODUCE_TOL):
+        raise ValueError(
+            f"{d}: training again did not reproduce the recorded cell (epoch losses identical: "
+            f"{check['history_identical']}, max |Δ reward| on the originals {diff}); move the cell "
+            "folder aside to train and evaluate it anew"
+        )
+    shutil.move(tmp / "checkpoint.pt", d / "checkpoint.pt")
+    shutil.rmtree(tmp)
+    record = _record(d)
+    record["retrained"] = [*record.get("retrained", []), check]
+    write_json(d / "eval.json", record)
+    say(f"{cfg.objective} seed {cfg.seed}: reproduced (max |Δ reward| {diff})", flush=True)
+    return rm
+
+
+def evaluate_all(factory, args, preset, seeds, groups, train) -> None:
+    """Cell by cell, every group the cell has not scored (see the module docstring); the IM-RM's
+    reference tables are made once per group and shared by the seeds."""
+    out = Path(args.out)
     im_cfg = cell_config(args, preset, "im_rm", seeds[0])
-    for group in groups:
-        todo = [(o, k) for k in seeds for o in OBJECTIVES if not done(cell_dir(out, o, k), group)]
-        if not todo:
-            continue
-        table = reference_table(factory, group, im_cfg, out)
-        for obj, seed in todo:
-            cfg = cell_config(args, preset, obj, seed)
+    for seed in seeds:
+        for obj in OBJECTIVES:
             d = cell_dir(out, obj, seed)
-            if (obj, seed) not in cells:
-                cells[obj, seed] = load_trained(factory(), cfg, d / "checkpoint.pt")
-            evaluate_group(cells[obj, seed], cfg, d, group, table)
+            todo = [g for g in groups if not done(d, g)]
+            if not todo:
+                continue
+            cfg = cell_config(args, preset, obj, seed)
+            table = partial(reference_table, factory, im_cfg=im_cfg, out=out) if obj == "im_rm" else None
+            rm = trained_cell(factory, cfg, d, train, groups[0], table and table(groups[0]))
+            for group in todo:
+                evaluate_group(rm, cfg, d, group, table and table(group))
+            del rm
 
 
 def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> dict:
@@ -207,7 +270,7 @@ def evaluate_and_analyze(factory, args, data, preset: dict, seeds, stages) -> di
     groups = eval_sets(tok, data.test, spec, preset["max_part_length"], lm0.info.get("max_positions"))
     del lm0
     if "eval" in stages:
-        evaluate_all(factory, args, preset, seeds, groups)
+        evaluate_all(factory, args, preset, seeds, groups, data.train)
     if "probe" in stages:
         from rmgap.experiments.robustness_probe import probe_moves
 

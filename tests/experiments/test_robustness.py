@@ -1,7 +1,8 @@
 """rmgap robustness on a tiny model: the split by prompt, the outputs and results.json keys the issue
 names, the evaluation stage against an independent recomputation (trained weights from the
 checkpoint, the reference from the untrained model), the gap statistic by hand, and the run folder's
-protection (no overwrite, no resume into another run)."""
+protection (no overwrite, no resume into another run), and a cell whose checkpoint is gone trained
+again only to reproduce what it recorded."""
 
 from __future__ import annotations
 
@@ -158,6 +159,43 @@ def test_a_run_folder_is_never_overwritten_and_a_resume_continues_the_same_run(t
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty and not a robustness run"):
         _run(tmp_path / "other", train_file)
+
+
+def _forget(d, group="synonyms"):
+    """A cell as a fresh clone has it: no checkpoint, and one group not scored yet."""
+    (d / "checkpoint.pt").unlink()
+    record = json.loads((d / "eval.json").read_text())
+    del record[group]
+    (d / "eval.json").write_text(json.dumps(record))
+
+
+def test_a_cell_whose_checkpoint_is_gone_is_trained_again_and_must_reproduce_its_records(
+    tmp_path, train_file
+):
+    out = tmp_path / "run"
+    _run(out, train_file, "--stages", "train,eval")
+    d = cell_dir(out, "im_rm", 1)
+    before = (d / "rewards_synonyms_1.jsonl").read_text()
+    _forget(d)
+    _run(out, train_file, "--resume", "--stages", "eval")
+    (check,) = json.loads((d / "eval.json").read_text())["retrained"]
+    assert check["history_identical"] and check["max_abs_diff_original"] <= 1e-6
+    assert (d / "checkpoint.pt").exists() and not (d / ".retrain").exists()
+    again = [json.loads(r) for r in (d / "rewards_synonyms_1.jsonl").read_text().splitlines()]
+    for a, b in zip(again, map(json.loads, before.splitlines()), strict=True):
+        assert a["where"] == b["where"] and a["reward_chosen"] == pytest.approx(b["reward_chosen"], abs=1e-6)
+    assert "retrained" not in json.loads((cell_dir(out, "ex_rm", 0) / "eval.json").read_text())
+    # recorded rewards that the retrained weights do not give: refused, nothing scored
+    _forget(d)
+    rows = [json.loads(r) for r in (d / "rewards_original.jsonl").read_text().splitlines()]
+    rows[0]["reward_chosen"] += 0.01
+    (d / "rewards_original.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="did not reproduce the recorded cell"):
+        _run(out, train_file, "--resume", "--stages", "eval")
+    assert "synonyms" not in json.loads((d / "eval.json").read_text())
+    (d / "history.json").write_text(json.dumps([{"epoch": 1, "train_loss": 0.5}]))  # another trajectory
+    with pytest.raises(ValueError, match=r"epoch losses identical: False"):
+        _run(out, train_file, "--resume", "--stages", "eval")
 
 
 def test_split_by_prompt_keeps_every_prompt_on_one_side(train_file):
