@@ -40,7 +40,7 @@ from lm_probes.data.persona import persona_data
 from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import load_lm, smollm2_checkpoint
 from lm_probes.rm.config import TrainConfig
-from lm_probes.rm.evaluation import evaluate_sets
+from lm_probes.rm.evaluation import ACCURACY, current_names, evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.rewards import initial_head
 from lm_probes.rm.trainer import train_reward_model
@@ -66,7 +66,7 @@ def held_out_metrics(cfg, test_pairs, load_weights=None) -> dict:
 
 
 def brief(m: dict) -> dict:
-    return {"loss": m["loss"], "accuracy": m["rewards/accuracies"], "margin": m["rewards/margins"]}
+    return {"loss": m["loss"], "accuracy": current_names(m)[ACCURACY], "margin": m["rewards/margins"]}
 
 
 def ours(pairs, test_pairs, cfg, flops):

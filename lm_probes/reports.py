@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lm_probes.common import write_json, write_jsonl, write_text
+from lm_probes.rm.evaluation import ACCURACY, current_names
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
@@ -88,7 +89,7 @@ def plot_curves(histories: dict[str, list[dict]]):
         ls = ["-", "--", ":", "-."][j % 4]
         for i, s in enumerate(sets):
             done = [h for h in hist if s in h]  # epochs that were evaluated
-            acc = [h[s]["rewards/accuracies"] for h in done]
+            acc = [current_names(h[s])[ACCURACY] for h in done]
             x = [h["epoch"] for h in done]
             ax[0].plot(x, acc, marker="o", ms=3, color=f"C{i}", ls=ls, label=f"{obj}: {s}")
         trained = [h for h in hist if h["train_loss"] is not None]
@@ -104,9 +105,10 @@ def plot_curves(histories: dict[str, list[dict]]):
 
 def print_training(summary: dict) -> None:
     for name, m in summary["final"].items():
+        m = current_names(m)
         print(
-            f"{name:>20}: accuracy {m['rewards/accuracies']:.3f} "
-            f"(strict {m['rewards/accuracies_strict']:.3f}, ties {m['rewards/tie_rate']:.3f}), "
+            f"{name:>20}: accuracy (ties ½) {m[ACCURACY]:.3f} "
+            f"(strict {m['rewards/accuracies']:.3f}, ties {m['rmgap/tie_rate']:.3f}), "
             f"loss {m['loss']:.4f}, margin {m['rewards/margins']:.4g}"
         )
     print_dropped(summary["dropped"])

@@ -1,9 +1,10 @@
-"""Evaluation of a reward model on named sets of encoded pairs: TRL-named metrics, every distinct
+"""Evaluation of a reward model on named sets of encoded pairs: metrics under TRL's names with TRL's
+meanings and rmgap's own under ``rmgap/`` (``METRICS``), every distinct
 encoding scored once (a prompt's KV cache shared by all its responses across sets, e.g. a test set and
 its rewrites). Computation only; used by lm_probes.rm.trainer after every epoch and by the benchmarks.
 
     res = evaluate_sets(rm, {"test": [(chosen_enc, rejected_enc), ...]})     # rm: reward_model.RewardModel
-    res["test"].metrics["rewards/accuracies"];  res["test"].rewards             # (N, 2) array
+    res["test"].metrics[ACCURACY];  res["test"].rewards             # (N, 2) array; ACCURACY: ties as ½
 """
 
 from __future__ import annotations
@@ -17,23 +18,52 @@ from lm_probes.lm.encoding import Encoded
 from theory import accuracy
 
 EVAL_TOKENS = 16384  # padded tokens per evaluation chunk
+ACCURACY = "rmgap/accuracy_half_ties"  # the accuracy rmgap reports (and the paper's code): a tie counts ½
+# every metric: TRL's names mean what DPOTrainer logs (rewards/accuracies: chosen > rejected, strict)
+METRICS = {
+    "loss": "the reward type's own training loss",
+    "rewards/accuracies": "fraction of pairs with r(chosen) > r(rejected), strict (TRL, RewardBench)",
+    "rewards/chosen": "mean r(chosen)",
+    "rewards/rejected": "mean r(rejected)",
+    "rewards/margins": "mean r(chosen) − r(rejected)",
+    ACCURACY: "as rewards/accuracies with a tie counted ½",
+    "rmgap/tie_rate": "fraction of pairs with r(chosen) == r(rejected)",
+    "rmgap/normalized_abs_margin": "mean |margin| / std (ddof 1) of all 2N rewards (the paper's code)",
+    "n": "pairs",
+}
+# files written before 2026-12-02 named the ½-ties accuracy rewards/accuracies (read by current_names)
+_OLD_NAMES = {
+    "rewards/accuracies": ACCURACY,
+    "rewards/accuracies_strict": "rewards/accuracies",
+    "rewards/tie_rate": "rmgap/tie_rate",
+    "rewards/normalized_abs_margin": "rmgap/normalized_abs_margin",
+}
+
+
+def current_names(metrics: dict) -> dict:
+    """Metrics under today's names (METRICS). A summary or history written before the rename (it has
+    ``rewards/accuracies_strict``, and ``rewards/accuracies`` counted ties as ½) is renamed on reading,
+    so no reader takes its ½-ties accuracy for TRL's strict one."""
+    if "rewards/accuracies_strict" not in metrics:
+        return metrics
+    return {_OLD_NAMES.get(k, k): v for k, v in metrics.items()}
 
 
 def reward_metrics(rt, r: np.ndarray, q: np.ndarray | None = None) -> dict:
-    """TRL-named metrics of (N, 2) rewards (chosen, rejected) under the reward type's own loss, which
+    """The METRICS of (N, 2) rewards (chosen, rejected) under the reward type's own loss, which
     reads ``q`` (N, 2, ...) where the type has a ``loss_input`` and the rewards otherwise."""
     acc = accuracy(r[:, 0], r[:, 1])
     q = r if q is None else q
     qc, qr = torch.as_tensor(q[:, 0]), torch.as_tensor(q[:, 1])
     return {
         "loss": float(rt.loss(qc, qr).mean()),
-        "rewards/accuracies": acc.half_ties,
-        "rewards/accuracies_strict": acc.strict,
-        "rewards/tie_rate": acc.tie_rate,
+        "rewards/accuracies": acc.strict,
         "rewards/chosen": float(r[:, 0].mean()),
         "rewards/rejected": float(r[:, 1].mean()),
         "rewards/margins": float((r[:, 0] - r[:, 1]).mean()),
-        "rewards/normalized_abs_margin": acc.normalized_abs_margin,
+        ACCURACY: acc.half_ties,
+        "rmgap/tie_rate": acc.tie_rate,
+        "rmgap/normalized_abs_margin": acc.normalized_abs_margin,
         "n": acc.n,
     }
 

@@ -2,7 +2,7 @@
 (theory/README.md §1, §5). Computation only; ``lm_probes.reports.write_training`` writes the files.
 
     result = train_reward_model(lm, train_pairs, {"test": test_pairs}, TrainConfig(objective="im_rm"))
-    result.summary["final"]["test"]["rewards/accuracies"];  result.rewards["test"]   # (N, 2) array
+    result.summary["final"]["test"][ACCURACY];  result.rewards["test"]   # (N, 2) array (evaluation.ACCURACY)
 
 Objectives are the entries of the reward registry (lm_probes.rm.rewards: ex_rm, ex_rm_mean, im_rm,
 im_rm_no_ref, ...), all scored through lm_probes.lm.scoring.score, the probes' scoring path; the model
@@ -10,9 +10,10 @@ trained is a lm_probes.rm.reward_model.RewardModel. Adam, gradient accumulation 
 step in micro-batches of ``micro_batch``), length-bucketed micro-batches, seeded, reference log-probs
 computed once before training, a checkpoint after every epoch in ``checkpoint_dir`` (``resume=True``
 continues from it, reference tables included). Metrics per
-named evaluation set after every epoch (and before training, epoch 0), with TRL's names: loss,
-rewards/accuracies (ties as ½, as the paper's code), rewards/accuracies_strict, rewards/tie_rate,
-rewards/chosen, rewards/rejected, rewards/margins, rewards/normalized_abs_margin. Under accelerate
+named evaluation set after every epoch (and before training, epoch 0): lm_probes.rm.evaluation.METRICS,
+TRL's names with TRL's meanings (loss, rewards/accuracies, strict; rewards/chosen, rewards/rejected,
+rewards/margins) and rmgap's own (rmgap/accuracy_half_ties, the paper's accuracy; rmgap/tie_rate,
+rmgap/normalized_abs_margin). Under accelerate
 (``runtime``: lm_probes.distributed) several processes share each step, the reference and the
 evaluation; checkpoints (lm_probes.rm.checkpoints) resume under any process count.
 """

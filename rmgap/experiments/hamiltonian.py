@@ -43,6 +43,7 @@ from lm_probes.data.cycles import add_graph_tokens, hamiltonian_data
 from lm_probes.lm.generation import SamplingConfig
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
@@ -139,7 +140,7 @@ def run_hamiltonian(
         records[obj] = {"train_result": res, **analyse(lm, data, preset, sampling, chat, quiet, runtime)}
         if not main_process:
             continue
-        acc = {s: res.summary["final"][s]["rewards/accuracies"] for s in evals}
+        acc = {s: current_names(res.summary["final"][s])[ACCURACY] for s in evals}
         gen = records[obj]["generation"]["test"]["correct_fraction"]
         print(f"{obj}: accuracy {acc}, correct generations (test) {gen:.3f}", flush=True)
     return records
@@ -149,7 +150,7 @@ def make_summary(records: dict, beta: float) -> dict:
     rms = [k for k in records if k != "reference"]
     summary = {
         "accuracy": {
-            s: {rm: records[rm]["train_result"].summary["final"][s]["rewards/accuracies"] for rm in rms}
+            s: {rm: current_names(records[rm]["train_result"].summary["final"][s])[ACCURACY] for rm in rms}
             for s in ("train", "test")
         },
         "generation": {

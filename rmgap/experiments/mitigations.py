@@ -43,6 +43,7 @@ from lm_probes.probe.one_step import ProbeConfig, first_order_moves
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.mitigations import MITIGATIONS, Mitigation
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
@@ -260,8 +261,8 @@ def main(argv=None, lm_factory=None) -> dict:
             continue
         s = done.summary["final"]
         print(
-            f"{name}: paraphrased {s['paraphrased_train']['rewards/accuracies']:.3f} / "
-            f"{s['paraphrased_test']['rewards/accuracies']:.3f}, predicted paraphrase/original "
+            f"{name}: paraphrased {current_names(s['paraphrased_train'])[ACCURACY]:.3f} / "
+            f"{current_names(s['paraphrased_test'])[ACCURACY]:.3f}, predicted paraphrase/original "
             f"{done.prediction['paraphrase_over_original']:+.3f}",
             flush=True,
         )

@@ -30,6 +30,7 @@ from lm_probes.common import write_json, write_text
 from lm_probes.data.persona import persona_data
 from lm_probes.reports import plot_curves, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
@@ -53,7 +54,7 @@ def make_table(finals: dict[str, dict]) -> dict:
     table: dict = {"original": {"train": {}, "test": {}}, "paraphrased": {"train": {}, "test": {}}}
     for obj, final in finals.items():
         for name, (kind, split) in SETS.items():
-            table[kind][split][SHORT.get(obj, obj)] = final[name]["rewards/accuracies"]
+            table[kind][split][SHORT.get(obj, obj)] = current_names(final[name])[ACCURACY]
     return table
 
 
@@ -87,7 +88,7 @@ def run_persona(
             lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
         )
         s = results[obj].summary
-        accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in s["final"].items())
+        accs = ", ".join(f"{k} {current_names(v)[ACCURACY]:.3f}" for k, v in s["final"].items())
         if runtime is None or runtime.is_main:
             print(f"{obj}: {accs}  [{s['seconds'] / 60:.1f} min]", flush=True)
     return results

@@ -52,6 +52,7 @@ from lm_probes.data.pairs import DataError, Pair, encode_pairs, load_pairs, load
 from lm_probes.data.splits import length_rule
 from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.mitigations import get_mitigation
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
@@ -265,7 +266,9 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=Non
                 if shift.get(name) in TOKEN_SETS
             }
             shifts_report.write_cell(result, tokens, d)
-            accs = ", ".join(f"{k} {v['rewards/accuracies']:.3f}" for k, v in result.summary["final"].items())
+            accs = ", ".join(
+                f"{k} {current_names(v)[ACCURACY]:.3f}" for k, v in result.summary["final"].items()
+            )
             print(f"seed {seed} {obj}: {accs}  [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
     if runtime is not None:
         runtime.barrier()  # every cell written before any process goes on

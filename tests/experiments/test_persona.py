@@ -36,7 +36,9 @@ def test_persona_data_and_table():
     for p in d["eval"]["paraphrased_test"]:
         assert p.chosen.startswith("My response would be") and p.rejected.startswith("I lean toward")
     finals = {
-        obj: {n: {"rewards/accuracies": a} for n, a in zip(d["eval"], (1.0, 0.9, 0.8, 0.7), strict=True)}
+        obj: {
+            n: {"rmgap/accuracy_half_ties": a} for n, a in zip(d["eval"], (1.0, 0.9, 0.8, 0.7), strict=True)
+        }
         for obj in ("ex_rm", "im_rm")
     }
     t = make_table(finals)

@@ -66,4 +66,4 @@ def test_untrained_im_rm_ties_exactly_on_smollm2():
         load_lm("smollm2"), d["train"][:8], ev, TrainConfig(objective="im_rm", epochs=0, progress=False)
     ).summary
     for name in ev:
-        assert s["history"][0][name]["rewards/tie_rate"] == 1.0, name
+        assert s["history"][0][name]["rmgap/tie_rate"] == 1.0, name

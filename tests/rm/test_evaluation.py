@@ -45,3 +45,22 @@ def test_pooled_evaluation_equals_pair_by_pair_scoring_and_token_rewards_sum_to_
         sums = np.array([[tc.sum(), tr.sum()] for tc, tr in after[s].token_rewards])
         np.testing.assert_allclose(sums, after[s].rewards, rtol=1e-9, atol=1e-12)
         assert np.abs(after[s].rewards).max() > 1e-4
+
+
+def test_trl_names_keep_trls_meanings_and_old_files_are_read_under_todays_names():
+    """rewards/accuracies is TRL's strict accuracy ((chosen > rejected).float().mean(), as DPOTrainer
+    logs it); the ½-ties accuracy is rmgap's own name; a summary written before the rename is renamed
+    on reading, never read as if its ½-ties accuracy were strict."""
+    from lm_probes.rm.evaluation import ACCURACY, METRICS, current_names, reward_metrics
+    from lm_probes.rm.rewards import get_reward_type
+
+    r = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [2.0, 2.0]])  # one win, two ties, one loss
+    m = reward_metrics(get_reward_type("ex_rm"), r)
+    chosen, rejected = torch.tensor(r[:, 0]), torch.tensor(r[:, 1])
+    assert m["rewards/accuracies"] == (chosen > rejected).float().mean().item() == 0.25
+    assert m[ACCURACY] == 0.5 and m["rmgap/tie_rate"] == 0.5 and set(m) == set(METRICS)
+    assert m["rewards/margins"] == 0.0 and m["rewards/chosen"] == 0.75 and current_names(m) is m
+    old = {"rewards/accuracies": 0.5, "rewards/accuracies_strict": 0.25, "rewards/tie_rate": 0.5, "loss": 1}
+    new = current_names(old)
+    assert new[ACCURACY] == 0.5 and new["rewards/accuracies"] == 0.25 and new["rmgap/tie_rate"] == 0.5
+    assert "rewards/accuracies_strict" not in new and new["loss"] == 1

@@ -122,8 +122,8 @@ def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
     # training and evaluation
     cfg = TrainConfig(objective="toy_im_tanh", epochs=3, lr=1e-2, batch_size=2, micro_batch=1, progress=False)
     s = train_reward_model(make_tiny_lm(), PAIRS, {"t": PAIRS}, cfg).summary
-    assert s["history"][0]["t"]["rewards/tie_rate"] == 1.0  # untrained: every reward exactly 0
-    assert s["final"]["t"]["rewards/accuracies"] == 1.0 and s["reward_type"] == toy_type.summary
+    assert s["history"][0]["t"]["rmgap/tie_rate"] == 1.0  # untrained: every reward exactly 0
+    assert s["final"]["t"]["rmgap/accuracy_half_ties"] == 1.0 and s["reward_type"] == toy_type.summary
     # the probe: exact first order and the observed all-parameter step (no fixed-state prediction)
     res = run_probe(
         make_tiny_lm(), PAIRS[:1], EVALS, ProbeConfig(rewards=("toy_im_tanh",), lr=1e-5, progress=False)
@@ -183,7 +183,7 @@ def test_ex_grm_reward_and_loss_by_hand():
     s = train_reward_model(make_tiny_lm(extra_words=GRM_WORDS), PAIRS, {"t": PAIRS}, cfg).summary
     assert s["history"][0]["t"]["loss"] == pytest.approx(np.mean(want), rel=1e-9)
     assert s["final"]["t"]["loss"] < s["history"][0]["t"]["loss"]
-    assert s["final"]["t"]["rewards/accuracies"] == 1.0
+    assert s["final"]["t"]["rmgap/accuracy_half_ties"] == 1.0
     # a tokenizer without a one-token "Yes" is refused with a clear message
     with pytest.raises(ValueError, match="answer 'Yes' is the unknown token"):
         RewardModel(make_tiny_lm(), TrainConfig(objective="ex_grm"))
