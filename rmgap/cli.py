@@ -5,6 +5,7 @@ rmgap simulate --list                 list the simulations
 rmgap data [--verify]                 the datasets shipped with the package: name, split, rows, licence
 rmgap probe persona | --data FILE     which responses one preference update moves (lm_probes.probe.one_step)
 rmgap train --train FILE ...          train one reward model of any registered type (lm_probes.rm.trainer)
+rmgap eval --model M --ref R ...      score existing LMs as implicit reward models (lm_probes.rm.existing)
 rmgap transform --set NAME/SPLIT ...  token-level shifts of pairs, offline (lm_probes.data.transforms)
 rmgap persona --preset cpu|paper      the Persona experiment (rmgap.experiments.persona)
 rmgap shifts --preset cpu|paper       token-level and domain shifts (rmgap.experiments.shifts)
@@ -33,6 +34,11 @@ COMMANDS = {  # command → (module, function, help)
     "data": ("rmgap.commands.data", "main", "list the shipped datasets (rmgap data -h)"),
     "probe": ("rmgap.commands.probe", "main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
     "train": ("rmgap.commands.train", "main", "train a reward model (rmgap train -h)"),
+    "eval": (
+        "rmgap.commands.eval",
+        "main",
+        "score existing LMs as implicit RMs, no training (rmgap eval -h)",
+    ),
     "transform": ("rmgap.commands.transform", "main", "shift pairs to other tokens, same meaning (offline)"),
     "persona": ("rmgap.experiments.persona", "main", "the Persona token-level-shift experiment"),
     "shifts": ("rmgap.experiments.shifts", "main", "real-world token-level and domain shifts"),

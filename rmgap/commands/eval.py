@@ -1,0 +1,128 @@
+"""``rmgap eval``: score language models you already have as implicit reward models, with no training
+(lm_probes.rm.existing), per example, with TRL's metric names and bootstrap CIs.
+
+    rmgap eval --model POLICY --ref REFERENCE --reward im_rm --set ultrafeedback/test --out runs/ev
+    rmgap eval --model POLICY --reward im_rm_no_ref --data mine=my_pairs.jsonl --out runs/ev
+    rmgap eval --model POLICY --ref REF --set rewardmath/test --transform latex_macros:1 --out runs/ev
+
+β defaults to 1: RewardBench's DPO scores sum the log-ratios with no β (DPO itself trains with
+β ≈ 0.1; give --beta to report on that scale; accuracies do not depend on it). Each --transform adds,
+for every set, the set under that transformation (``<set>__<name>_<strength>``, lm_probes.data.transforms,
+--seed). Outputs in --out: ``rewards_<set>.jsonl`` (where, reward_chosen, reward_rejected),
+``results.json`` (per set: rewards/accuracies, strict as TRL and RewardBench count; rmgap/accuracy_half_ties;
+rmgap/tie_rate; the margins; 95 % CIs over pairs) and ``rewardbench_results.json`` (RewardBench's
+layout: the model, the reference, and per set its strict accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from lm_probes.common import write_json, write_jsonl
+from lm_probes.data.pairs import read_jsonl
+from lm_probes.rm.rewards import REWARDS
+from rmgap import flags
+
+OUTPUTS = ("rewards_*.jsonl", "results.json", "rewardbench_results.json")
+
+
+def _parser():
+    ap = flags.parser("rmgap eval", __doc__)
+    src = ap.add_argument_group("data")
+    src.add_argument("--data", action="append", default=[], metavar="[NAME=]FILE", help="JSONL; repeatable")
+    src.add_argument("--set", action="append", default=[], metavar="[NAME=]name/split", help="repeatable")
+    src.add_argument("--transform", action="append", default=[], metavar="NAME:STRENGTH", help="repeatable")
+    ap.add_argument("--ref", help="the reference model (hub id, local path or 'smollm2')")
+    ap.add_argument("--reward", default="im_rm", choices=[n for n, t in REWARDS.items() if not t.uses_head])
+    ap.add_argument("--beta", type=float, default=1.0, help="β of the implicit reward (default 1)")
+    ap.add_argument("--no-chat-template", action="store_true")
+    flags.add_model_args(ap)
+    flags.add_run_args(ap, None)
+    flags.add_folder_args(ap, resume=False)
+    return ap
+
+
+def _sets(args) -> dict:
+    """The named sets the flags give, then each under every --transform."""
+    from lm_probes.data.transforms import get_transform, transform_pairs
+    from rmgap.commands.transform import parse_spec
+
+    sets = {}
+    for spec, flag in [(s, "--eval") for s in args.data] + [(s, "--eval-set") for s in args.set]:
+        name, value = flags.named_set(spec, flag)
+        if name in sets:
+            raise ValueError(
+                f"{flag.replace('--eval-set', '--set').replace('--eval', '--data')} {spec}: "
+                f"the name {name!r} is already another set's; name each set once (NAME=...)"
+            )
+        sets[name] = read_jsonl(value, group=name) if flag == "--eval" else flags.shipped_pairs(value, name)
+    for spec in args.transform:
+        t, strength = parse_spec(spec)
+        for name, pairs in list(sets.items()):
+            if "__" in name:
+                continue
+            rows, _ = transform_pairs(pairs, get_transform(t), strength, args.seed)
+            sets[f"{name}__{t}_{strength:g}"] = [
+                replace(p, chosen=r["chosen"], rejected=r["rejected"])
+                for p, r in zip(pairs, rows, strict=True)
+            ]
+    return sets
+
+
+def main(argv=None, lm=None, ref_lm=None) -> dict:
+    """Score --model as the --reward reward model on every set and write the outputs."""
+    from lm_probes.lm.loading import load_lm
+    from lm_probes.rm.existing import score_existing
+
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if not (args.data or args.set) or args.out is None:
+        ap.error("give --out and at least one --data FILE or --set NAME/SPLIT")
+    sets = _sets(args)
+    if REWARDS[args.reward].uses_reference and args.ref is None and ref_lm is None:
+        raise ValueError(f"--reward {args.reward} divides by a reference model: give --ref")
+    flags.claim_out(args, OUTPUTS)
+    lm = lm or flags.load_model(args)
+    if REWARDS[args.reward].uses_reference and ref_lm is None:
+        kw = dict(device=args.device, dtype=args.dtype, attention=args.attention, quiet=args.quiet)
+        ref_lm = load_lm(args.ref, **kw)
+    res = score_existing(
+        lm, ref_lm, sets, reward=args.reward, beta=args.beta, chat_template=not args.no_chat_template
+    )
+    for name, r in res.items():
+        rows = (
+            {"where": p.where, "reward_chosen": float(c), "reward_rejected": float(j)}
+            for p, (c, j) in zip(r["kept"], r["rewards"], strict=True)
+        )
+        write_jsonl(Path(args.out) / f"rewards_{name}.jsonl", rows)
+    command = flags.command_line("rmgap eval", argv)
+    info = {k: lm.info.get(k) for k in ("model", "file_sha256", "dtype", "n_parameters")}
+    results = {
+        "command": command,
+        "model": info,
+        "ref_model": None if ref_lm is None else {k: ref_lm.info.get(k) for k in info},
+        "reward": args.reward,
+        "beta": args.beta,
+        "chat_template": not args.no_chat_template,
+        "sets": {name: r["metrics"] for name, r in res.items()},
+    }
+    write_json(Path(args.out) / "results.json", results)
+    rewardbench = {  # RewardBench's results layout: the model, its reference, per subset the accuracy
+        "model": args.model,
+        "ref_model": args.ref,
+        "model_type": "DPO" if REWARDS[args.reward].uses_reference else "DPO Ref. Free",
+        "chat_template": None if args.no_chat_template else "tokenizer",
+        "command": command,
+        **{name: r["metrics"]["rewards/accuracies"] for name, r in res.items()},
+    }
+    write_json(Path(args.out) / "rewardbench_results.json", rewardbench)
+    for name, r in res.items():
+        m = r["metrics"]
+        lo, hi = m["ci95"]["rewards/accuracies"]
+        print(
+            f"{name}: accuracy {m['rewards/accuracies']:.3f} [{lo:.3f}, {hi:.3f}] (strict), "
+            f"ties ½ {m['rmgap/accuracy_half_ties']:.3f}, tie rate {m['rmgap/tie_rate']:.3f}, n {m['n']}"
+        )
+    print(f"wrote {args.out}/results.json")
+    return results

@@ -1,0 +1,88 @@
+"""rmgap eval: existing LMs scored as implicit RMs with no training, against TRL's definition computed
+by hand (β·Σ_k [ln π(y_k|x, y_<k) − ln π_ref(y_k|x, y_<k)], what DPOTrainer logs as rewards/chosen),
+its own reference giving exactly 0, the names and files, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lm_probes.data.pairs import encode_pairs
+from lm_probes.lm.encoding import pad_id_of
+from lm_probes.lm.scoring import score
+from rmgap.commands import eval as eval_cmd
+from tests.conftest import TRAIN, make_tiny_lm, run_rmgap
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in TRAIN
+        )
+    )
+    return path
+
+
+def _by_hand(policy, ref, beta, reference=True):
+    """TRL's implicit reward, one response at a time, through the single-sequence pass."""
+    out = []
+    for enc in encode_pairs(policy.tokenizer, TRAIN).encodings:
+        r = []
+        for e in enc:
+            with torch.no_grad():
+                lp = score(policy.model, [e], pad_id_of(policy.tokenizer), mode="single").logprob.item()
+                lr = score(ref.model, [e], pad_id_of(ref.tokenizer), mode="single").logprob.item()
+            r.append(beta * (lp - (lr if reference else 0.0)))
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("reward", ["im_rm", "im_rm_no_ref"])
+def test_eval_gives_trls_implicit_reward_per_example(tmp_path, pairs_file, reward):
+    policy, ref = make_tiny_lm(seed=1), make_tiny_lm(seed=0)
+    argv = ["--data", f"mine={pairs_file}", "--reward", reward, "--beta", "0.1", "--out", str(tmp_path / "o")]
+    res = eval_cmd.main([*argv, "--ref", "x"], lm=policy, ref_lm=ref)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "rewards_mine.jsonl").read_text().splitlines()]
+    want = _by_hand(policy, ref, 0.1, reference=reward == "im_rm")
+    got = [x for r in rows for x in (r["reward_chosen"], r["reward_rejected"])]
+    assert got == pytest.approx([x for w in want for x in w], abs=1e-9) and len(rows) == len(want)
+    m = res["sets"]["mine"]
+    strict = sum(c > j for c, j in want) / len(want)
+    assert m["rewards/accuracies"] == strict and m["n"] == 4 and res["beta"] == 0.1
+    lo, hi = m["ci95"]["rmgap/accuracy_half_ties"]
+    assert lo <= m["rmgap/accuracy_half_ties"] <= hi
+    rb = json.loads((tmp_path / "o" / "rewardbench_results.json").read_text())
+    assert rb["mine"] == strict and rb["model_type"] == ("DPO" if reward == "im_rm" else "DPO Ref. Free")
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["sets"]["mine"]["n"] == 4
+
+
+def test_a_model_is_its_own_reference_every_reward_exactly_zero(tmp_path, pairs_file):
+    res = eval_cmd.main(
+        ["--data", str(pairs_file), "--ref", "x", "--out", str(tmp_path / "o"), "--transform", "synonyms:1"],
+        lm=make_tiny_lm(seed=3),
+        ref_lm=make_tiny_lm(seed=3),
+    )
+    for name in ("pairs", "pairs__synonyms_1"):
+        m = res["sets"][name]
+        assert (
+            m["rmgap/tie_rate"] == 1.0
+            and m["rewards/accuracies"] == 0.0
+            and m["rmgap/accuracy_half_ties"] == 0.5
+        )
+
+
+def test_refusals_are_one_line(tmp_path, pairs_file):
+    base = ("eval", "--data", str(pairs_file), "--out", str(tmp_path / "o"))
+    for extra, message in [
+        (("--reward", "ex_rm"), "invalid choice: 'ex_rm'"),
+        (("--reward", "im_rm"), "divides by a reference model: give --ref"),
+        (("--data", str(pairs_file)), "already another set's"),
+    ]:
+        code, _, err = run_rmgap(*base, *extra)
+        assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
