@@ -185,6 +185,8 @@ def test_a_cell_whose_checkpoint_is_gone_is_trained_again_and_must_reproduce_its
     for a, b in zip(again, map(json.loads, before.splitlines()), strict=True):
         assert a["where"] == b["where"] and a["reward_chosen"] == pytest.approx(b["reward_chosen"], abs=1e-6)
     assert "retrained" not in json.loads((cell_dir(out, "ex_rm", 0) / "eval.json").read_text())
+    seconds = _run(out, train_file, "--resume", "--stages", "analyze")["seconds"]
+    assert set(seconds["retraining"]) == {"im_rm/seed1"} and seconds["retraining"]["im_rm/seed1"] > 0
     # recorded rewards that the retrained weights do not give: refused, nothing scored
     _forget(d)
     rows = [json.loads(r) for r in (d / "rewards_original.jsonl").read_text().splitlines()]
