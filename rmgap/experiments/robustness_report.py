@@ -113,7 +113,8 @@ def table_markdown(res: dict) -> str:
     if res.get("pending"):
         lines += ["", f"**Not evaluated yet** (the run stopped before them): {', '.join(res['pending'])}."]
     t = res["seconds"]
-    lines += ["", f"Recorded time: {t["cells_total_hours"]:.2f} h of training, retraining, reference and evaluation."]
+    what = "training, retraining, reference and evaluation"
+    lines += ["", f"Recorded time: {t['cells_total_hours']:.2f} h of {what}."]
     return "\n".join(lines) + "\n"
 
 
