@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from lm_probes.data.pairs import DataError, load_pairs
+from lm_probes.data.pairs import DataError, load_pairs, read_jsonl
 from lm_probes.rm.config import TrainConfig
 
 DTYPES = ("float32", "float64", "bfloat16")
@@ -197,19 +197,33 @@ def load_model(args, runtime=None, **kw):
     return load_lm(args.model, device=device, dtype=args.dtype, attention=args.attention, quiet=quiet, **kw)
 
 
-def named_set(spec: str, flag: str) -> tuple[str, str]:
+def named_set(spec: str, flag: str, shipped: bool | None = None) -> tuple[str, str]:
     """ "NAME=VALUE" → (NAME, VALUE); a bare VALUE is named after it: a file by its stem
-    ("dir/test.jsonl" → "test"), a shipped dataset by name and split ("rewardmath/test" →
-    "rewardmath_test"), so that two unnamed datasets never share a name."""
+    ("dir/test.jsonl" → "test"), a shipped dataset (``shipped``; default: ``flag`` is --eval-set) by
+    name and split ("rewardmath/test" → "rewardmath_test"), so that two unnamed datasets never share a
+    name."""
+    shipped = flag == "--eval-set" if shipped is None else shipped
     name, sep, value = spec.partition("=")
     if not sep:
-        name, value = (
-            (spec.replace("/", "_") if flag == "--eval-set" else Path(spec).name.split(".")[0]),
-            spec,
-        )
+        name, value = ((spec.replace("/", "_") if shipped else Path(spec).name.split(".")[0]), spec)
     if not name or not value:
         raise ValueError(f"{flag} takes NAME=VALUE, got {spec!r}")
     return name, value
+
+
+def named_sets(files: list[str], shipped: list[str], flags_: tuple[str, str], reserved=()) -> dict:
+    """The pairs of every ``[NAME=]FILE`` (``files``) and ``[NAME=]name/split`` (``shipped``), by name;
+    ``flags_`` names the two flags in messages; a name given twice or in ``reserved`` is refused."""
+    sets = {}
+    for spec, flag, is_shipped in [(s, flags_[0], False) for s in files] + [
+        (s, flags_[1], True) for s in shipped
+    ]:
+        name, value = named_set(spec, flag, is_shipped)
+        if name in sets or name in reserved:
+            why = "reserved (a history key)" if name in reserved else "already another set's"
+            raise ValueError(f"{flag} {spec}: the name {name!r} is {why}; name each set once (NAME=...)")
+        sets[name] = shipped_pairs(value, name) if is_shipped else read_jsonl(value, group=name)
+    return sets
 
 
 def shipped_pairs(spec: str, group: str):

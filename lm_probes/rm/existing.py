@@ -43,16 +43,7 @@ def score_existing(
     """Per set: ``rewards`` (N, 2), ``kept`` (the N pairs scored: identical or too-long pairs are left
     out and counted in ``metrics["dropped"]``) and ``metrics`` (METRICS, and ``ci95``: percentile-
     bootstrap CIs over pairs of the strict accuracy and of ACCURACY)."""
-    rt = get_reward_type(reward)
-    if rt.uses_head:
-        raise ValueError(
-            f"--reward {reward}: an explicit RM reads a trained head, which a language model does not "
-            "have; give an implicit reward (im_rm, im_rm_no_ref, im_rm_mean, im_rm_mean_no_ref)"
-        )
-    if rt.uses_reference and ref is None:
-        raise ValueError(
-            f"--reward {reward} divides by a reference model: give --ref (or use {reward}_no_ref)"
-        )
+    rt = check_request(reward, ref_given=ref is not None)
     if rt.uses_reference and ref.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
         raise ValueError("--model and --ref have different tokenizers: a response must be the same tokens")
     cfg = TrainConfig(objective=reward, beta=beta, chat_template=chat_template, progress=False)
@@ -71,6 +62,22 @@ def score_existing(
         metrics["dropped"] = {k: len(v) for k, v in encoded[name].dropped.items()}
         out[name] = {"rewards": r.rewards, "kept": encoded[name].kept, "metrics": metrics}
     return out
+
+
+def check_request(reward: str, ref_given: bool):
+    """The reward type ``reward`` names, refused in one line where a bare LM cannot give it: a type
+    with a head, or one that divides by a reference when none is given."""
+    rt = get_reward_type(reward)
+    if rt.uses_head:
+        raise ValueError(
+            f"--reward {reward}: an explicit RM reads a trained head, which a language model does not "
+            "have; give an implicit reward (im_rm, im_rm_no_ref, im_rm_mean, im_rm_mean_no_ref)"
+        )
+    if rt.uses_reference and not ref_given:
+        raise ValueError(
+            f"--reward {reward} divides by a reference model: give --ref (or use {reward}_no_ref)"
+        )
+    return rt
 
 
 def accuracy_cis(rewards: np.ndarray, n_boot: int = 10_000) -> dict:

@@ -16,11 +16,9 @@ layout: the model, the reference, and per set its strict accuracy).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from lm_probes.common import write_json, write_jsonl
-from lm_probes.data.pairs import read_jsonl
 from lm_probes.rm.rewards import REWARDS
 from rmgap import flags
 
@@ -45,43 +43,31 @@ def _parser():
 
 def _sets(args) -> dict:
     """The named sets the flags give, then each under every --transform."""
-    from lm_probes.data.transforms import get_transform, transform_pairs
+    from lm_probes.data.transforms import get_transform, transformed_pairs
     from rmgap.commands.transform import parse_spec
 
-    sets = {}
-    for spec, flag in [(s, "--eval") for s in args.data] + [(s, "--eval-set") for s in args.set]:
-        name, value = flags.named_set(spec, flag)
-        if name in sets:
-            raise ValueError(
-                f"{flag.replace('--eval-set', '--set').replace('--eval', '--data')} {spec}: "
-                f"the name {name!r} is already another set's; name each set once (NAME=...)"
-            )
-        sets[name] = read_jsonl(value, group=name) if flag == "--eval" else flags.shipped_pairs(value, name)
+    sets = flags.named_sets(args.data, args.set, ("--data", "--set"))
     for spec in args.transform:
         t, strength = parse_spec(spec)
         for name, pairs in list(sets.items()):
-            if "__" in name:
-                continue
-            rows, _ = transform_pairs(pairs, get_transform(t), strength, args.seed)
-            sets[f"{name}__{t}_{strength:g}"] = [
-                replace(p, chosen=r["chosen"], rejected=r["rejected"])
-                for p, r in zip(pairs, rows, strict=True)
-            ]
+            if "__" not in name:
+                sets[f"{name}__{t}_{strength:g}"] = transformed_pairs(
+                    pairs, get_transform(t), strength, args.seed
+                )[0]
     return sets
 
 
 def main(argv=None, lm=None, ref_lm=None) -> dict:
     """Score --model as the --reward reward model on every set and write the outputs."""
     from lm_probes.lm.loading import load_lm
-    from lm_probes.rm.existing import score_existing
+    from lm_probes.rm.existing import check_request, score_existing
 
     ap = _parser()
     args = ap.parse_args(argv)
     if not (args.data or args.set) or args.out is None:
         ap.error("give --out and at least one --data FILE or --set NAME/SPLIT")
     sets = _sets(args)
-    if REWARDS[args.reward].uses_reference and args.ref is None and ref_lm is None:
-        raise ValueError(f"--reward {args.reward} divides by a reference model: give --ref")
+    check_request(args.reward, ref_given=args.ref is not None or ref_lm is not None)
     flags.claim_out(args, OUTPUTS)
     lm = lm or flags.load_model(args)
     if REWARDS[args.reward].uses_reference and ref_lm is None:

@@ -49,16 +49,7 @@ def _data(args) -> tuple[list, dict]:
         train = flags.shipped_pairs(args.train_set, "train")
     from lm_probes.rm.trainer import RESERVED
 
-    eval_sets = {}
-    specs = [(s, "--eval") for s in args.eval] + [(s, "--eval-set") for s in args.eval_set]
-    for spec, flag in specs:
-        name, value = flags.named_set(spec, flag)
-        if name in eval_sets or name in RESERVED:
-            why = "reserved (a history key)" if name in RESERVED else "already the name of another set"
-            raise ValueError(f"{flag} {spec}: the name {name!r} is {why}; name each set once (NAME=...)")
-        read = (lambda v, n: read_jsonl(v, group=n)) if flag == "--eval" else flags.shipped_pairs
-        eval_sets[name] = read(value, name)
-    return train, eval_sets
+    return train, flags.named_sets(args.eval, args.eval_set, ("--eval", "--eval-set"), RESERVED)
 
 
 def precision_check(args, argv, lm, train, cfg) -> dict:

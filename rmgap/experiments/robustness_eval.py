@@ -33,7 +33,7 @@ from pathlib import Path
 from lm_probes.common import write_json, write_jsonl
 from lm_probes.data.pairs import Pair, load_rows
 from lm_probes.data.splits import length_rule
-from lm_probes.data.transforms import get_transform, transform_pairs
+from lm_probes.data.transforms import get_transform, transformed_pairs
 from lm_probes.rm.checkpoints import load_file, load_weights, read_checkpoint, same_config, save_atomic
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
@@ -94,11 +94,7 @@ def eval_sets(tokenizer, test: list[Pair], spec: dict, max_part: int, max_length
     for name, strengths in spec["transforms"].items():
         t, group = get_transform(name), []
         for s in strengths:
-            rows, counts = transform_pairs(test, t, s, spec["transform_seed"])
-            pairs = [
-                replace(p, chosen=r["chosen"], rejected=r["rejected"])
-                for p, r in zip(test, rows, strict=True)
-            ]
+            pairs, counts = transformed_pairs(test, t, s, spec["transform_seed"])
             group.append(EvalSet(set_name(name, s), name, s, pairs, counts))
         groups.append(group)
     if spec.get("rewrites"):
@@ -210,22 +206,14 @@ def trained_cell(factory, cfg, d: Path, train, originals, table, say=print) -> R
     say(f"{cfg.objective} seed {cfg.seed}: checkpoint gone, training again to continue", flush=True)
     result = train_reward_model(factory(), train, {}, cfg, tmp, resume=True)
     rm = load_trained(factory(), cfg, tmp / "checkpoint.pt")
-    check = {"seconds": None, "history_identical": None, "max_abs_diff_original": None}
-    recorded = json.loads((d / "history.json").read_text())
     losses = lambda h: [e.get("train_loss") for e in h]  # noqa: E731
-    check["history_identical"] = losses(result.summary["history"]) == losses(recorded)
-    if (d / "rewards_original.jsonl").exists():
-        old = {
-            r["where"]: r for r in map(json.loads, (d / "rewards_original.jsonl").read_text().splitlines())
-        }
-        new = group_rewards(rm, cfg, originals, table)["original"]
-        if [r["where"] for r in new] != list(old):
-            raise ValueError(f"{d}: the retrained cell keeps other original pairs than it recorded")
-        check["max_abs_diff_original"] = max(
-            abs(r[k] - old[r["where"]][k]) for r in new for k in ("reward_chosen", "reward_rejected")
-        )
-    check["seconds"] = time.perf_counter() - t0
-    diff = check["max_abs_diff_original"]
+    recorded = json.loads((d / "history.json").read_text())
+    diff = _diff_on_originals(rm, cfg, d, originals, table)
+    check = {
+        "seconds": time.perf_counter() - t0,
+        "history_identical": losses(result.summary["history"]) == losses(recorded),
+        "max_abs_diff_original": diff,
+    }
     if not check["history_identical"] or (diff is not None and diff > REPRODUCE_TOL):
         raise ValueError(
             f"{d}: training again did not reproduce the recorded cell (epoch losses identical: "
@@ -239,6 +227,19 @@ def trained_cell(factory, cfg, d: Path, train, originals, table, say=print) -> R
     write_json(d / "eval.json", record)
     say(f"{cfg.objective} seed {cfg.seed}: reproduced (max |Δ reward| {diff})", flush=True)
     return rm
+
+
+def _diff_on_originals(rm, cfg, d: Path, originals, table) -> float | None:
+    """max |Δ reward| of ``rm`` against the cell's recorded rewards_original.jsonl (None: none
+    recorded); a different set of pairs is refused."""
+    if not (d / "rewards_original.jsonl").exists():
+        return None
+    lines = (d / "rewards_original.jsonl").read_text().splitlines()
+    old = {r["where"]: r for r in map(json.loads, lines)}
+    new = group_rewards(rm, cfg, originals, table)["original"]
+    if [r["where"] for r in new] != list(old):
+        raise ValueError(f"{d}: the retrained cell keeps other original pairs than it recorded")
+    return max(abs(r[k] - old[r["where"]][k]) for r in new for k in ("reward_chosen", "reward_rejected"))
 
 
 def evaluate_all(factory, args, preset, seeds, groups, train) -> None:

@@ -32,6 +32,7 @@ Prose transformations leave LaTeX and code alone; the word tables are in ``table
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 
 import numpy as np
 
@@ -107,3 +108,12 @@ def transform_pairs(pairs: list, t: Transform, strength: float, seed: int) -> tu
         rows.append(dict(prompt=p.prompt, chosen=out[0], rejected=out[1]))
         rows[-1].update(orig_chosen=p.chosen, orig_rejected=p.rejected)
     return rows, counts
+
+
+def transformed_pairs(pairs: list, t: Transform, strength: float, seed: int) -> tuple[list, dict]:
+    """The pairs themselves with both responses rewritten (:func:`transform_pairs`; every other field,
+    ``where`` included, kept) → (pairs, counts)."""
+    rows, counts = transform_pairs(pairs, t, strength, seed)
+    return [
+        replace(p, chosen=r["chosen"], rejected=r["rejected"]) for p, r in zip(pairs, rows, strict=True)
+    ], counts
