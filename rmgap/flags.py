@@ -166,9 +166,9 @@ def train_config(args, **fields) -> TrainConfig:
     configs here."""
     fields.update(preset_overrides(args))
     cfg = TrainConfig(**fields, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
-    cfg.check()  # (every setting in range before any work: one line naming the flag)
     if cfg.epochs < 1:  # (a command that trains nothing is a mistake; the library allows 0: θ₀ only)
         raise ValueError(f"epochs (--epochs) must be an integer ≥ 1, got {cfg.epochs}")
+    cfg.check()  # (every setting in range before any work: one line naming the flag)
     return cfg
 
 

@@ -83,11 +83,11 @@ STEPS_PER_EPOCH = 2  # 4 training pairs, batch 2
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny untied Llama saved as a model folder (and another of the same shape), the data files,
-    and an uninterrupted run of each objective."""
+    """A tiny untied Llama saved as a model folder (another of the same shape, and one with a larger
+    vocabulary: another shape), the data files, and an uninterrupted run of each objective."""
     root = tmp_path_factory.mktemp("faults")
-    for name, seed in (("model", 0), ("other_model", 1)):
-        lm = make_tiny_lm(dtype=torch.float32, tie=False, seed=seed)
+    for name, seed, extra in (("model", 0, ()), ("other_model", 1, ()), ("wide_model", 0, ("zzz",))):
+        lm = make_tiny_lm(dtype=torch.float32, tie=False, seed=seed, extra_words=extra)
         lm.model.save_pretrained(root / name)
         lm.tokenizer.save_pretrained(root / name)
     rows = lambda pairs: "".join(  # noqa: E731
@@ -235,12 +235,13 @@ def test_a_resume_with_other_data_or_another_model_is_refused(world, tmp_path, o
     before = _snapshot(out, lock=False)
     rc, _, err = world.train(out, objective, "--resume", train="other_train.jsonl")
     assert rc == 2 and "differs in the training data" in _one_line(err)
-    rc, _, err = world.train(out, objective, "--resume", model="other_model")
-    assert rc == 2 and "the model's initial weights" in _one_line(err)
+    for model in ("other_model", "wide_model"):  # the same shape, another shape
+        rc, _, err = world.train(out, objective, "--resume", model=model)
+        assert rc == 2 and "the model's initial weights" in _one_line(err), err
     assert _snapshot(out, lock=False) == before
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "text", "history"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "text", "history"])
 def test_a_corrupted_checkpoint_is_refused(world, tmp_path, damage):
     out = tmp_path / "run"
     shutil.copytree(world.root / "clean_im_rm", out)
@@ -252,6 +253,8 @@ def test_a_corrupted_checkpoint_is_refused(world, tmp_path, damage):
         ckpt.write_bytes(bytes(data))
     elif damage == "truncate":
         ckpt.write_bytes(bytes(data[: len(data) // 3]))
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
     elif damage == "text":
         ckpt.write_text("not a checkpoint\n")
     else:
@@ -280,3 +283,18 @@ def test_a_second_run_on_a_live_runs_folder_is_refused(world, tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_shipped_set_replaced_through_rmgap_data_is_recorded_in_the_summary(world, tmp_path):
+    over = tmp_path / "data" / "rewardmath"
+    over.mkdir(parents=True)
+    shutil.copy(world.root / "train.jsonl", over / "test.jsonl")
+    argv = world.args(tmp_path / "run")
+    argv[argv.index("--train") : argv.index("--train") + 2] = ["--train-set", "rewardmath/test"]
+    p = subprocess.run(
+        [sys.executable, "-m", "rmgap", *argv], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RMGAP_DATA": str(tmp_path / "data")},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data_overrides"] == {"rewardmath/test": str(over / "test.jsonl")}

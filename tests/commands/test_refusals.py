@@ -21,10 +21,12 @@ def files(tmp_path):
     (tmp_path / "surrogate.jsonl").write_text('{"prompt": "p\\ud800", "chosen": "a", "rejected": "b"}\n')
     (tmp_path / "folder.jsonl").mkdir()
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ok.jsonl").write_text((json.dumps(ROW) + "\n") * 3)
     (tmp_path / "nomodel").mkdir()
     (tmp_path / "notok").mkdir()
     (tmp_path / "notok" / "config.json").write_text("{}")
-    (tmp_path / "data" / "rewardmath").mkdir(parents=True)
+    (tmp_path / "data" / "rewardmath").mkdir()
     (tmp_path / "data" / "rewardmath" / "test.jsonl.gz").write_bytes(
         gzip.compress(b"x" * 100)[:-8] + b"garbage!"
     )
@@ -42,9 +44,21 @@ CASES = {  # name → (argv with {d} for the folder, what the one line says)
         "train --train {d}/ok.jsonl --eval t={d}/ok.jsonl --eval t={d}/ok.jsonl",
         "'t' is already",
     ),
+    "two files, one stem": (
+        "train --train {d}/ok.jsonl --eval {d}/ok.jsonl --eval {d}/data/ok.jsonl",
+        "the name 'ok' is already another set's",
+    ),
     "a history key as a set": ("train --train {d}/ok.jsonl --eval epoch={d}/ok.jsonl", "'epoch' is reserved"),
+    "the loss as a set": (
+        "train --train {d}/ok.jsonl --eval train_loss={d}/ok.jsonl",
+        "'train_loss' is reserved",
+    ),
+    "epochs negative": ("train --train {d}/ok.jsonl --epochs -1", "epochs (--epochs) must be an integer ≥ 1"),
+    "batch size 0": ("train --train {d}/ok.jsonl --batch-size 0", "batch_size (--batch-size) must be"),
+    "seed -1": ("train --train {d}/ok.jsonl --seed -1", "seed (--seed) must be"),
     "unknown device": ("train --train {d}/ok.jsonl --device foo --out {d}/o", "--device 'foo': not a device"),
     "absent device": ("train --train {d}/ok.jsonl --device cuda:3 --out {d}/o", "CUDA device(s)"),
+    "cuda, none here": ("train --train {d}/ok.jsonl --device cuda --out {d}/o", "CUDA device(s)"),
     "missing model folder": (
         "train --train {d}/ok.jsonl --model {d}/none --out {d}/o",
         "no such model folder",
@@ -57,6 +71,8 @@ CASES = {  # name → (argv with {d} for the folder, what the one line says)
     "--out is a file": ("train --train {d}/ok.jsonl --out {d}/a_file", "a_file: a file, not a folder"),
     "probe --out is a file": ("probe --data {d}/ok.jsonl --out {d}/a_file", "a_file: a file, not a folder"),
     "--out under a file": ("train --train {d}/ok.jsonl --out {d}/a_file/run", "cannot be written"),
+    "--out read-only": ("train --train {d}/ok.jsonl --out /proc/rmgap-run", "cannot be written"),  # root too
+    "probe --out read-only": ("probe --data {d}/ok.jsonl --out /proc/rmgap-run", "cannot be written"),
     "nothing to resume": ("train --train {d}/ok.jsonl --out {d}/o --resume", "nothing to resume"),
     "resume and overwrite": ("train --train {d}/ok.jsonl --out {d}/o --resume --overwrite", "give one"),
     "negative lr as a value": (
