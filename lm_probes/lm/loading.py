@@ -211,6 +211,34 @@ def load_lm(
     return LoadedLM(model, tokenizer, info)
 
 
+def load_classifier(
+    name: str, *, device: str = "cpu", dtype: str = "float32", attention: str = "eager", quiet: bool = False
+) -> LoadedLM:
+    """Load a sequence classifier with one label (an EX-RM rmgap exported, or any
+    ``AutoModelForSequenceClassification`` reward model) as load_lm loads a causal LM: the same
+    attention and norms, in eval mode; ``info`` names it and its score head."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    check_device(device)
+    check_source(name)
+    if quiet:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    if getattr(AutoConfig.from_pretrained(name), "num_labels", 1) != 1:
+        raise ValueError(f"--model {name}: a classifier with several labels is not a reward model (one)")
+    model = AutoModelForSequenceClassification.from_pretrained(name, dtype=DTYPES[dtype])
+    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
+    n_norms = keep_rms_norms_in_dtype(model)
+    model.to(device).eval()
+    base = getattr(model, model.base_model_prefix)
+    width = base.get_input_embeddings().weight.shape[1]
+    info = dict(model=name, dtype=dtype, device=device, attention=attention, float64_rms_norms=n_norms)
+    info.update(hidden_size=width, n_parameters=sum(p.numel() for p in model.parameters()))
+    info.update(max_positions=getattr(model.config, "max_position_embeddings", None), classifier=True)
+    return LoadedLM(model, AutoTokenizer.from_pretrained(name), info)
+
+
 def check_device(device: str) -> None:
     """Refuse, in one line, a device torch does not know or this machine does not have."""
     try:

@@ -32,8 +32,11 @@ def _parser():
     src.add_argument("--set", action="append", default=[], metavar="[NAME=]name/split", help="repeatable")
     src.add_argument("--transform", action="append", default=[], metavar="NAME:STRENGTH", help="repeatable")
     ap.add_argument("--ref", help="the reference model (hub id, local path or 'smollm2')")
-    ap.add_argument("--reward", default="im_rm", choices=[n for n, t in REWARDS.items() if not t.uses_head])
-    ap.add_argument("--beta", type=float, default=1.0, help="β of the implicit reward (default 1)")
+    kinds = ["ex_rm", *(n for n, t in REWARDS.items() if not t.uses_head)]
+    ap.add_argument("--reward", default="im_rm", choices=kinds, help="ex_rm: a sequence classifier")
+    ap.add_argument(
+        "--beta", type=float, help="β of the implicit reward (default: an rmgap export's own β, else 1)"
+    )
     ap.add_argument("--no-chat-template", action="store_true")
     flags.add_model_args(ap)
     flags.add_run_args(ap, None)
@@ -57,9 +60,54 @@ def _sets(args) -> dict:
     return sets
 
 
+# results.json's plain names for the metrics (lm_probes.rm.evaluation.METRICS names them as TRL does)
+RESULT_KEYS = {
+    "accuracy_strict": "rewards/accuracies",
+    "accuracy_ties_half": "rmgap/accuracy_half_ties",
+    "tie_rate": "rmgap/tie_rate",
+    "normalized_abs_margin": "rmgap/normalized_abs_margin",
+}
+
+
+def _settings(args, ref_lm) -> dict:
+    """β and the reference: the flags', else an rmgap export's metadata (lm_probes.rm.export), else
+    β = 1 and none; and where each came from."""
+    from lm_probes.rm.export import read_export
+
+    meta = read_export(args.model) if args.model != "smollm2" else None
+    if meta and meta["reward"] != args.reward:
+        raise ValueError(f"--model {args.model}: exported as {meta['reward']}, not --reward {args.reward}")
+    beta, ref = args.beta, args.ref
+    from_export = []
+    if beta is None and meta and meta.get("beta") is not None:
+        beta, from_export = meta["beta"], [*from_export, "beta"]
+    wants_ref = REWARDS[args.reward].uses_reference and ref_lm is None
+    if ref is None and wants_ref and meta and meta.get("reference"):
+        ref, from_export = meta["reference"]["model"], [*from_export, "ref"]
+    return {"beta": 1.0 if beta is None else beta, "ref": ref, "from_export": from_export, "export": meta}
+
+
+def _load(args, ref_lm, ref):
+    """(the model, the reference or None): a sequence classifier for --reward ex_rm."""
+    from lm_probes.lm.loading import load_classifier, load_lm
+
+    kw = dict(device=args.device, dtype=args.dtype, attention=args.attention, quiet=args.quiet)
+    lm = load_classifier(args.model, **kw) if args.reward == "ex_rm" else flags.load_model(args)
+    if REWARDS[args.reward].uses_reference and ref_lm is None:
+        ref_lm = load_lm(ref, **kw)
+    return lm, ref_lm
+
+
+def _set_results(m: dict) -> dict:
+    """One set's entry of results.json: the plain names, their CIs, then every metric by its own name."""
+    out = {k: m[name] for k, name in RESULT_KEYS.items()}
+    out["accuracy_ci95"] = m["ci95"]["rewards/accuracies"]
+    out["accuracy_ties_half_ci95"] = m["ci95"]["rmgap/accuracy_half_ties"]
+    return {**out, "n": m["n"], "dropped": m["dropped"], "metrics": m}
+
+
 def main(argv=None, lm=None, ref_lm=None) -> dict:
     """Score --model as the --reward reward model on every set and write the outputs."""
-    from lm_probes.lm.loading import load_lm
     from lm_probes.rm.existing import check_request, score_existing
 
     ap = _parser()
@@ -67,14 +115,20 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
     if not (args.data or args.set) or args.out is None:
         ap.error("give --out and at least one --data FILE or --set NAME/SPLIT")
     sets = _sets(args)
-    check_request(args.reward, ref_given=args.ref is not None or ref_lm is not None)
+    if args.reward == "ex_rm" and args.model == "smollm2" and lm is None:
+        raise ValueError(
+            "--reward ex_rm: smollm2 is a language model; give --model a sequence classifier "
+            "(an EX-RM from rmgap train --export, or any AutoModelForSequenceClassification)"
+        )
+    run = _settings(args, ref_lm)
+    check_request(
+        args.reward, ref_given=run["ref"] is not None or ref_lm is not None, classifier=args.reward == "ex_rm"
+    )
     flags.claim_out(args, OUTPUTS)
-    lm = lm or flags.load_model(args)
-    if REWARDS[args.reward].uses_reference and ref_lm is None:
-        kw = dict(device=args.device, dtype=args.dtype, attention=args.attention, quiet=args.quiet)
-        ref_lm = load_lm(args.ref, **kw)
+    if lm is None:
+        lm, ref_lm = _load(args, ref_lm, run["ref"])
     res = score_existing(
-        lm, ref_lm, sets, reward=args.reward, beta=args.beta, chat_template=not args.no_chat_template
+        lm, ref_lm, sets, reward=args.reward, beta=run["beta"], chat_template=not args.no_chat_template
     )
     for name, r in res.items():
         rows = (
@@ -83,26 +137,21 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
         )
         write_jsonl(Path(args.out) / f"rewards_{name}.jsonl", rows)
     command = flags.command_line("rmgap eval", argv)
-    info = {k: lm.info.get(k) for k in ("model", "file_sha256", "dtype", "n_parameters")}
+    info = ("model", "file_sha256", "revision", "dtype", "n_parameters")
     results = {
         "command": command,
-        "model": info,
-        "ref_model": None if ref_lm is None else {k: ref_lm.info.get(k) for k in info},
+        "model": args.model,
+        "ref": run["ref"],
         "reward": args.reward,
-        "beta": args.beta,
+        "beta": None if args.reward == "ex_rm" else run["beta"],
+        "from_export": run["from_export"],  # (settings read from the model's rmgap_export.json)
+        "model_info": {k: lm.info.get(k) for k in info},
+        "ref_info": None if ref_lm is None else {k: ref_lm.info.get(k) for k in info},
         "chat_template": not args.no_chat_template,
-        "sets": {name: r["metrics"] for name, r in res.items()},
+        "sets": {name: _set_results(r["metrics"]) for name, r in res.items()},
     }
     write_json(Path(args.out) / "results.json", results)
-    rewardbench = {  # RewardBench's results layout: the model, its reference, per subset the accuracy
-        "model": args.model,
-        "ref_model": args.ref,
-        "model_type": "DPO" if REWARDS[args.reward].uses_reference else "DPO Ref. Free",
-        "chat_template": None if args.no_chat_template else "tokenizer",
-        "command": command,
-        **{name: r["metrics"]["rewards/accuracies"] for name, r in res.items()},
-    }
-    write_json(Path(args.out) / "rewardbench_results.json", rewardbench)
+    write_json(Path(args.out) / "rewardbench_results.json", _rewardbench(args, run, command, res))
     for name, r in res.items():
         m = r["metrics"]
         lo, hi = m["ci95"]["rewards/accuracies"]
@@ -112,3 +161,18 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
         )
     print(f"wrote {args.out}/results.json")
     return results
+
+
+def _rewardbench(args, run, command, res) -> dict:
+    """RewardBench's results layout: the model, its reference, its type, per subset the accuracy."""
+    kind = "Seq. Classifier" if args.reward == "ex_rm" else "DPO"
+    if not REWARDS[args.reward].uses_reference and args.reward != "ex_rm":
+        kind = "DPO Ref. Free"
+    return {
+        "model": args.model,
+        "ref_model": run["ref"],
+        "model_type": kind,
+        "chat_template": None if args.no_chat_template else "tokenizer",
+        "command": command,
+        **{name: r["metrics"]["rewards/accuracies"] for name, r in res.items()},
+    }

@@ -35,6 +35,12 @@ def _parser():
         help="do not train: how much --mixed-precision (default bf16) moves the rewards at θ₀ "
         "(printed, and written to --out/precision_check.json)",
     )
+    ap.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="also save the trained RM in the Hugging Face format (lm_probes.rm.export.EXPORTS)",
+    )
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/train")
     flags.add_folder_args(ap, resume=True)
@@ -89,6 +95,10 @@ def main(argv=None, lm=None) -> dict:
         micro_batch=args.micro_batch,
         chat_template=not args.no_chat_template,
     )
+    if args.export:
+        from lm_probes.rm.export import check_export
+
+        check_export(args.export, args.objective)
     flags.claim_out(args, TRAIN_OUTPUTS, needs=None if args.precision_check else "checkpoint.pt")
     if args.precision_check:
         return precision_check(args, argv, lm, train, cfg)
@@ -103,4 +113,18 @@ def main(argv=None, lm=None) -> dict:
         write_training(result, args.out)
         print_training(result.summary)
         print(f"wrote {args.out}/summary.json")
+        if args.export:
+            export(args.out / "checkpoint.pt", args.export, lm, cfg, result.summary["command"])
     return result.summary
+
+
+def export(checkpoint: Path, folder: Path, lm, cfg, command: str) -> dict:
+    """--export: the finished run's checkpoint (its full tensors, as any process count writes them)
+    saved in the Hugging Face format, π_ref named as the base model ``lm`` was loaded."""
+    from lm_probes.rm.checkpoints import read_checkpoint
+    from lm_probes.rm.export import export_reward_model, reference_of
+
+    state = read_checkpoint(checkpoint, map_location="cpu")
+    meta = export_reward_model(folder, lm, state["model"], state["u"], cfg, reference_of(lm), command)
+    print(f"exported {cfg.objective} to {folder} ({meta['loads_with']})")
+    return meta

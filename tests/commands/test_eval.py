@@ -50,7 +50,7 @@ def test_eval_gives_trls_implicit_reward_per_example(tmp_path, pairs_file, rewar
     want = _by_hand(policy, ref, 0.1, reference=reward == "im_rm")
     got = [x for r in rows for x in (r["reward_chosen"], r["reward_rejected"])]
     assert got == pytest.approx([x for w in want for x in w], abs=1e-9) and len(rows) == len(want)
-    m = res["sets"]["mine"]
+    m = res["sets"]["mine"]["metrics"]
     strict = sum(c > j for c, j in want) / len(want)
     assert m["rewards/accuracies"] == strict and m["n"] == 4 and res["beta"] == 0.1
     lo, hi = m["ci95"]["rmgap/accuracy_half_ties"]
@@ -67,7 +67,7 @@ def test_a_model_is_its_own_reference_every_reward_exactly_zero(tmp_path, pairs_
         ref_lm=make_tiny_lm(seed=3),
     )
     for name in ("pairs", "pairs__synonyms_1"):
-        m = res["sets"][name]
+        m = res["sets"][name]["metrics"]
         assert (
             m["rmgap/tie_rate"] == 1.0
             and m["rewards/accuracies"] == 0.0
@@ -78,7 +78,8 @@ def test_a_model_is_its_own_reference_every_reward_exactly_zero(tmp_path, pairs_
 def test_refusals_are_one_line(tmp_path, pairs_file):
     base = ("eval", "--data", str(pairs_file), "--out", str(tmp_path / "o"))
     for extra, message in [
-        (("--reward", "ex_rm"), "invalid choice: 'ex_rm'"),
+        (("--reward", "ex_rm"), "smollm2 is a language model"),
+        (("--reward", "ex_rm_mean"), "invalid choice: 'ex_rm_mean'"),
         (("--reward", "im_rm"), "divides by a reference model: give --ref"),
         (("--data", str(pairs_file)), "already another set's"),
     ]:

@@ -1,0 +1,51 @@
+"""rmgap train --export, then rmgap eval of the export: an IM-RM (AutoModelForCausalLM, its reference
+and β from the metadata) and an EX-RM (AutoModelForSequenceClassification) give the training run's own
+evaluation rewards, on a tiny Llama with an untied head."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rmgap.commands.eval import main as eval_main
+from rmgap.commands.train import main as train_main
+from tests.conftest import EVAL, TRAIN, make_tiny_lm
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
+def test_an_exported_rm_gives_the_training_runs_rewards(tmp_path, objective):
+    lm = make_tiny_lm(dtype=torch.float32, tie=False)
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    rows = lambda ps: "".join(  # noqa: E731
+        json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in ps
+    )
+    (tmp_path / "train.jsonl").write_text(rows(TRAIN))
+    (tmp_path / "test.jsonl").write_text(rows(EVAL["para"] + EVAL["orig"]))
+    common = ["--model", str(tmp_path / "base"), "--quiet"]
+    train_main([
+        *common, "--train", str(tmp_path / "train.jsonl"), "--eval", f"test={tmp_path / 'test.jsonl'}",
+        "--objective", objective, "--epochs", "2", "--lr", "1e-2", "--batch-size", "2", "--micro-batch", "1",
+        "--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf"),
+    ])  # fmt: skip
+    meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
+    res = eval_main([
+        "--model", str(tmp_path / "hf"), "--reward", objective, "--data", f"test={tmp_path / 'test.jsonl'}",
+        "--out", str(tmp_path / "ev"), "--quiet",
+    ])  # fmt: skip
+    if objective == "im_rm":  # the reference and β were read from the export's metadata
+        assert meta["loads_with"] == "AutoModelForCausalLM" and res["from_export"] == ["beta", "ref"]
+        assert res["ref"] == str(tmp_path / "base") and res["beta"] == 0.01
+    else:
+        assert meta["loads_with"] == "AutoModelForSequenceClassification"
+    want, got = _rows(tmp_path / "run" / "rewards_test.jsonl"), _rows(tmp_path / "ev" / "rewards_test.jsonl")
+    for w, g in zip(want, got, strict=True):
+        assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
+        assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
+    assert set(res["sets"]["test"]) >= {"accuracy_strict", "accuracy_ties_half", "tie_rate", "accuracy_ci95"}
