@@ -172,7 +172,6 @@ def load_lm(
     needs) or "sdpa" (PyTorch's fused attention: faster and lighter for training and evaluating long
     sequences; no forward-mode autodiff). ``quiet``: no weight-loading progress bars or warnings."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -184,12 +183,7 @@ def load_lm(
     else:
         check_source(name)
         path, info = name, {"model": name, "revision": revision}
-    if quiet:
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
-    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
-    n_norms = keep_rms_norms_in_dtype(model)
+    model, n_norms = _from_pretrained(AutoModelForCausalLM, path, dtype, attention, quiet, revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if name != "smollm2":
         info["revision"] = revision or getattr(model.config, "_commit_hash", None)
@@ -216,20 +210,14 @@ def load_classifier(
 ) -> LoadedLM:
     """Load a sequence classifier with one label (an EX-RM rmgap exported, or any
     ``AutoModelForSequenceClassification`` reward model) as load_lm loads a causal LM: the same
-    attention and norms, in eval mode; ``info`` names it and its score head."""
+    attention and norms, in eval mode; ``info`` names it and says ``classifier``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     check_device(device)
     check_source(name)
-    if quiet:
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
     if getattr(AutoConfig.from_pretrained(name), "num_labels", 1) != 1:
         raise ValueError(f"--model {name}: a classifier with several labels is not a reward model (one)")
-    model = AutoModelForSequenceClassification.from_pretrained(name, dtype=DTYPES[dtype])
-    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
-    n_norms = keep_rms_norms_in_dtype(model)
+    model, n_norms = _from_pretrained(AutoModelForSequenceClassification, name, dtype, attention, quiet)
     model.to(device).eval()
     base = getattr(model, model.base_model_prefix)
     width = base.get_input_embeddings().weight.shape[1]
@@ -237,6 +225,19 @@ def load_classifier(
     info.update(hidden_size=width, n_parameters=sum(p.numel() for p in model.parameters()))
     info.update(max_positions=getattr(model.config, "max_position_embeddings", None), classifier=True)
     return LoadedLM(model, AutoTokenizer.from_pretrained(name), info)
+
+
+def _from_pretrained(cls, path, dtype: str, attention: str, quiet: bool, **kw):
+    """(``cls.from_pretrained(path)`` in ``dtype`` with rmgap's attention and norms, the number of norms
+    kept in dtype); ``quiet``: no weight-loading progress bars or warnings."""
+    from transformers.utils import logging as hf_logging
+
+    if quiet:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    model = cls.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
+    return model, keep_rms_norms_in_dtype(model)
 
 
 def check_device(device: str) -> None:

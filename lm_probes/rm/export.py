@@ -97,8 +97,7 @@ def check_export(folder: Path, kind: str) -> None:
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"--export {folder}: exists and is not an empty folder; give a new one")
-    parent = folder.parent if folder.parent != Path("") else Path(".")
-    probe = parent
+    probe = folder.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):

@@ -77,14 +77,15 @@ def _settings(args, ref_lm) -> dict:
     meta = read_export(args.model) if args.model != "smollm2" else None
     if meta and meta["reward"] != args.reward:
         raise ValueError(f"--model {args.model}: exported as {meta['reward']}, not --reward {args.reward}")
-    beta, ref = args.beta, args.ref
-    from_export = []
-    if beta is None and meta and meta.get("beta") is not None:
-        beta, from_export = meta["beta"], [*from_export, "beta"]
-    wants_ref = REWARDS[args.reward].uses_reference and ref_lm is None
-    if ref is None and wants_ref and meta and meta.get("reference"):
-        ref, from_export = meta["reference"]["model"], [*from_export, "ref"]
-    return {"beta": 1.0 if beta is None else beta, "ref": ref, "from_export": from_export, "export": meta}
+    meta = meta or {}
+    beta, ref, from_export = args.beta, args.ref, []
+    if beta is None and meta.get("beta") is not None:
+        beta = meta["beta"]
+        from_export.append("beta")
+    if ref is None and ref_lm is None and REWARDS[args.reward].uses_reference and meta.get("reference"):
+        ref = meta["reference"]["model"]
+        from_export.append("ref")
+    return {"beta": 1.0 if beta is None else beta, "ref": ref, "from_export": from_export}
 
 
 def _load(args, ref_lm, ref):
