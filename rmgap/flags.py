@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from lm_probes.data.pairs import DataError, load_pairs, read_jsonl
+from lm_probes.data.formats import read_pairs
+from lm_probes.data.pairs import DataError, load_pairs
 from lm_probes.rm.config import TrainConfig
 
 DTYPES = ("float32", "float64", "bfloat16")
@@ -222,7 +223,7 @@ def named_sets(files: list[str], shipped: list[str], flags_: tuple[str, str], re
         if name in sets or name in reserved:
             why = "reserved (a history key)" if name in reserved else "already another set's"
             raise ValueError(f"{flag} {spec}: the name {name!r} is {why}; name each set once (NAME=...)")
-        sets[name] = shipped_pairs(value, name) if is_shipped else read_jsonl(value, group=name)
+        sets[name] = shipped_pairs(value, name) if is_shipped else read_pairs(value, group=name)
     return sets
 
 

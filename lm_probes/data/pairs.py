@@ -36,11 +36,13 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Pair:
-    """A preference pair; ``group`` names the set it belongs to, ``where`` its origin (file:line);
+    """A preference pair; ``prompt`` a string (one user turn) or a conversation, a tuple of (role,
+    content) messages (lm_probes.data.formats); ``group`` names the set it belongs to, ``where`` its
+    origin (file:line);
     ``rewrite``, where the data has one, the (chosen, rejected) said with other tokens (a paraphrase:
     what the augmentation and consistency mitigations of lm_probes.rm.mitigations train on)."""
 
-    prompt: str
+    prompt: str | tuple[tuple[str, str], ...]
     chosen: str
     rejected: str
     group: str = "data"
@@ -183,21 +185,28 @@ def require_str(where: str, row: dict, key: str) -> str:
     return row[key]
 
 
+def standard_pair(where: str, row: dict, group: str = "data") -> Pair:
+    """A Pair from a row of three strings (prompt, chosen, rejected); a bad field raises DataError."""
+    prompt, chosen, rejected = (require_str(where, row, k) for k in PAIR_FIELDS)
+    for k, v in (("chosen", chosen), ("rejected", rejected)):
+        if not v.strip():
+            raise DataError(f"{where}: empty {k} response (field {k!r})")
+    return Pair(prompt, chosen, rejected, group, where)
+
+
 def pairs_from_rows(rows: list[tuple[str, dict]], *, group: str = "data") -> list[Pair]:
-    pairs = []
-    for where, row in rows:
-        prompt, chosen, rejected = (require_str(where, row, k) for k in PAIR_FIELDS)
-        for k, v in (("chosen", chosen), ("rejected", rejected)):
-            if not v.strip():
-                raise DataError(f"{where}: empty {k} response (field {k!r})")
-        pairs.append(Pair(prompt, chosen, rejected, group, where))
-    return pairs
+    return [standard_pair(where, row, group) for where, row in rows]
 
 
 def read_jsonl(path, *, group: str = "data") -> list[Pair]:
     """Preference pairs (prompt, chosen, rejected) of a JSONL file; a bad row raises DataError
     naming file:line and the field."""
     return pairs_from_rows(read_rows(path), group=group)
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as plain text: the string, or a conversation's contents one per line."""
+    return prompt if isinstance(prompt, str) else "\n".join(c for _, c in prompt)
 
 
 # --- encoding ---------------------------------------------------------------------------------------

@@ -38,13 +38,18 @@ class Encoded:
         return self.input_ids[self.prompt_len :]
 
 
-def render_prompt(tokenizer, prompt: str, *, chat_template: bool = True) -> str:
+def render_prompt(tokenizer, prompt, *, chat_template: bool = True) -> str:
     """The prompt as the model sees it: through the chat template (user turn + generation prompt) when
-    the tokenizer has one and ``chat_template`` is on, else the raw text."""
+    the tokenizer has one and ``chat_template`` is on, else the raw text. ``prompt`` is a string (one
+    user turn) or a conversation, a sequence of (role, content) messages, which needs the template."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+    if messages is None:
+        if not _templated(tokenizer, chat_template):
+            why = "--no-chat-template was given" if chat_template is False else "the tokenizer has none"
+            raise ScoringError(f"a conversation's prompt is rendered by the chat template, and {why}")
+        messages = [{"role": role, "content": content} for role, content in prompt]
     if _templated(tokenizer, chat_template):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return prompt
 
 
@@ -74,12 +79,15 @@ def encode(
     :class:`SequenceTooLongError` when the whole exceeds ``max_length`` or the (templated) prompt or the
     response alone exceeds ``max_part_length`` (the paper's rule: 512 tokens each)."""
     at = f"{where}: " if where else ""
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise ScoringError(f"{at}prompt and response must be strings")
+    if not isinstance(prompt, str | tuple) or not isinstance(response, str):
+        raise ScoringError(f"{at}the prompt must be a string or a conversation and the response a string")
     if not response.strip():
         raise ScoringError(f"{at}empty response: an empty response has no tokens to score")
     _too_long_to_tokenise(tokenizer, prompt, response, max_length, max_part_length, at)
-    text, p_ids = prompt_ids(tokenizer, prompt, chat_template=chat_template)
+    try:
+        text, p_ids = prompt_ids(tokenizer, prompt, chat_template=chat_template)
+    except ScoringError as exc:
+        raise ScoringError(f"{at}{exc}") from None
     special = not _templated(tokenizer, chat_template)
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if not p_ids:
@@ -106,8 +114,9 @@ def _too_long_to_tokenise(tokenizer, prompt, response, max_length, max_part_leng
     L characters (the vocabulary's longest), so n characters are at least n / L tokens; the bound is
     taken with a margin of 4 (normalisers, spaces between words). A 10 MB line is refused in
     microseconds instead of tokenised for a minute."""
-    limits = [(len(prompt) + len(response), max_length, "the model's context of")]
-    limits += [(max(len(prompt), len(response)), max_part_length, "the per-part limit of")]
+    n_prompt = len(prompt) if isinstance(prompt, str) else sum(len(c) for _, c in prompt)
+    limits = [(n_prompt + len(response), max_length, "the model's context of")]
+    limits += [(max(n_prompt, len(response)), max_part_length, "the per-part limit of")]
     longest = tokenizer.__dict__.get("_rmgap_longest_token")
     for n, limit, what in limits:
         if limit is None:

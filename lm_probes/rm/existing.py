@@ -67,6 +67,8 @@ def score_existing(
 def _result(rewards: np.ndarray, metrics: dict, encoded, n_boot: int) -> dict:
     metrics = {**metrics, "ci95": accuracy_cis(rewards, n_boot)}
     metrics["dropped"] = {k: len(v) for k, v in encoded.dropped.items()}
+    # responses whose tokens would differ had prompt and response been tokenised as one string
+    metrics["boundary_merged"] = sum(e.boundary_merged for pr in encoded.encodings for e in pr)
     return {"rewards": rewards, "kept": encoded.kept, "metrics": metrics}
 
 

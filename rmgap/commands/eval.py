@@ -28,7 +28,13 @@ OUTPUTS = ("rewards_*.jsonl", "results.json", "rewardbench_results.json")
 def _parser():
     ap = flags.parser("rmgap eval", __doc__)
     src = ap.add_argument_group("data")
-    src.add_argument("--data", action="append", default=[], metavar="[NAME=]FILE", help="JSONL; repeatable")
+    src.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="JSONL, Parquet or a datasets folder (lm_probes.data.formats); repeatable",
+    )
     src.add_argument("--set", action="append", default=[], metavar="[NAME=]name/split", help="repeatable")
     src.add_argument("--transform", action="append", default=[], metavar="NAME:STRENGTH", help="repeatable")
     ap.add_argument("--ref", help="the reference model (hub id, local path or 'smollm2')")
@@ -104,7 +110,13 @@ def _set_results(m: dict) -> dict:
     out = {k: m[name] for k, name in RESULT_KEYS.items()}
     out["accuracy_ci95"] = m["ci95"]["rewards/accuracies"]
     out["accuracy_ties_half_ci95"] = m["ci95"]["rmgap/accuracy_half_ties"]
-    return {**out, "n": m["n"], "dropped": m["dropped"], "metrics": m}
+    return {
+        **out,
+        "n": m["n"],
+        "dropped": m["dropped"],
+        "boundary_merged": m["boundary_merged"],
+        "metrics": m,
+    }
 
 
 def main(argv=None, lm=None, ref_lm=None) -> dict:

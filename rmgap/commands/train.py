@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lm_probes.common import write_json
-from lm_probes.data.pairs import data_overrides, read_jsonl
+from lm_probes.data.formats import read_pairs
+from lm_probes.data.pairs import data_overrides
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.rewards import REWARDS
 from rmgap import flags
@@ -20,7 +21,7 @@ from rmgap import flags
 def _parser():
     ap = flags.parser("rmgap train", __doc__)
     src = ap.add_argument_group("data")
-    src.add_argument("--train", type=Path, help="JSONL with prompt/chosen/rejected")
+    src.add_argument("--train", type=Path, help="JSONL, Parquet or a datasets folder")
     src.add_argument("--train-set", help="a shipped dataset as <name>/<split>, instead of --train")
     src.add_argument("--eval", action="append", default=[], metavar="NAME=FILE", help="repeatable")
     src.add_argument("--eval-set", action="append", default=[], metavar="NAME=name/split", help="repeatable")
@@ -50,7 +51,7 @@ def _parser():
 def _data(args) -> tuple[list, dict]:
     """The training pairs and the named evaluation sets the flags give."""
     if args.train:
-        train = read_jsonl(args.train, group="train")
+        train = read_pairs(args.train, group="train")
     else:
         train = flags.shipped_pairs(args.train_set, "train")
     from lm_probes.rm.trainer import RESERVED

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lm_probes.common import write_json, write_jsonl
-from lm_probes.data.pairs import read_jsonl
+from lm_probes.data.formats import read_pairs
 from lm_probes.data.transforms import TRANSFORMS, get_transform, transform_pairs
 from rmgap import flags
 
@@ -36,7 +36,7 @@ def parse_spec(spec: str) -> tuple[str, float]:
 def main(argv=None) -> dict:
     ap = flags.parser("rmgap transform", __doc__)
     ap.add_argument("--list", action="store_true", help="name the registered transformations and exit")
-    ap.add_argument("--data", type=Path, help="JSONL with prompt/chosen/rejected")
+    ap.add_argument("--data", type=Path, help="JSONL, Parquet or a datasets folder (lm_probes.data.formats)")
     ap.add_argument("--set", help="a shipped dataset as <name>/<split>, instead of --data")
     ap.add_argument("--transform", metavar="NAME[:STRENGTH]", help="a registered transformation")
     ap.add_argument("--seed", type=int, default=0)
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     if (args.data is None) == (args.set is None) or not args.transform or not args.out:
         ap.error("give --transform, --out and exactly one of --data FILE or --set NAME/SPLIT")
     name, strength = parse_spec(args.transform)
-    pairs = read_jsonl(args.data) if args.data else flags.shipped_pairs(args.set, "data")
+    pairs = read_pairs(args.data) if args.data else flags.shipped_pairs(args.set, "data")
     rows, counts = transform_pairs(pairs, get_transform(name), strength, args.seed)
     report = {"transform": name, "strength": strength, "seed": args.seed, "counts": counts}
     report["fraction_rows_changed"] = counts["rows_changed"] / counts["rows"] if counts["rows"] else 0.0

@@ -39,6 +39,7 @@ import numpy as np
 import lm_probes.data.transforms.code
 import lm_probes.data.transforms.latex
 import lm_probes.data.transforms.text  # noqa: F401
+from lm_probes.data.pairs import prompt_text
 from lm_probes.data.transforms.core import (
     TRANSFORMS,
     Rewrite,
@@ -99,13 +100,14 @@ def transform_pairs(pairs: list, t: Transform, strength: float, seed: int) -> tu
     for p in pairs:
         out = []
         for text in (p.chosen, p.rejected):
-            r = t.apply(text, strength, response_seed(seed, text), context=p.prompt)
+            r = t.apply(text, strength, response_seed(seed, text), context=prompt_text(p.prompt))
             counts["sites"] += r.sites
             counts["sites_changed"] += r.changed
             counts["responses_refused"] += r.refused
             out.append(r.text)
         counts["rows_changed"] += out != [p.chosen, p.rejected]
-        rows.append(dict(prompt=p.prompt, chosen=out[0], rejected=out[1]))
+        prompt = p.prompt if isinstance(p.prompt, str) else [dict(role=r, content=c) for r, c in p.prompt]
+        rows.append(dict(prompt=prompt, chosen=out[0], rejected=out[1]))
         rows[-1].update(orig_chosen=p.chosen, orig_rejected=p.rejected)
     return rows, counts
 
