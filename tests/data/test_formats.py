@@ -72,6 +72,7 @@ def test_a_conversation_of_one_user_turn_is_the_standard_row(tmp_path, implicit)
     pairs = read_pairs(_parquet(tmp_path / "c.parquet", [_conv(p, implicit) for p in TRAIN]))
     assert _texts(pairs) == _texts(TRAIN)
     tok = make_tiny_lm().tokenizer
+
     def ids(ps):
         return [[(e.input_ids, e.prompt_len) for e in pr] for pr in encode_pairs(tok, ps).encodings]
 
