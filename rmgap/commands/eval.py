@@ -11,7 +11,8 @@ for every set, the set under that transformation (``<set>__<name>_<strength>``, 
 --seed). Outputs in --out: ``rewards_<set>.jsonl`` (where, reward_chosen, reward_rejected),
 ``results.json`` (per set: rewards/accuracies, strict as TRL and RewardBench count; rmgap/accuracy_half_ties;
 rmgap/tie_rate; the margins; 95 % CIs over pairs) and ``rewardbench_results.json`` (RewardBench's
-layout: the model, the reference, and per set its strict accuracy).
+layout: the model, the reference, and per set its strict accuracy). ``--compare A B`` compares two
+such folders pair by pair, with the CI and winner rule of ``rmgap shifts`` (rmgap.commands.eval_compare).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _parser():
         "--beta", type=float, help="β of the implicit reward (default: an rmgap export's own β, else 1)"
     )
     ap.add_argument("--no-chat-template", action="store_true")
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="instead of scoring: two finished eval folders, pair by pair (rmgap.commands.eval_compare)",
+    )
     flags.add_model_args(ap)
     flags.add_run_args(ap, None)
     flags.add_folder_args(ap, resume=False)
@@ -125,6 +132,12 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
 
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.compare:
+        if args.data or args.set or args.transform or args.out is None:
+            ap.error("--compare A B takes two finished eval folders and --out, and no data")
+        from rmgap.commands.eval_compare import compare
+
+        return compare(args, argv)
     if not (args.data or args.set) or args.out is None:
         ap.error("give --out and at least one --data FILE or --set NAME/SPLIT")
     sets = _sets(args)

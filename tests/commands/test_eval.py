@@ -87,3 +87,39 @@ def test_refusals_are_one_line(tmp_path, pairs_file):
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def _outcomes(folder, name="mine"):
+    rows = [json.loads(x) for x in (folder / f"rewards_{name}.jsonl").read_text().splitlines()]
+    return {
+        r["where"]: 1.0
+        if r["reward_chosen"] > r["reward_rejected"]
+        else 0.5
+        if r["reward_chosen"] == r["reward_rejected"]
+        else 0.0
+        for r in rows
+    }
+
+
+def test_compare_two_runs_pair_by_pair_with_the_shifts_rule(tmp_path, pairs_file):
+    ref = make_tiny_lm(seed=0)
+    for run, seed in (("a", 1), ("b", 3)):
+        argv = ["--data", f"mine={pairs_file}", "--ref", "x", "--out", str(tmp_path / run)]
+        eval_cmd.main(argv, lm=make_tiny_lm(seed=seed), ref_lm=ref)
+    res = eval_cmd.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+    c = res["sets"]["mine"]
+    oa, ob = _outcomes(tmp_path / "a"), _outcomes(tmp_path / "b")
+    diff = sum(oa[w] - ob[w] for w in oa) / len(oa)
+    lo, hi = c["diff_ci95"]
+    assert c["diff_accuracy_ties_half"] == pytest.approx(diff) and lo <= diff <= hi and c["n_pairs"] == 4
+    assert c["a"]["accuracy_ties_half"] - c["b"]["accuracy_ties_half"] == pytest.approx(diff)
+    assert c["winner"] == ("a" if lo > 0 else "b" if hi < 0 else "tie")
+    assert json.loads((tmp_path / "c" / "comparison.json").read_text())["sets"]["mine"] == c
+    code, _, err = run_rmgap(
+        "eval", "--compare", str(tmp_path / "a"), str(tmp_path), "--out", str(tmp_path / "d")
+    )
+    assert (
+        code == 2
+        and "not a finished rmgap eval folder (no results.json)" in err
+        and len(err.splitlines()) == 1
+    )

@@ -1,0 +1,111 @@
+"""``rmgap eval --compare A B``: two finished ``rmgap eval`` folders compared pair by pair, with the CI
+and winner rule of ``rmgap shifts`` (rmgap.experiments.shifts_analysis.set_comparison): per set both
+score, the paired difference of accuracy with ties as ½ (a − b) over the pairs both kept (matched by
+``where``), its percentile-bootstrap CI over pairs, the winner by that CI ("tie" where it covers 0),
+the plain higher-accuracy winner beside it, and how many pairs would decide the difference.
+
+    rmgap eval --model A_DIR --ref smollm2 --set ultrafeedback/test --out runs/a
+    rmgap eval --model B_DIR --reward ex_rm --set ultrafeedback/test --out runs/b
+    rmgap eval --compare runs/a runs/b --out runs/a_vs_b      # → comparison.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lm_probes.common import write_json
+from rmgap import flags
+
+NAMES = ("a", "b")
+RUN_KEYS = ("model", "ref", "reward", "beta", "command")
+
+
+def _run(folder: Path) -> dict:
+    path = folder / "results.json"
+    if not path.is_file():
+        raise ValueError(f"--compare {folder}: not a finished rmgap eval folder (no results.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+def _rewards(folder: Path, name: str) -> dict[str, tuple[float, float]]:
+    """{where: (reward_chosen, reward_rejected)} of one set's rewards file."""
+    path = folder / f"rewards_{name}.jsonl"
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            out[row["where"]] = (float(row["reward_chosen"]), float(row["reward_rejected"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}:{n}: not a row of where, reward_chosen, reward_rejected") from None
+    return out
+
+
+def _side(rew: np.ndarray, comp: dict, name: str) -> dict:
+    return {
+        "accuracy_strict": float(np.mean(rew[:, 0] > rew[:, 1])),
+        "accuracy_ties_half": comp[name]["accuracy"],
+        "tie_rate": comp[name]["tie_rate"],
+        "normalized_abs_margin": comp[name]["normalized_abs_margin"],
+    }
+
+
+def compare_set(folders: tuple[Path, Path], name: str, n_boot: int, seed: int) -> dict:
+    """One set of both runs compared on the pairs both scored."""
+    from rmgap.experiments.shifts_analysis import set_comparison
+
+    ra, rb = (_rewards(f, name) for f in folders)
+    common = [w for w in ra if w in rb]
+    if not common:
+        raise ValueError(f"set {name!r}: the two runs scored no pair in common (matched by 'where')")
+    rew = [np.array([r[w] for w in common]) for r in (ra, rb)]
+    comp = set_comparison([rew[0]], [rew[1]], n_boot=n_boot, seed=seed, names=NAMES)
+    return {
+        **{n: _side(r, comp, n) for n, r in zip(NAMES, rew, strict=True)},
+        "diff_accuracy_ties_half": comp["diff"],
+        "diff_ci95": comp["diff_ci95"],
+        "winner": comp["winner"],
+        "winner_plain": comp["winner_plain"],
+        "pairs_needed": comp["pairs_needed"],
+        "n_pairs": comp["n_pairs"],
+        "only_in_a": len(ra) - len(common),
+        "only_in_b": len(rb) - len(common),
+    }
+
+
+def compare(args, argv, n_boot: int = 10_000) -> dict:
+    """The comparison.json of ``--compare A B`` (module docstring), written to --out."""
+    from lm_probes.common import claim_folder
+
+    folders = tuple(Path(f) for f in args.compare)
+    runs = [_run(f) for f in folders]
+    names = [s for s in runs[0]["sets"] if s in runs[1]["sets"]]
+    if not names:
+        raise ValueError(f"--compare: {folders[0]} and {folders[1]} share no evaluation set")
+    claim_folder(args.out, ("comparison.json",), resume=False, overwrite=args.overwrite)
+    sets = {s: compare_set(folders, s, n_boot, args.seed) for s in names}
+    res = {
+        "command": flags.command_line("rmgap eval", argv),
+        "rule": "diff = accuracy (ties ½) of a − b over the pairs both kept; winner by its 95 % "
+        "paired-bootstrap CI over pairs ('tie': the CI covers 0), as rmgap shifts",
+        **{
+            n: {"folder": str(f), **{k: r.get(k) for k in RUN_KEYS}}
+            for n, f, r in zip(NAMES, folders, runs, strict=True)
+        },
+        "sets": sets,
+    }
+    write_json(Path(args.out) / "comparison.json", res)
+    for s, c in sets.items():
+        lo, hi = c["diff_ci95"]
+        print(
+            f"{s}: a {c['a']['accuracy_ties_half']:.3f} vs b {c['b']['accuracy_ties_half']:.3f} (ties ½), "
+            f"a − b {c['diff_accuracy_ties_half']:+.3f} [{lo:+.3f}, {hi:+.3f}], winner {c['winner']}, "
+            f"n {c['n_pairs']}"
+        )
+    print(f"wrote {args.out}/comparison.json")
+    return res
