@@ -57,7 +57,7 @@ COMMANDS = {  # command → (module, function, help)
 
 
 # the commands that share their work over processes (lm_probes.distributed); probe and data run in one
-DISTRIBUTED = ("train", "persona", "shifts", "hamiltonian", "mitigations")
+DISTRIBUTED = ("train", "eval", "persona", "shifts", "hamiltonian", "mitigations")
 
 
 def _simulation_names() -> list[str]:

@@ -58,7 +58,9 @@ def _train(setup, out: str, processes: int, *extra: str, **env: str) -> dict:
     return json.loads((d / out / "summary.json").read_text())
 
 
-def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, **env: str) -> str:
+def _rmgap(
+    d: Path, args: list[str], out: str, processes: int, expect: int = 0, model: Path | None = None, **env: str
+) -> str:
     """``rmgap ARGS`` on the tiny model in float64, in 1 process or under accelerate launch; asserts
     the exit status (under accelerate launch, any failure's: the launcher's own is 1) → stderr."""
     args = [
@@ -66,7 +68,7 @@ def _rmgap(d: Path, args: list[str], out: str, processes: int, expect: int = 0, 
         "rmgap",
         *args,
         "--model",
-        str(d / "model"),
+        str(model or d / "model"),
         "--dtype",
         "float64",
         "--quiet",
@@ -234,3 +236,40 @@ def test_the_mitigations_experiment_under_two_processes(setup):
         assert moves == pytest.approx(t["probe"]["moves"], rel=1e-9), name
         for f in ("rewards_original_test.jsonl", "rewards_paraphrased_test.jsonl"):
             assert _rewards(d / "mit2" / name / f) == pytest.approx(_rewards(d / "mit1" / name / f), rel=1e-9)
+
+
+def _classifier(d: Path) -> Path:
+    """A one-label sequence classifier of the tiny model's shapes (random score head), saved once."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = d / "classifier"
+    if not path.exists():
+        torch.manual_seed(0)
+        clf = AutoModelForSequenceClassification.from_pretrained(d / "model", num_labels=1)
+        clf.config.pad_token_id = 0
+        clf.save_pretrained(path)
+        shutil.copytree(
+            d / "model",
+            path,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("*.safetensors", "config.json"),
+        )
+    return path
+
+
+@pytest.mark.parametrize("reward", ["im_rm_no_ref", "ex_rm"])
+def test_two_processes_evaluate_as_one(setup, reward):
+    """rmgap eval under accelerate launch: each process scores its share, the main one writes the
+    files one process writes."""
+    d, _, test = setup
+    model = _classifier(d) if reward == "ex_rm" else None
+    args = ["eval", "--data", f"test={test}", "--data", f"train={setup[1]}", "--reward", reward]
+    for n in (1, 2):
+        _rmgap(d, args, f"eval{n}_{reward}", n, model=model)
+    for name in ("test", "train"):
+        one, two = (_rewards(d / f"eval{n}_{reward}" / f"rewards_{name}.jsonl") for n in (1, 2))
+        assert len(one) == 2 * (4 if name == "test" else len(TRAIN)) and len(set(one)) > 2
+        assert two == pytest.approx(one, rel=1e-12, abs=1e-12)
+    res = [json.loads((d / f"eval{n}_{reward}" / "results.json").read_text()) for n in (1, 2)]
+    assert res[0]["sets"] == res[1]["sets"] and [r["processes"] for r in res] == [1, 2]

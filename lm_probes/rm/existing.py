@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lm_probes.data.pairs import Pair
+from lm_probes.distributed import Runtime
 from lm_probes.lm.encoding import Encoded, pad_id_of
 from lm_probes.lm.loading import LoadedLM
 from lm_probes.rm.config import TrainConfig
@@ -41,22 +42,25 @@ def score_existing(
     beta: float = IMPLICIT_DEFAULT_BETA,
     chat_template: bool = True,
     n_boot: int = 10_000,
+    runtime: Runtime | None = None,
 ) -> dict:
     """Per set: ``rewards`` (N, 2), ``kept`` (the N pairs scored: identical or too-long pairs are left
     out and counted in ``metrics["dropped"]``) and ``metrics`` (METRICS, and ``ci95``: percentile-
-    bootstrap CIs over pairs of the strict accuracy and of ACCURACY)."""
+    bootstrap CIs over pairs of the strict accuracy and of ACCURACY). ``runtime`` (lm_probes.distributed,
+    under accelerate launch): each process scores its share of the sequences, and every process gets
+    all rewards, the numbers one process gives."""
     rt = check_request(reward, ref_given=ref is not None, classifier=policy.info.get("classifier", False))
     if rt.uses_head:
-        return _score_classifier(policy, sets, rt, chat_template, n_boot)
+        return _score_classifier(policy, sets, rt, chat_template, n_boot, runtime or Runtime())
     if rt.uses_reference and ref.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
         raise ValueError("--model and --ref have different tokenizers: a response must be the same tokens")
     cfg = TrainConfig(objective=reward, beta=beta, chat_template=chat_template, progress=False)
     encoded = {name: encode_for_training(policy, pairs, cfg, rt) for name, pairs in sets.items()}
     ev = {name: e.encodings for name, e in encoded.items()}
-    rm = RewardModel(policy, cfg, rt=rt)
+    rm = RewardModel(policy, cfg, runtime=runtime, rt=rt)
     rm.model.eval()
     if rt.uses_reference:
-        ref_rm = RewardModel(ref, cfg, rt=rt)
+        ref_rm = RewardModel(ref, cfg, runtime=runtime, rt=rt)
         ref_rm.model.eval()
         ref_rm.fill_eval_reference(ev)
         rm.ref_eval = ref_rm.ref_eval
@@ -72,11 +76,13 @@ def _result(rewards: np.ndarray, metrics: dict, encoded, n_boot: int) -> dict:
     return {"rewards": rewards, "kept": encoded.kept, "metrics": metrics}
 
 
-def _score_classifier(clf: LoadedLM, sets, rt, chat_template: bool, n_boot: int) -> dict:
+def _score_classifier(clf: LoadedLM, sets, rt, chat_template: bool, n_boot: int, runtime: Runtime) -> dict:
     """An EX-RM that is a sequence classifier: each pair's two logits (classifier_rewards)."""
     cfg = TrainConfig(objective="ex_rm", chat_template=chat_template, progress=False)
     encoded = {name: encode_for_training(clf, pairs, cfg, rt) for name, pairs in sets.items()}
-    values = classifier_rewards(clf, [e for enc in encoded.values() for pr in enc.encodings for e in pr])
+    values = classifier_rewards(
+        clf, [e for enc in encoded.values() for pr in enc.encodings for e in pr], runtime=runtime
+    )
     out = {}
     for name, enc in encoded.items():
         r = np.array([[values[c.input_ids], values[x.input_ids]] for c, x in enc.encodings], dtype=np.float64)
@@ -85,10 +91,14 @@ def _score_classifier(clf: LoadedLM, sets, rt, chat_template: bool, n_boot: int)
 
 
 @torch.no_grad()
-def classifier_rewards(clf: LoadedLM, encs: list[Encoded], max_tokens: int = EVAL_TOKENS) -> dict:
+def classifier_rewards(
+    clf: LoadedLM, encs: list[Encoded], max_tokens: int = EVAL_TOKENS, runtime: Runtime | None = None
+) -> dict:
     """``{input_ids: logit}`` of each distinct encoding by the classifier's own forward: right-padded
     batches of similar length, attention masked, which its pooling (the last token that is not the
-    pad token) reads as it reads each sequence alone."""
+    pad token) reads as it reads each sequence alone; the batches shared out over ``runtime``'s
+    processes, the logits gathered."""
+    runtime = runtime or Runtime()
     pad = clf.model.config.pad_token_id
     pad = pad_id_of(clf.tokenizer) if pad is None else pad
     clf.model.config.pad_token_id = pad  # (a batch needs it; the pooling then finds each last token)
@@ -100,7 +110,7 @@ def classifier_rewards(clf: LoadedLM, encs: list[Encoded], max_tokens: int = EVA
             cur = []
         cur.append(seq)
     out = {}
-    for chunk in [*chunks, cur] if cur else chunks:
+    for chunk in runtime.shard([*chunks, cur] if cur else chunks):
         width = len(chunk[-1])
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -110,7 +120,7 @@ def classifier_rewards(clf: LoadedLM, encs: list[Encoded], max_tokens: int = EVA
             ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
         logits = clf.model(input_ids=ids.to(clf.device), attention_mask=mask.to(clf.device)).logits
         out.update(zip(chunk, logits[:, 0].double().cpu().tolist(), strict=True))
-    return out
+    return runtime.merge(out)
 
 
 def check_request(reward: str, ref_given: bool, classifier: bool = False):

@@ -4,6 +4,7 @@
     rmgap eval --model POLICY --ref REFERENCE --reward im_rm --set ultrafeedback/test --out runs/ev
     rmgap eval --model POLICY --reward im_rm_no_ref --data mine=my_pairs.jsonl --out runs/ev
     rmgap eval --model POLICY --ref REF --set rewardmath/test --transform latex_macros:1 --out runs/ev
+    accelerate launch --num_processes 2 -m rmgap eval --model POLICY --ref REF --set ... --out runs/ev
 
 β defaults to 1: RewardBench's DPO scores sum the log-ratios with no β (DPO itself trains with
 β ≈ 0.1; give --beta to report on that scale; accuracies do not depend on it). Each --transform adds,
@@ -101,12 +102,14 @@ def _settings(args, ref_lm) -> dict:
     return {"beta": 1.0 if beta is None else beta, "ref": ref, "from_export": from_export}
 
 
-def _load(args, ref_lm, ref):
-    """(the model, the reference or None): a sequence classifier for --reward ex_rm."""
+def _load(args, ref_lm, ref, runtime):
+    """(the model, the reference or None): a sequence classifier for --reward ex_rm; on this process's
+    device under accelerate launch."""
     from lm_probes.lm.loading import load_classifier, load_lm
 
-    kw = dict(device=args.device, dtype=args.dtype, attention=args.attention, quiet=args.quiet)
-    lm = load_classifier(args.model, **kw) if args.reward == "ex_rm" else flags.load_model(args)
+    device = args.device if runtime.device is None else str(runtime.device)
+    kw = dict(device=device, dtype=args.dtype, attention=args.attention, quiet=args.quiet)
+    lm = load_classifier(args.model, **kw) if args.reward == "ex_rm" else flags.load_model(args, runtime)
     if REWARDS[args.reward].uses_reference and ref_lm is None:
         ref_lm = load_lm(ref, **kw)
     return lm, ref_lm
@@ -150,12 +153,26 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
     check_request(
         args.reward, ref_given=run["ref"] is not None or ref_lm is not None, classifier=args.reward == "ex_rm"
     )
+    runtime = flags.runtime_from(args)
+    if runtime.lockstep:
+        raise ValueError(
+            "rmgap eval shares the pairs out over processes that each hold the whole model; "
+            "launch it with DDP (accelerate_configs/ddp.yaml), not FSDP"
+        )
     flags.claim_out(args, OUTPUTS)
     if lm is None:
-        lm, ref_lm = _load(args, ref_lm, run["ref"])
+        lm, ref_lm = _load(args, ref_lm, run["ref"], runtime)
     res = score_existing(
-        lm, ref_lm, sets, reward=args.reward, beta=run["beta"], chat_template=not args.no_chat_template
+        lm,
+        ref_lm,
+        sets,
+        reward=args.reward,
+        beta=run["beta"],
+        chat_template=not args.no_chat_template,
+        runtime=runtime,
     )
+    if not runtime.is_main:
+        return {}
     for name, r in res.items():
         rows = (
             {"where": p.where, "reward_chosen": float(c), "reward_rejected": float(j)}
@@ -174,6 +191,7 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
         "model_info": {k: lm.info.get(k) for k in info},
         "ref_info": None if ref_lm is None else {k: ref_lm.info.get(k) for k in info},
         "chat_template": not args.no_chat_template,
+        "processes": runtime.world,
         "sets": {name: _set_results(r["metrics"]) for name, r in res.items()},
     }
     write_json(Path(args.out) / "results.json", results)

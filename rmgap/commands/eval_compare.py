@@ -81,7 +81,10 @@ def compare_set(folders: tuple[Path, Path], name: str, n_boot: int, seed: int) -
 def compare(args, argv, n_boot: int = 10_000) -> dict:
     """The comparison.json of ``--compare A B`` (module docstring), written to --out."""
     from lm_probes.common import claim_folder
+    from lm_probes.distributed import launched_processes
 
+    if launched_processes() > 1:
+        raise ValueError("--compare reads two folders: run it in one process, not under accelerate launch")
     folders = tuple(Path(f) for f in args.compare)
     runs = [_run(f) for f in folders]
     names = [s for s in runs[0]["sets"] if s in runs[1]["sets"]]
