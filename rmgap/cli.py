@@ -34,6 +34,11 @@ COMMANDS = {  # command → (module, function, help)
     "data": ("rmgap.commands.data", "main", "list the shipped datasets (rmgap data -h)"),
     "probe": ("rmgap.commands.probe", "main", "reward-dynamics probe on a real LM (rmgap probe -h)"),
     "train": ("rmgap.commands.train", "main", "train a reward model (rmgap train -h)"),
+    "export": (
+        "rmgap.commands.export",
+        "main",
+        "save a finished training run in the Hugging Face format (rmgap export -h)",
+    ),
     "eval": (
         "rmgap.commands.eval",
         "main",

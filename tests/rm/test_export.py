@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rmgap.commands.eval import main as eval_main
+from rmgap.commands.export import main as export_main
 from rmgap.commands.train import main as train_main
 from tests.conftest import EVAL, TRAIN, make_tiny_lm
 
@@ -49,3 +50,28 @@ def test_an_exported_rm_gives_the_training_runs_rewards(tmp_path, objective):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
     assert set(res["sets"]["test"]) >= {"accuracy_strict", "accuracy_ties_half", "tie_rate", "accuracy_ci95"}
+
+    # the same run exported afterwards by rmgap export (as an experiment's cell is) is the same model
+    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), *common])
+    later = json.loads((tmp_path / "hf2" / "rmgap_export.json").read_text())
+    assert {k: v for k, v in later.items() if k != "command"} == {
+        k: v for k, v in meta.items() if k != "command"
+    }
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("hf", "hf2"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_refuses_what_is_not_a_finished_run(tmp_path):
+    from tests.conftest import run_rmgap
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "summary.json").write_text("{}")
+    for run, message in [
+        (tmp_path, "not a finished training folder (no summary.json)"),
+        (tmp_path / "half", "no checkpoint.pt to export"),
+    ]:
+        code, _, err = run_rmgap("export", str(run), "--out", str(tmp_path / "hf"))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "hf").exists()
