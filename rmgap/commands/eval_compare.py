@@ -2,11 +2,14 @@
 and winner rule of ``rmgap shifts`` (rmgap.experiments.shifts_analysis.set_comparison): per set both
 score, the paired difference of accuracy with ties as ½ (a − b) over the pairs both kept (matched by
 ``where``), its percentile-bootstrap CI over pairs, the winner by that CI ("tie" where it covers 0),
-the plain higher-accuracy winner beside it, and how many pairs would decide the difference.
+the plain higher-accuracy winner beside it, how many pairs would decide the difference, and the largest
+difference of a reward. A folder is an eval's (results.json) or a training run's (summary.json and
+its rewards_<set>.jsonl): a run against the eval of its own export shows they agree.
 
     rmgap eval --model A_DIR --ref smollm2 --set ultrafeedback/test --out runs/a
     rmgap eval --model B_DIR --reward ex_rm --set ultrafeedback/test --out runs/b
     rmgap eval --compare runs/a runs/b --out runs/a_vs_b      # → comparison.json
+    rmgap eval --compare runs/train_im_rm runs/a --out runs/check   # a training run vs its export
 """
 
 from __future__ import annotations
@@ -24,13 +27,27 @@ RUN_KEYS = ("model", "ref", "reward", "beta", "command")
 
 
 def _run(folder: Path) -> dict:
+    """What --compare reads of a folder: an eval's results.json, or a training run's summary.json (its
+    evaluation sets are its rewards_<set>.jsonl files)."""
     path = folder / "results.json"
     if not path.is_file():
-        raise ValueError(f"--compare {folder}: not a finished rmgap eval folder (no results.json)")
+        path = folder / "summary.json"
+        if not path.is_file():
+            raise ValueError(
+                f"--compare {folder}: not a finished rmgap eval or training folder (no results.json)"
+            )
     try:
-        return json.loads(path.read_text())
+        run = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+    if path.name == "results.json":
+        return run
+    cfg = run.get("config", {})
+    sets = {f.name[len("rewards_") : -len(".jsonl")]: {} for f in sorted(folder.glob("rewards_*.jsonl"))}
+    model = (run.get("model") or {}).get("model")
+    return dict(
+        model=model, reward=cfg.get("objective"), beta=cfg.get("beta"), command=run.get("command"), sets=sets
+    )
 
 
 def _rewards(folder: Path, name: str) -> dict[str, tuple[float, float]]:
@@ -73,6 +90,7 @@ def compare_set(folders: tuple[Path, Path], name: str, n_boot: int, seed: int) -
         "winner_plain": comp["winner_plain"],
         "pairs_needed": comp["pairs_needed"],
         "n_pairs": comp["n_pairs"],
+        "max_abs_reward_diff": float(np.abs(rew[0] - rew[1]).max()),  # (1 run against its own export: ≈ 0)
         "only_in_a": len(ra) - len(common),
         "only_in_b": len(rb) - len(common),
     }

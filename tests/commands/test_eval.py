@@ -114,12 +114,17 @@ def test_compare_two_runs_pair_by_pair_with_the_shifts_rule(tmp_path, pairs_file
     assert c["diff_accuracy_ties_half"] == pytest.approx(diff) and lo <= diff <= hi and c["n_pairs"] == 4
     assert c["a"]["accuracy_ties_half"] - c["b"]["accuracy_ties_half"] == pytest.approx(diff)
     assert c["winner"] == ("a" if lo > 0 else "b" if hi < 0 else "tie")
+    ra, rb = (
+        {
+            r["where"]: r
+            for r in map(json.loads, (tmp_path / x / "rewards_mine.jsonl").read_text().splitlines())
+        }
+        for x in "ab"
+    )
+    big = max(abs(ra[w][k] - rb[w][k]) for w in ra for k in ("reward_chosen", "reward_rejected"))
+    assert c["max_abs_reward_diff"] == pytest.approx(big) and big > 0
     assert json.loads((tmp_path / "c" / "comparison.json").read_text())["sets"]["mine"] == c
     code, _, err = run_rmgap(
         "eval", "--compare", str(tmp_path / "a"), str(tmp_path), "--out", str(tmp_path / "d")
     )
-    assert (
-        code == 2
-        and "not a finished rmgap eval folder (no results.json)" in err
-        and len(err.splitlines()) == 1
-    )
+    assert code == 2 and "not a finished rmgap eval or training folder" in err and len(err.splitlines()) == 1

@@ -50,6 +50,11 @@ def test_an_exported_rm_gives_the_training_runs_rewards(tmp_path, objective):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
     assert set(res["sets"]["test"]) >= {"accuracy_strict", "accuracy_ties_half", "tie_rate", "accuracy_ci95"}
+    # --compare reads the training run beside the eval and says so
+    comp = eval_main(["--compare", str(tmp_path / "run"), str(tmp_path / "ev"), "--out", str(tmp_path / "c")])
+    c = comp["sets"]["test"]
+    assert c["max_abs_reward_diff"] <= 1e-5 and c["n_pairs"] == len(want) and c["winner"] == "tie"
+    assert comp["a"]["reward"] == objective and c["diff_accuracy_ties_half"] == 0
 
     # the same run exported afterwards by rmgap export (as an experiment's cell is) is the same model
     export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), *common])
