@@ -45,7 +45,11 @@ def _parser():
     ap.add_argument(
         "--beta", type=float, help="β of the implicit reward (default: an rmgap export's own β, else 1)"
     )
-    ap.add_argument("--no-chat-template", action="store_true")
+    tpl = ap.add_mutually_exclusive_group()
+    tpl.add_argument("--no-chat-template", action="store_true", help="prompts as raw text")
+    tpl.add_argument(
+        "--chat-template", type=Path, metavar="FILE", help="a Jinja chat template instead of the tokenizer's"
+    )
     ap.add_argument(
         "--compare",
         nargs=2,
@@ -115,6 +119,30 @@ def _load(args, ref_lm, ref, runtime):
     return lm, ref_lm
 
 
+def _template(args) -> str | None:
+    """--chat-template FILE's text (read before anything loads), or None."""
+    if args.chat_template is None:
+        return None
+    try:
+        return args.chat_template.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--chat-template {args.chat_template}: cannot be read ({exc})") from None
+
+
+def _set_template(args, text, lm, ref_lm) -> str | None:
+    """--chat-template's text set on both tokenizers → what renders the prompts: "tokenizer", the file
+    (with its SHA-256), or None (raw text)."""
+    import hashlib
+
+    if text is None:
+        has = getattr(lm.tokenizer, "chat_template", None)
+        return None if args.no_chat_template or not has else "tokenizer"
+    for m in (lm, ref_lm):
+        if m is not None:
+            m.tokenizer.chat_template = text
+    return f"{args.chat_template} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]})"
+
+
 def _set_results(m: dict) -> dict:
     """One set's entry of results.json: the plain names, their CIs, then every metric by its own name."""
     out = {k: m[name] for k, name in RESULT_KEYS.items()}
@@ -153,6 +181,7 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
     check_request(
         args.reward, ref_given=run["ref"] is not None or ref_lm is not None, classifier=args.reward == "ex_rm"
     )
+    template = _template(args)
     runtime = flags.runtime_from(args)
     if runtime.lockstep:
         raise ValueError(
@@ -162,6 +191,7 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
     flags.claim_out(args, OUTPUTS)
     if lm is None:
         lm, ref_lm = _load(args, ref_lm, run["ref"], runtime)
+    run["chat_template"] = _set_template(args, template, lm, ref_lm)
     res = score_existing(
         lm,
         ref_lm,
@@ -190,7 +220,7 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
         "from_export": run["from_export"],  # (settings read from the model's rmgap_export.json)
         "model_info": {k: lm.info.get(k) for k in info},
         "ref_info": None if ref_lm is None else {k: ref_lm.info.get(k) for k in info},
-        "chat_template": not args.no_chat_template,
+        "chat_template": run["chat_template"],
         "processes": runtime.world,
         "sets": {name: _set_results(r["metrics"]) for name, r in res.items()},
     }
@@ -216,7 +246,7 @@ def _rewardbench(args, run, command, res) -> dict:
         "model": args.model,
         "ref_model": run["ref"],
         "model_type": kind,
-        "chat_template": None if args.no_chat_template else "tokenizer",
+        "chat_template": run["chat_template"],
         "command": command,
         **{name: r["metrics"]["rewards/accuracies"] for name, r in res.items()},
     }

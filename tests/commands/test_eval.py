@@ -128,3 +128,18 @@ def test_compare_two_runs_pair_by_pair_with_the_shifts_rule(tmp_path, pairs_file
         "eval", "--compare", str(tmp_path / "a"), str(tmp_path), "--out", str(tmp_path / "d")
     )
     assert code == 2 and "not a finished rmgap eval or training folder" in err and len(err.splitlines()) == 1
+
+
+def test_a_chat_template_file_renders_the_prompts(tmp_path, pairs_file):
+    runs = {}
+    own = make_tiny_lm().tokenizer.chat_template
+    other = "{% for m in messages %}<assistant> {{ m['content'] }} {% endfor %}<user> "
+    for name, text in (("default", None), ("same", own), ("other", other)):
+        argv = ["--data", f"mine={pairs_file}", "--ref", "x", "--out", str(tmp_path / name)]
+        if text is not None:
+            (tmp_path / f"{name}.jinja").write_text(text)
+            argv += ["--chat-template", str(tmp_path / f"{name}.jinja")]
+        res = eval_cmd.main(argv, lm=make_tiny_lm(seed=1), ref_lm=make_tiny_lm(seed=0))
+        runs[name] = ((tmp_path / name / "rewards_mine.jsonl").read_text(), res["chat_template"])
+    assert runs["default"][1] == "tokenizer" and runs["other"][1].startswith(str(tmp_path / "other.jinja"))
+    assert runs["same"][0] == runs["default"][0] and runs["other"][0] != runs["default"][0]
