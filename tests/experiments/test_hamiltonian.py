@@ -50,3 +50,37 @@ def test_bad_settings_are_one_line_errors(capsys):
     assert "between 3 and 10" in capsys.readouterr().err
     assert main(["hamiltonian", "--edge-prob", "1.5", "--quiet"]) == 2
     assert "--edge-prob" in capsys.readouterr().err
+
+
+def test_exact_mass_is_the_brute_force_sum_over_every_cycle_sequence():
+    """π(C(x)|x) of each graph against an independent count: every permutation of the vertices kept
+    when each consecutive pair and the closing pair are edges, each scored alone and summed. Fails
+    when another graph's cycles are scored, or only some of a graph's sequences."""
+    import itertools
+    import math
+
+    import torch
+
+    from lm_probes.data.cycles import cycle_response, hamiltonian_data
+    from lm_probes.lm.encoding import encode, pad_id_of
+    from lm_probes.lm.scoring import score
+    from rmgap.experiments.hamiltonian_generation import generation_mass
+    from tests.conftest import graph_lm
+
+    lm = graph_lm()
+    graphs = hamiltonian_data(n=5, edge_prob=0.5, n_train=1, n_test=3, seed=2)["test"]
+    got = generation_mass(lm, graphs, 3, chat_template=False, quiet=True)
+    counts = []
+    for g, adj in enumerate(graphs.adj):
+        seqs = [
+            s for s in itertools.permutations(range(5)) if all(adj[s[i], s[(i + 1) % 5]] for i in range(5))
+        ]
+        counts.append(len(seqs))
+        with torch.no_grad():
+            encs = [
+                encode(lm.tokenizer, graphs.prompts[g], cycle_response(s), chat_template=False) for s in seqs
+            ]
+            lps = [score(lm.model, [e], pad_id_of(lm.tokenizer), mode="single").logprob.item() for e in encs]
+        want = math.log10(sum(math.exp(x) for x in lps))
+        assert abs(got["log10"][g] - want) < 1e-9, (g, got["log10"], want)
+    assert got["n_sequences"] == counts and min(counts) >= 10  # (a planted cycle: 5 starts × 2 directions)
