@@ -53,6 +53,10 @@ def test_ex_rm_follows_max_margin_and_meaning(single):
     s, _ = single
     assert s["ex"]["train_accuracy"] == 1.0
     assert s["ex"]["cosine_to_max_margin"] > 0.95
+    # converged, not merely started: the margin reached is near the maximum, and the direction moved
+    # towards u* (the first step's mean-difference direction alone has cosine 0.96 and margin 0.62×)
+    assert s["ex"]["achieved_margin"] > 0.9 * s["ex"]["max_margin"]
+    assert s["curve"][-1]["cosine_to_max_margin"] > s["curve"][0]["cosine_to_max_margin"] + 0.02
     assert abs(s["ex"]["unseen_accuracy"] - s["ex"]["max_margin_predicted_unseen_accuracy"]) < 0.1
     sweep = {r["signal"]: r for r in s["sweep"]}
     assert abs(sweep[0.0]["ex_unseen_accuracy"] - 0.5) < 0.2  # no meaning in the states: chance
