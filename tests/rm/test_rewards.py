@@ -101,19 +101,40 @@ def test_initial_head_is_the_same_in_every_dtype():
     assert abs(float(u64.pow(2).sum()) - 1.0) < 0.5  # N(0, 1/D) entries: ‖u0‖ ≈ 1
 
 
-def test_training_and_the_probe_give_the_same_reward_for_the_same_weights():
+def _by_hand(lm, enc, name: str, u: torch.Tensor, beta: float) -> float:
+    """One reward from the transformers model's own forward, with none of lm_probes' scoring: the
+    final hidden states (after the last norm) and the log-softmax of the logits."""
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+    h, P = out.hidden_states[-1][0], enc.prompt_len
+    if name == "ex_rm":
+        return float(u @ h[-1])
+    if name == "ex_rm_mean":
+        return float(u @ h[P:].mean(0))
+    logp = out.logits[0, P - 1 : -1].log_softmax(-1).gather(1, ids[0, P:, None]).sum()
+    return float(beta * logp) if name == "im_rm_no_ref" else 0.0  # im_rm at θ₀: π_θ = π_ref
+
+
+def test_the_probe_and_training_give_the_reward_a_plain_forward_gives():
+    """The probe's rewards at θ₀ and the training RewardModel's, each against rewards computed from the
+    model's own forward by hand (_by_hand: no lm_probes scoring code), for the same weights and head."""
     lm = make_tiny_lm()
     names = ("im_rm", "ex_rm", "ex_rm_mean", "im_rm_no_ref")
     res = run_probe(lm, PAIRS[:1], EVALS, ProbeConfig(rewards=names, modes=(), head_seed=5, progress=False))
     encs = [e for pr in encode_pairs(lm.tokenizer, EVALS).encodings for e in pr]
+    u = initial_head(lm.info["hidden_size"], 5, lm.dtype)
     for name in names:
+        want = np.array([_by_hand(lm, e, name, u, ProbeConfig.beta) for e in encs])
         rm = RewardModel(lm, TrainConfig(objective=name, seed=5, beta=ProbeConfig.beta))
         rm.fill_reference(encs)
         with torch.no_grad():
             trained_side = rm.rewards(encs).numpy()
         probe_side = np.array([r[f"{name}_reward"] for r in res["records"]])
-        np.testing.assert_allclose(probe_side, trained_side, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(probe_side, want, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(trained_side, want, rtol=1e-9, atol=1e-12, err_msg=name)
     assert np.ptp([r["ex_rm_reward"] for r in res["records"]]) > 1e-3
+    assert np.ptp([r["im_rm_no_ref_reward"] for r in res["records"]]) > 1e-3
 
 
 def test_a_new_reward_type_needs_one_entry(toy_type, tmp_path):
