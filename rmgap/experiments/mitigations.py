@@ -10,8 +10,10 @@ For each mitigation (``none`` = the plain IM-RM, ``ex_rm`` the reference point):
       mitigation uses one), under the mitigation's own loss and trainable parameters; exact first
       order over them (lm_probes.probe.one_step.first_order_moves) of every evaluation pair's margin
       r(ȳ+) − r(ȳ−). ``paraphrase_over_original`` = mean margin move of the paraphrase group / that
-      of the original ("same") group. Token dropout enters in expectation (at θ₀ every mask gives
-      r = 0, so g = ½ and the expected gradient is the undropped one).
+      of the original ("same") group. Token dropout's prediction is the undropped gradient, by
+      definition: at θ₀ every mask gives r = 0, so g = ½ and the gradient is linear in the mask, and its
+      expectation over masks is the undropped one (an identity checked by enumerating every mask in
+      tests/rm/test_mitigations.py, not by this prediction, which applies no mask).
   (b) training: the Persona experiment's data and preset (rmgap.experiments.persona), the
       mitigation's reward type and options; accuracy (ties ½) on original / paraphrased × train / test
       prompts, evaluated after the last epoch.

@@ -78,6 +78,37 @@ def test_training_rewards_with_token_dropout_use_the_seeded_masks():
     )
 
 
+def test_token_dropouts_expected_first_step_is_the_plain_im_rms(monkeypatch):
+    """Theory §6, computed rather than assumed: at θ₀ the training loss's gradient under token dropout,
+    averaged over every keep mask of a pair (each weighted by its Bernoulli probability), is the plain
+    IM-RM's gradient. (rmgap mitigations' one-step prediction for token dropout is the undropped
+    gradient: this identity is what makes it the expected step.)"""
+    import lm_probes.rm.reward_model as reward_model
+
+    lm = make_tiny_lm()
+    pair = Pair("i like people", "sure , absolutely", "never , not really", "train", "t0")
+    (enc,) = encode_pairs(lm.tokenizer, [pair]).encodings
+    p = 0.4
+    rm = RewardModel(lm, TrainConfig(objective="im_rm", token_dropout=p, beta=0.1))
+    rm.fill_reference(list(enc))
+
+    def grad(dropout=None) -> torch.Tensor:
+        lm.model.zero_grad()
+        rm.batch_loss([enc], dropout=dropout).backward()
+        return torch.cat([q.grad.flatten() for q in lm.model.parameters() if q.grad is not None])
+
+    plain = grad()
+    lengths = [e.response_len for e in enc]
+    expected = torch.zeros_like(plain)
+    for bits in itertools.product((False, True), repeat=sum(lengths)):
+        masks = [torch.tensor(bits[: lengths[0]]), torch.tensor(bits[lengths[0] :])]
+        monkeypatch.setattr(reward_model, "token_keep_masks", lambda *a, masks=masks: masks)
+        prob = np.prod([(1 - p) if b else p for b in bits])
+        expected += prob * grad(dropout=torch.Generator())
+    assert sum(lengths) >= 6 and plain.abs().max() > 1e-6
+    assert torch.allclose(expected, plain, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("what", ["unembedding", "representations"])
 def test_frozen_parameters_do_not_move(what):
     lm = make_tiny_lm(tie=True)
