@@ -69,6 +69,27 @@ def is_correct_response(adj: np.ndarray, text: str) -> bool:
     return seq is not None and bool(is_hamiltonian_cycle(adj, seq[None])[0])
 
 
+def cycle_grammar(tokenizer, n: int, eos: int):
+    """The format of a response, as constrained sampling's ``allowed`` (lm_probes.lm.generation):
+    n distinct vertices joined by <sep>, then ``eos``: a vertex not used yet, <sep> after each of the
+    first n − 1 vertices, the end after the n-th. Every vertex and <sep> must be one token."""
+    ids = {v: tokenizer(str(v), add_special_tokens=False)["input_ids"] for v in range(n)}
+    sep = tokenizer(SEP, add_special_tokens=False)["input_ids"]
+    if any(len(t) != 1 for t in ids.values()) or len(sep) != 1:
+        raise ValueError("constrained cycle sampling needs every vertex 0..n−1 and <sep> to be one token")
+    vertex, (sep,) = {t[0]: v for v, t in ids.items()}, sep
+
+    def allowed(new: list[int]) -> list[int]:
+        used = [t for t in new if t in vertex]
+        if len(used) == n:
+            return [eos]
+        if new and new[-1] in vertex:
+            return [sep]
+        return [t for t in vertex if t not in used]
+
+    return allowed
+
+
 @dataclass
 class GraphSet:
     adj: np.ndarray  # (G, n, n) 0/1

@@ -80,8 +80,14 @@ def _cut(lm: LoadedLM, prompt: str, new: list[int], lp: torch.Tensor, eos: set[i
 
 
 @torch.no_grad()
-def generate(lm: LoadedLM, prompts: list[str], cfg: SamplingConfig = SamplingConfig()) -> list[Generation]:
-    """One sample (or the greedy continuation) per prompt, in the order of ``prompts``."""
+def generate(
+    lm: LoadedLM, prompts: list[str], cfg: SamplingConfig = SamplingConfig(), allowed=None
+) -> list[Generation]:
+    """One sample (or the greedy continuation) per prompt, in the order of ``prompts``. ``allowed``
+    (constrained sampling): ``allowed(new_ids) → token ids`` that may come next after the new tokens
+    so far; every other token is masked before the softmax (transformers' prefix_allowed_tokens_fn),
+    so pure sampling draws from π renormalised over the allowed set. ``Generation.logprob`` stays
+    ln π under the model's own, unconstrained distribution."""
     tok, model = lm.tokenizer, lm.model
     pad, eos = pad_id_of(tok), eos_ids(lm)
     sample = cfg.temperature > 0
@@ -105,6 +111,9 @@ def generate(lm: LoadedLM, prompts: list[str], cfg: SamplingConfig = SamplingCon
                 inp[i, T - len(x) :] = torch.tensor(x)
                 mask[i, T - len(x) :] = 1
             devices = [lm.device] if lm.device.type == "cuda" else []
+            grammar = (
+                {"prefix_allowed_tokens_fn": lambda _, ids, T=T: allowed(ids[T:].tolist())} if allowed else {}
+            )
             with torch.random.fork_rng(devices=devices):
                 seed = int(np.random.SeedSequence([cfg.seed, b]).generate_state(1)[0])
                 torch.manual_seed(seed)
@@ -118,6 +127,7 @@ def generate(lm: LoadedLM, prompts: list[str], cfg: SamplingConfig = SamplingCon
                     return_dict_in_generate=True,
                     **knobs,
                     **stops,
+                    **grammar,
                 )
             new = seqs.sequences[:, T:]  # (B, steps)
             logits = torch.stack(seqs.logits, 1).double()  # (B, steps, V) raw logits

@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lm_probes.data.cycles import (
-    hamiltonian_data,
-)
+from lm_probes.data.cycles import cycle_grammar, hamiltonian_data, parse_response
 from lm_probes.lm.encoding import Encoded, prompt_ids
-from lm_probes.lm.generation import SamplingConfig, generate, set_logprob
+from lm_probes.lm.generation import SamplingConfig, eos_ids, generate, set_logprob
 from tests.conftest import graph_lm
 
 
@@ -43,3 +41,34 @@ def test_generation_is_reproducible_and_its_logprob_is_the_scoring_paths():
     for _ in range(3):
         ids.append(int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy.token_ids == tuple(ids[-3:]) or greedy.stopped == "eos"
+
+
+def test_constrained_sampling_draws_only_the_format_from_the_renormalised_distribution():
+    """cycle_grammar through generate(allowed=...): every sample is n distinct vertices joined by <sep>
+    and then the end; greedy picks, at each vertex step, the most probable unused vertex (computed
+    here from the model's own logits); the recorded ln π is the unconstrained one (the scoring path)."""
+    lm = graph_lm()
+    n, eos = 5, eos_ids(lm)[0]
+    prompts = hamiltonian_data(n=n, edge_prob=0.3, n_train=6, n_test=1, seed=0)["train"].prompts
+    allowed = cycle_grammar(lm.tokenizer, n, eos)
+    outs = generate(lm, prompts * 4, SamplingConfig(max_new_tokens=2 * n, batch_size=8, seed=2), allowed)
+    for g in outs:
+        seq = parse_response(g.text, n)
+        assert g.stopped == "eos" and seq is not None and sorted(seq.tolist()) == list(range(n)), g
+        p = prompt_ids(lm.tokenizer, g.prompt)[1]
+        assert set_logprob(lm, [Encoded(tuple(p) + g.token_ids, len(p), False)]) == pytest.approx(
+            g.logprob, rel=1e-6
+        )
+    assert len({g.token_ids for g in outs}) > len(prompts)  # it samples, not one path per prompt
+    greedy = generate(lm, prompts[:1], SamplingConfig(temperature=0, max_new_tokens=2 * n), allowed)[0]
+    vertex = {lm.tokenizer(str(v), add_special_tokens=False)["input_ids"][0]: v for v in range(n)}
+    ids, want = list(prompt_ids(lm.tokenizer, prompts[0])[1]), []
+    for k in range(n):
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        best = max((t for t in vertex if vertex[t] not in want), key=lambda t: float(logits[t]))
+        want.append(vertex[best])
+        ids += [best] + (
+            [lm.tokenizer("<sep>", add_special_tokens=False)["input_ids"][0]] if k < n - 1 else []
+        )
+    assert parse_response(greedy.text, n).tolist() == want
