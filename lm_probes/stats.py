@@ -41,6 +41,20 @@ def paired_bootstrap_ci(
     return float(d.mean()), float(lo), float(hi)
 
 
+def wilson_ci(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n (not degenerate at k = 0 or k = n, unlike a
+    bootstrap: 0 of 64 gives [0, 0.056])."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"wilson_ci needs 0 ≤ k ≤ n and n ≥ 1, got k={k}, n={n}")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, z2 = k / n, z * z
+    centre, half = (
+        (p + z2 / (2 * n)) / (1 + z2 / n),
+        z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n),
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def winner(lo: float, hi: float, names=MODELS) -> str:
     """The CI rule: names[0] when the CI of (first − second) lies above 0, names[1] below, else "tie"."""
     return names[0] if lo > 0 else names[1] if hi < 0 else "tie"

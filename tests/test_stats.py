@@ -117,3 +117,14 @@ def test_seeds_and_pairs_needed_follow_the_variance_model():
     assert need["seeds_needed"] == math.inf or need["half_width"] <= 0.05  # more seeds cannot help
     noisy = d + np.array([[-0.3], [0.0], [0.3]])  # now seeds disagree more than the target allows
     assert seeds_and_pairs_needed(noisy, np.arange(400), target=0.05)["pairs_needed"] == math.inf
+
+
+def test_wilson_interval_against_its_closed_form_values():
+    from lm_probes.stats import wilson_ci
+
+    lo, hi = wilson_ci(0, 64)  # k = 0: [0, z²/(n + z²)]
+    assert lo == 0.0 and hi == pytest.approx(1.959964**2 / (64 + 1.959964**2), rel=1e-6)
+    assert wilson_ci(5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-6)  # textbook value
+    assert wilson_ci(10, 10)[1] == 1.0 and wilson_ci(10, 10)[0] == pytest.approx(0.722467, abs=1e-6)
+    with pytest.raises(ValueError):
+        wilson_ci(3, 2)

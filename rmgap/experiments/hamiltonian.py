@@ -47,6 +47,7 @@ from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
+from rmgap.experiments import hamiltonian_generation as gen_
 from rmgap.experiments.hamiltonian_generation import generation_check, generation_mass
 from theory import tilted_correct_mass, tilting_bound
 
@@ -97,9 +98,12 @@ def analyse(
     (lm_probes.distributed): the mass is shared over the processes; each samples the same generations."""
     lm.model.eval()
     return {
-        "generation": {
-            split: generation_check(lm, data[split], preset["n_generate"], sampling)
-            for split in ("train", "test")
+        **{
+            key: {
+                split: generation_check(lm, data[split], preset["n_generate"], sampling, constrained)
+                for split in ("train", "test")
+            }
+            for key, constrained in (("generation", False), ("generation_constrained", True))
         },
         "mass": generation_mass(
             lm, data["test"], preset["n_mass"], chat_template=chat_template, quiet=quiet, runtime=runtime
@@ -164,6 +168,7 @@ def make_summary(records: dict, beta: float) -> dict:
             name: {"mean_log10": rec["mass"]["mean_log10"], "log10": rec["mass"]["log10"]}
             for name, rec in records.items()
         },
+        "generation_constrained": gen_.constrained_summary(records),
         "n_cycle_sequences_mean": float(np.mean(records["reference"]["mass"]["n_sequences"])),
     }
     if "im_rm" in records:
@@ -223,6 +228,8 @@ def table_markdown(s: dict, header: str) -> str:
         lines.append(f"| correct generations, {split} | {cells} | 0 |")
         cells = " | ".join(f"{s['generation'][n]['permutation_fraction'][split]:.3f}" for n in names)
         lines.append(f"| permutations generated, {split} | {cells} | — |")
+    if "generation_constrained" in s:  # (runs recorded before it existed have none)
+        lines += gen_.constrained_rows(s, names)
     cells = " | ".join(f"{s['generation_mass'][n]['mean_log10']:.2f}" for n in names)
     lines.append(f"| mean log10 π(C(x)\\|x), test | {cells} | — |")
     vs = s.get("mass_vs_reference", {})
@@ -289,10 +296,11 @@ def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
         if "train_result" in rec:
             write_training(rec["train_result"], out / name)
     rows = (
-        {"lm": name, "split": split, **smp}
+        {"lm": name, "split": split, "constrained": key == "generation_constrained", **smp}
         for name, rec in records.items()
+        for key in ("generation", "generation_constrained")
         for split in ("train", "test")
-        for smp in rec["generation"][split]["samples"]
+        for smp in rec[key][split]["samples"]
     )
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})

@@ -9,27 +9,36 @@ sampled responses (``generation_check``) and the exact probability of the Hamilt
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from lm_probes.common import progress
-from lm_probes.data.cycles import GraphSet, cycle_response, is_correct_response, parse_response
+from lm_probes.data.cycles import GraphSet, cycle_grammar, cycle_response, is_correct_response, parse_response
 from lm_probes.distributed import Runtime
 from lm_probes.lm.encoding import encode
-from lm_probes.lm.generation import SamplingConfig, generate, set_logprob
+from lm_probes.lm.generation import SamplingConfig, eos_ids, generate, set_logprob
+from lm_probes.stats import paired_bootstrap_ci, wilson_ci
 from theory.graphs import hamiltonian_cycles
 
 
 @torch.no_grad()
-def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig) -> dict:
-    """One sample per prompt of the first ``limit`` graphs → correct / well-formed fractions and samples."""
+def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig, constrained=False) -> dict:
+    """One sample per prompt of the first ``limit`` graphs → correct / well-formed fractions and samples.
+    ``constrained``: sampled under the cycle format (lm_probes.data.cycles.cycle_grammar: only unused
+    vertices and <sep>, the end after n vertices), so that every sample is a permutation and the
+    fraction of Hamiltonian cycles is a rate any LM can reach (free sampling rarely spells the format)."""
     k = min(limit, len(graphs.prompts))
-    outs = generate(lm, graphs.prompts[:k], sampling)
+    allowed = cycle_grammar(lm.tokenizer, graphs.adj.shape[1], eos_ids(lm)[0]) if constrained else None
+    if constrained:
+        sampling = replace(sampling, max_new_tokens=2 * graphs.adj.shape[1])
+    outs = generate(lm, graphs.prompts[:k], sampling, allowed)
     correct = [is_correct_response(graphs.adj[g], o.text) for g, o in enumerate(outs)]
     parsed = [parse_response(o.text, graphs.adj.shape[1]) for o in outs]
     perm = [p is not None and len(set(p.tolist())) == len(p) for p in parsed]
     return {
+        "correct": [bool(c) for c in correct],
         "correct_fraction": float(np.mean(correct)),
         "permutation_fraction": float(np.mean(perm)),  # n distinct vertices, cycle or not
         "n": k,
@@ -62,3 +71,42 @@ def generation_mass(
     every = runtime.merge(mine)
     log10, counts = [every[g][0] for g in range(k)], [every[g][1] for g in range(k)]
     return {"log10": log10, "mean_log10": float(np.mean(log10)), "n_sequences": counts}
+
+
+def constrained_summary(records: dict) -> dict:
+    """Per LM and split, the constrained-sampling rate of Hamiltonian cycles with its 95 % Wilson CI;
+    for each trained LM, its paired difference from the reference over the same prompts (bootstrap CI)."""
+    out = {}
+    ref = records["reference"]["generation_constrained"]
+    for name, rec in records.items():
+        gen = rec["generation_constrained"]
+        out[name] = {}
+        for split, g in gen.items():
+            k, n = sum(g["correct"]), len(g["correct"])
+            row = {"correct_fraction": k / n, "ci95": list(wilson_ci(k, n)), "n": n}
+            if name != "reference":
+                diff, lo, hi = paired_bootstrap_ci(g["correct"], ref[split]["correct"])
+                row["minus_reference"], row["minus_reference_ci95"] = diff, [lo, hi]
+            out[name][split] = row
+    return out
+
+
+def constrained_rows(s: dict, names: list[str]) -> list[str]:
+    """table.md's rows: the constrained rates (with CIs), the trained LMs' differences from the reference."""
+    lines, c = [], s["generation_constrained"]
+    for split in ("train", "test"):
+        rate = [c[n][split] for n in names]
+        cells = " | ".join(
+            f"{r['correct_fraction']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" for r in rate
+        )
+        lines.append(f"| Hamiltonian cycles, format-constrained sampling, {split} [95 % CI] | {cells} | — |")
+        cells = " | ".join(
+            ["—"]
+            + [
+                f"{c[n][split]['minus_reference']:+.3f} [{c[n][split]['minus_reference_ci95'][0]:+.3f}, "
+                f"{c[n][split]['minus_reference_ci95'][1]:+.3f}]"
+                for n in names[1:]
+            ]
+        )
+        lines.append(f"| constrained rate − reference's, {split} [95 % CI] | {cells} | — |")
+    return lines

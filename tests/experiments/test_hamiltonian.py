@@ -35,7 +35,30 @@ def test_hamiltonian_end_to_end(tmp_path):
         "ex_rm/rewards_test.jsonl",
     ):
         assert (out / f).exists(), f
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 3 * (8 + 4)
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 3 * (8 + 4)  # free and format-constrained, 3 LMs, train and test prompts
+    from lm_probes.data.cycles import parse_response
+
+    for smp in (x for x in samples if x["constrained"]):  # every constrained sample is a permutation
+        seq = parse_response(smp["text"], 5)
+        assert seq is not None and sorted(seq.tolist()) == list(range(5)) and smp["stopped"] == "eos"
+    for lm in ("reference", "im_rm", "ex_rm"):
+        for split, n in (("train", 8), ("test", 4)):
+            c = saved["generation_constrained"][lm][split]
+            rate = (
+                sum(
+                    x["correct"]
+                    for x in samples
+                    if x["constrained"] and x["lm"] == lm and x["split"] == split
+                )
+                / n
+            )
+            assert c["correct_fraction"] == rate and c["ci95"][0] <= rate <= c["ci95"][1] and c["n"] == n
+            assert (
+                lm == "reference"
+                or c["minus_reference_ci95"][0] <= c["minus_reference"] <= c["minus_reference_ci95"][1]
+            )
+    assert "format-constrained sampling" in (out / "table.md").read_text()
     # the graph-by-graph comparison, and --report re-deriving it and the table from summary.json alone
     vs = saved["mass_vs_reference"]
     assert set(vs) == {"ex_rm", "im_rm"} and 0 <= vs["im_rm"]["graphs_above"] <= vs["im_rm"]["n"] == 4
