@@ -15,7 +15,9 @@ Presets: ``paper`` = 50 epochs, Adam lr 1e-6, effective batch 32, β 0.01 (the p
 ``cpu`` = 4 epochs, Adam lr 1e-5, effective batch 16, β 0.01: fewer epochs and a 10× larger learning
 rate so that two reward models finish in ≈ 30 min on 2 cores with SmolLM2-135M-Instruct.
 Output (--out): table.md and table.json (table.<original|paraphrased>.<train|test>.<ex|im|type>),
-persona_curves.png, and each RM's own training outputs (and checkpoint) under <out>/<objective>/.
+persona_curves.png, and each RM's own training outputs (and checkpoint) under <out>/<objective>/;
+with --seeds, under <out>/seed<k>/<objective>/, and each table cell the mean, range and CI over seeds
+(rmgap.experiments.persona_seeds).
 Paper (Pythia-1B, Llama-3.2-1B, Qwen2.5-1.5B): original 1 for both; paraphrased EX-RM 1, IM-RM 0.022
 (train prompts) and 0.019 (test prompts).
 """
@@ -34,16 +36,11 @@ from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
+from rmgap.experiments.persona_seeds import SETS, seeds_markdown, seeds_table
 
 PRESETS = {
     "paper": dict(epochs=50, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
     "cpu": dict(epochs=4, lr=1e-5, batch_size=16, micro_batch=8, beta=0.01),
-}
-SETS = {
-    "original_train": ("original", "train"),
-    "original_test": ("original", "test"),
-    "paraphrased_train": ("paraphrased", "train"),
-    "paraphrased_test": ("paraphrased", "test"),
 }
 SHORT = {"ex_rm": "ex", "im_rm": "im"}  # the table's column keys; other types keep their names
 PAPER = {"original": 1.0, "paraphrased": {"ex": 1.0, "im": {"train": 0.022, "test": 0.019}}}
@@ -113,6 +110,11 @@ def main(argv=None, lm_factory=None) -> dict:
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--pairs-per-statement", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
+    ap.add_argument(
+        "--seeds",
+        help="comma list of training seeds (data order and head; the split stays --seed's): each RM per "
+        "seed under <out>/seed<k>/, the table as mean, range and CI over seeds and statements",
+    )
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/persona")
     args = ap.parse_args(argv)
@@ -128,16 +130,33 @@ def main(argv=None, lm_factory=None) -> dict:
     t0 = time.perf_counter()
     runtime, factory = flags.model_factory(args, lm_factory)
     base = flags.train_config(args, **config)
-    runs = run_persona(factory, data, objectives, base, args.out, args.resume, runtime)
+    seeds = flags.parse_seeds(args.seeds) if args.seeds else None
+    if seeds:
+        out = args.out
+        by_seed = {
+            k: run_persona(
+                factory, data, objectives, replace(base, seed=k), out / f"seed{k}", args.resume, runtime
+            )
+            for k in seeds
+        }
+        runs = {f"seed{k}/{obj}": r for k, rs in by_seed.items() for obj, r in rs.items()}
+    else:
+        runs = run_persona(factory, data, objectives, base, args.out, args.resume, runtime)
     model_info = next(iter(runs.values())).summary["model"]
-    table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
     cmd = flags.command_line("rmgap persona", argv)
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (
-        f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), seed {args.seed}"
-        f"{'' if args.head_seed is None else f', head seed {args.head_seed}'}; "
+        f"Persona ({source}), {model_info.get('model')}, preset {args.preset} ({config}), "
+        + (f"split seed {args.seed}, training seeds {seeds}" if seeds else f"seed {args.seed}")
+        + f"{'' if args.head_seed is None else f', head seed {args.head_seed}'}; "
         f"accuracy with ties as ½. Command: `{cmd}`"
     )
+    if seeds:
+        table = seeds_table(by_seed, SHORT)
+        markdown = seeds_markdown(table, header)
+    else:
+        table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
+        markdown = table_markdown(table, header)
     result = {
         "table": table,
         "preset": args.preset,
@@ -147,7 +166,8 @@ def main(argv=None, lm_factory=None) -> dict:
         "final": {obj: r.summary["final"] for obj, r in runs.items()},
         "seconds": time.perf_counter() - t0,
         "paper": PAPER,
-        "markdown": table_markdown(table, header),
+        "seeds": seeds,
+        "markdown": markdown,
         "runs": runs,
     }
     if runtime.is_main:

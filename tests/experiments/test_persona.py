@@ -46,3 +46,50 @@ def test_persona_data_and_table():
     assert "| paraphrased | test | 0.700 | 0.700 |" in table_markdown(t, "h")
     with pytest.raises(DataError, match="need 2000"):
         persona_data(n_train=1000, n_test=1000)
+
+
+def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_path):
+    """--seeds: one split, each seed its own run under <out>/seed<k>/; every cell's mean is the mean of
+    the seeds' accuracies (recomputed from their rewards files), inside its CI and its range."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from rmgap.experiments.persona import main
+    from tests.conftest import make_tiny_lm
+    from tests.experiments.test_mitigations import PERSONA_WORDS
+
+    topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
+    rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["--persona-file", str(tmp_path / "p.jsonl"), "--n-train", "4", "--n-test", "2", "--epochs", "1"]
+    argv += ["--lr", "1e-2", "--seeds", "0,1,2", "--out", str(tmp_path / "o"), "--quiet"]
+    res = main(
+        argv,
+        lm_factory=lambda: make_tiny_lm(dtype=torch.float64, max_positions=96, extra_words=PERSONA_WORDS),
+    )
+    c = res["table"]["paraphrased"]["test"]["im"]
+    per_seed = []
+    for k in range(3):
+        lines = (
+            (tmp_path / "o" / f"seed{k}" / "im_rm" / "rewards_paraphrased_test.jsonl")
+            .read_text()
+            .splitlines()
+        )
+        r = np.array([[json.loads(x)["reward_chosen"], json.loads(x)["reward_rejected"]] for x in lines])
+        per_seed.append(np.mean(np.where(r[:, 0] > r[:, 1], 1.0, np.where(r[:, 0] == r[:, 1], 0.5, 0.0))))
+    assert c["per_seed"] == pytest.approx(per_seed) and c["mean"] == pytest.approx(np.mean(per_seed))
+    assert (
+        c["ci95"][0] <= c["mean"] <= c["ci95"][1] and c["min"] <= c["mean"] <= c["max"] and c["n_seeds"] == 3
+    )
+    ex_rewards = {
+        (tmp_path / "o" / f"seed{k}" / "ex_rm" / "rewards_original_test.jsonl").read_text() for k in range(3)
+    }
+    assert len(ex_rewards) == 3  # each seed its own head and data order
+    ex = [
+        json.loads((tmp_path / "o" / f"seed{k}" / "ex_rm" / "summary.json").read_text())["config"]
+        for k in range(3)
+    ]
+    assert [e["seed"] for e in ex] == [0, 1, 2]
+    assert "Mean over seeds" in (tmp_path / "o" / "table.md").read_text()

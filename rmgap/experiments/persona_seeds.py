@@ -1,0 +1,76 @@
+"""Persona over several training seeds (``rmgap persona --seeds 0,1,2``): the same data split (from
+--seed), each seed its own data order and initial head, and per cell (responses × prompts × RM) the
+mean accuracy over seeds, its range, and a 95 % CI that resamples both seeds and statements
+(lm_probes.stats.seed_pair_bootstrap: a statement's pairs, which share its prompt, form one cluster,
+the same for every seed).
+
+    table = seeds_table({seed: {objective: TrainResult}}, n_boot=10_000)
+    table["paraphrased"]["test"]["im"]   # {"mean", "min", "max", "per_seed", "ci95", "n_seeds", "n_pairs"}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lm_probes.stats import seed_pair_bootstrap
+from theory import pair_outcomes
+
+SETS = {
+    "original_train": ("original", "train"),
+    "original_test": ("original", "test"),
+    "paraphrased_train": ("paraphrased", "train"),
+    "paraphrased_test": ("paraphrased", "test"),
+}
+
+
+def cell(results: list, name: str, n_boot: int) -> dict:
+    """One set of one RM over seeds: ``results`` the seeds' TrainResults, in seed order."""
+    pairs = results[0].eval_pairs[name]
+    if any([p.where for p in r.eval_pairs[name]] != [p.where for p in pairs] for r in results):
+        raise ValueError(f"{name}: the seeds kept different pairs; they must share one data split")
+    d = np.array([pair_outcomes(r.rewards[name][:, 0], r.rewards[name][:, 1]) for r in results])
+    per_seed = d.mean(1)
+    mean, lo, hi, _ = seed_pair_bootstrap(d, [p.prompt for p in pairs], n_boot=n_boot)
+    return {
+        "mean": mean,
+        "min": float(per_seed.min()),
+        "max": float(per_seed.max()),
+        "per_seed": per_seed.tolist(),
+        "ci95": [lo, hi],
+        "n_seeds": len(results),
+        "n_pairs": d.shape[1],
+    }
+
+
+def seeds_table(runs: dict, short: dict, n_boot: int = 10_000) -> dict:
+    """table[original|paraphrased][train|test][ex|im|type] = :func:`cell`, from {seed: {objective:
+    TrainResult}}; ``short``: the column key of an objective (persona.SHORT)."""
+    seeds = sorted(runs)
+    table: dict = {"original": {"train": {}, "test": {}}, "paraphrased": {"train": {}, "test": {}}}
+    for obj in runs[seeds[0]]:
+        for name, (kind, split) in SETS.items():
+            table[kind][split][short.get(obj, obj)] = cell([runs[s][obj] for s in seeds], name, n_boot)
+    return table
+
+
+def seeds_markdown(table: dict, header: str) -> str:
+    cols = list(table["original"]["train"])
+    names = {"ex": "EX-RM", "im": "IM-RM"}
+    lines = [
+        header,
+        "",
+        "Mean over seeds [95 % CI over seeds and statements] (range over seeds).",
+        "",
+        "| responses | prompts | " + " | ".join(names.get(c, c) for c in cols) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
+    for kind in ("original", "paraphrased"):
+        for split in ("train", "test"):
+            cells = " | ".join(
+                "{mean:.3f} [{lo:.3f}, {hi:.3f}] ({mn:.3f}–{mx:.3f})".format(
+                    mean=c["mean"], lo=c["ci95"][0], hi=c["ci95"][1], mn=c["min"], mx=c["max"]
+                )
+                for c in (table[kind][split][col] for col in cols)
+            )
+            lines.append(f"| {kind} | {split} | {cells} |")
+    return "\n".join(lines) + "\n"
