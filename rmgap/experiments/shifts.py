@@ -22,7 +22,7 @@ truncated; the count is reported per set (``dropped_too_long``).
 
 Presets (PRESETS): ``paper`` = the authors' settings (5 epochs, Adam lr 1e-6, effective batch 32,
 β 0.01, chat template, 2000/1000 training pairs, every kept evaluation pair) for a GPU. ``cpu`` =
-SmolLM2-135M-Instruct on 2 cores in ≈ 80 min for both RMs (measured: EX-RM 34 min, IM-RM 44 min): 200
+SmolLM2-135M-Instruct on 2 cores in ≈ 60 min for both RMs (summary.json: EX-RM 34.4, IM-RM 24.2 min): 200
 training pairs (UltraFeedback: the 184 of them within 512 tokens), 1 epoch at lr 1e-5 with batch 8
 (23 Adam steps; 10× the paper's lr, as the Persona cpu preset, so that so few steps move the model),
 micro-batches of 2 pairs (8 pairs of ~550-token sequences exhaust 24 GiB), evaluation only after
