@@ -224,8 +224,8 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
         "processes": runtime.world,
         "sets": {name: _set_results(r["metrics"]) for name, r in res.items()},
     }
-    write_json(Path(args.out) / "results.json", results)
     write_json(Path(args.out) / "rewardbench_results.json", _rewardbench(args, run, command, res))
+    write_json(Path(args.out) / "results.json", results)  # last: what marks the folder finished
     for name, r in res.items():
         m = r["metrics"]
         lo, hi = m["ci95"]["rewards/accuracies"]
