@@ -78,30 +78,28 @@ def flips(cell_ex: dict, cell_im: dict, shift_map: dict, original: str = "ultraf
     orig_rows = {_line(w): i for i, w in enumerate(cell_im["where"].get(original, []))}
     out = []
     for name, shift in shift_map.items():
-        if shift != "token_level" or name not in cell_im["tokens"]:
+        if shift != "token_level" or name not in cell_im["rewards"]:
             continue
         r_ex, r_im = cell_ex["rewards"][name], cell_im["rewards"][name]
-        for i, tok in enumerate(cell_im["tokens"][name]):
+        toks = cell_im["tokens"].get(name)  # (None: a reward type with no per-token terms, the hybrid)
+        for i in range(len(r_im)):
             if not (r_im[i, 0] < r_im[i, 1] and r_ex[i, 0] > r_ex[i, 1]):
                 continue
+            tok = toks[i] if toks else {"where": cell_im["where"][name][i]}
             j = orig_rows.get(_line(tok["where"]))
             before = None
             if j is not None:
                 oi, oe = cell_im["rewards"][original][j], cell_ex["rewards"][original][j]
                 before = {"where": cell_im["where"][original][j], "im_rm": oi.tolist(), "ex_rm": oe.tolist()}
                 before["im_rm_correct"], before["ex_rm_correct"] = bool(oi[0] > oi[1]), bool(oe[0] > oe[1])
+            tops = {
+                "chosen_top": _top(tok["chosen_tokens"], tok["chosen_terms"]) if toks else None,
+                "rejected_top": _top(tok["rejected_tokens"], tok["rejected_terms"]) if toks else None,
+            }
             out.append(
-                {
-                    "set": name,
-                    "where": tok["where"],
-                    "im_rm": r_im[i].tolist(),
-                    "ex_rm": r_ex[i].tolist(),
-                    "chosen_top": _top(tok["chosen_tokens"], tok["chosen_terms"]),
-                    "rejected_top": _top(tok["rejected_tokens"], tok["rejected_terms"]),
-                    "original": before,
-                    **tok,
-                }
-            )
+                {"set": name, "where": tok["where"], "im_rm": r_im[i].tolist(), "ex_rm": r_ex[i].tolist(),
+                 **tops, "original": before, **tok}
+            )  # fmt: skip
     return out
 
 

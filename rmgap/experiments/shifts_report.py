@@ -60,6 +60,7 @@ def _seen(e: dict) -> str:
 def table_markdown(res: dict) -> str:
     """table.md: evaluation sets grouped by shift type, win rates, rewrite quality, a few flips."""
     cfg = res["config"]
+    im = second_label(cfg)
     model = res["models"]["ex_rm"].get("model", "?")
     lines = [
         f"# Token-level vs domain shifts: trained on {cfg['train_set']}, {model}, preset {cfg['preset']}, "
@@ -67,11 +68,12 @@ def table_markdown(res: dict) -> str:
         "",
         f"Command: `{cfg['command']}`. Accuracy counts ties as ½; margin = mean |r+ − r−| / (std of the "
         "set's rewards + 1e-8); Δ = EX − IM accuracy with its 95 % paired-bootstrap CI over the pairs; "
-        "winner: EX-RM (IM-RM) when the CI lies above (below) 0, else tie; 'plain': higher accuracy wins; "
+        f"winner: EX-RM ({im}) when the CI lies above (below) 0, else tie; 'plain': higher accuracy wins; "
         "n* = pairs at which the observed Δ would be significant.",
         "",
-        "| shift | evaluation set | pairs (kept / dropped > 512) | EX-RM acc | IM-RM acc | EX margin "
-        "| IM margin | Δ (EX − IM) | 95 % CI | winner | plain | n* | seen in training (prompt / + chosen) |",
+        f"| shift | evaluation set | pairs (kept / dropped > 512) | EX-RM acc | {im} acc | EX margin "
+        f"| {im} margin | Δ (EX − {im}) | 95 % CI | winner | plain | n* "
+        "| seen in training (prompt / + chosen) |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
     for shift in SHIFT_ORDER:
@@ -86,7 +88,7 @@ def table_markdown(res: dict) -> str:
                 f"| {e['pairs_needed']} | {_seen(e)} |"
             )
     lines += ["", "## Win rates (fraction of evaluation sets)", ""]
-    lines += ["| shift | rule | EX-RM wins | tie | IM-RM wins | sets |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| shift | rule | EX-RM wins | tie | {im} wins | sets |", "|---|---|---:|---:|---:|---:|"]
     for shift in ("token_level", "domain"):
         for rule, key in (("CI", "win_rate"), ("plain", "win_rate_plain")):
             w = res[key][shift]
@@ -97,7 +99,7 @@ def table_markdown(res: dict) -> str:
         "",
         "Mean accuracy by shift type: "
         + "; ".join(
-            f"{t} EX {v['ex_rm']:.3f} / IM {v['im_rm']:.3f}" for t, v in res["mean_accuracy"].items()
+            f"{t} EX {v['ex_rm']:.3f} / {im} {v['im_rm']:.3f}" for t, v in res["mean_accuracy"].items()
         ),
         "",
     ]
@@ -123,13 +125,15 @@ def table_markdown(res: dict) -> str:
     fl = res["flips"]
     lines += [
         "",
-        "## Why a pair flips (IM-RM wrong, EX-RM right, under a token-level shift; all in flips.jsonl)",
+        f"## Why a pair flips ({im} wrong, EX-RM right, under a token-level shift; all in flips.jsonl)",
         "",
-        f"Flipped pairs per set: {fl['n']}; the IM-RM had the same pair right before the rewrite in "
-        f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token IM rewards β(ln π_θ − ln π_ref):",
+        f"Flipped pairs per set: {fl['n']}; the {im} had the same pair right before the rewrite in "
+        f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token IM rewards β(ln π_θ − ln π_ref)"
+        + ("" if all(f.get("chosen_top") for f in fl["rows"]) else " (none kept by this reward type)")
+        + ":",
         "",
     ]
-    for f in fl["rows"][:3]:
+    for f in (f for f in fl["rows"][:3] if f.get("chosen_top")):
         lines.append(
             f"- {f['where']}: IM r+ {f['im_rm'][0]:+.4f} vs r− {f['im_rm'][1]:+.4f}; "
             f"chosen {_tokens(f['chosen_top'])}; rejected {_tokens(f['rejected_top'])}"
@@ -139,11 +143,18 @@ def table_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def second_label(cfg: dict) -> str:
+    """What the second RM of a run is called: the IM-RM, or the hybrid RM (EX head + IM reward on one
+    backbone) that --mitigation hybrid puts in its place."""
+    return "hybrid RM" if cfg.get("mitigation") == "hybrid" else "IM-RM"
+
+
 def mitigation_markdown(eff: dict, name: str) -> list[str]:
     """The section of table.md comparing the mitigated IM-RM with the plain one (mitigation_effect)."""
     lines = [
         "",
-        f"## The IM-RM with `{name}` against the plain IM-RM of {eff['plain_from']}",
+        f"## The {'hybrid RM' if name == 'hybrid' else f'IM-RM with `{name}`'} against the plain IM-RM of "
+        f"{eff['plain_from']}",
         "",
         "Δ = mitigated − plain accuracy on the same pairs, with its 95 % paired-bootstrap CI.",
         "",

@@ -108,3 +108,18 @@ def test_combine_keeps_each_rule_and_each_model_in_its_place_and_splits_by_train
     md = shifts_report.combined_markdown(comb)
     assert f"| a | ultrafeedback | ultrafeedback_french | token_level | {50 / N:.3f} | {20 / N:.3f} |" in md
     assert "| rewardmath | token_level | CI | 0.000 | 0.000 | 1.000 | 2 |" in md
+
+
+def test_flips_are_counted_from_the_rewards_also_for_a_type_without_token_terms():
+    """A flip is the second RM wrong and the EX-RM right on a token-level pair; for a reward type with
+    no per-token terms (the hybrid) it is still counted, from the rewards alone, and the table calls
+    the second RM what it is."""
+    from rmgap.experiments.shifts_analysis import flips
+    from rmgap.experiments.shifts_report import second_label
+
+    where = ["s:1", "s:2", "s:3"]
+    ex = {"rewards": {"para": np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])}, "where": {"para": where}}
+    im = {"rewards": {"para": np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])}, "where": {"para": where}}
+    rows = flips(ex, {**im, "tokens": {}}, {"para": "token_level"})
+    assert [(r["where"], r["chosen_top"]) for r in rows] == [("s:1", None)]
+    assert second_label({"mitigation": "hybrid"}) == "hybrid RM" and second_label({}) == "IM-RM"
