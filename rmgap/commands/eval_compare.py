@@ -10,6 +10,7 @@ its rewards_<set>.jsonl): a run against the eval of its own export shows they ag
     rmgap eval --model B_DIR --reward ex_rm --set ultrafeedback/test --out runs/b
     rmgap eval --compare runs/a runs/b --out runs/a_vs_b      # → comparison.json
     rmgap eval --compare runs/train_im_rm runs/a --out runs/check   # a training run vs its export
+    rmgap eval --compare runs/train_im_rm:test runs/a:ultrafeedback_test --out runs/check   # sets named apart
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from rmgap import flags
 
 NAMES = ("a", "b")
 RUN_KEYS = ("model", "ref", "reward", "beta", "command")
+
+
+def _spec(text: str) -> tuple[Path, str | None]:
+    """FOLDER or FOLDER:SET (a set of that folder, compared whatever the other's set is called)."""
+    folder, sep, name = text.rpartition(":")
+    if sep and folder and not Path(text).exists():
+        if not name:
+            raise ValueError(f"--compare {text}: give FOLDER or FOLDER:SET")
+        return Path(folder), name
+    return Path(text), None
 
 
 def _run(folder: Path) -> dict:
@@ -72,11 +83,12 @@ def _side(rew: np.ndarray, comp: dict, name: str) -> dict:
     }
 
 
-def compare_set(folders: tuple[Path, Path], name: str, n_boot: int, seed: int) -> dict:
-    """One set of both runs compared on the pairs both scored."""
+def compare_set(folders: tuple[Path, Path], names: tuple[str, str], n_boot: int, seed: int) -> dict:
+    """One set of each run (``names``: its name in a and in b) compared on the pairs both scored."""
     from rmgap.experiments.shifts_analysis import set_comparison
 
-    ra, rb = (_rewards(f, name) for f in folders)
+    ra, rb = (_rewards(f, n) for f, n in zip(folders, names, strict=True))
+    name = names[0]
     common = [w for w in ra if w in rb]
     if not common:
         raise ValueError(f"set {name!r}: the two runs scored no pair in common (matched by 'where')")
@@ -103,13 +115,25 @@ def compare(args, argv, n_boot: int = 10_000) -> dict:
 
     if launched_processes() > 1:
         raise ValueError("--compare reads two folders: run it in one process, not under accelerate launch")
-    folders = tuple(Path(f) for f in args.compare)
+    specs = [_spec(f) for f in args.compare]
+    folders = tuple(f for f, _ in specs)
     runs = [_run(f) for f in folders]
-    names = [s for s in runs[0]["sets"] if s in runs[1]["sets"]]
-    if not names:
-        raise ValueError(f"--compare: {folders[0]} and {folders[1]} share no evaluation set")
+    if bool(specs[0][1]) != bool(specs[1][1]):
+        raise ValueError("--compare: name a set on both sides (A:SET B:SET) or on neither")
+    if specs[0][1]:  # FOLDER:SET on both sides: those two sets, whatever their names
+        pair = (specs[0][1], specs[1][1])
+        for run, f, s in zip(runs, folders, pair, strict=True):
+            if s not in run["sets"]:
+                raise ValueError(f"--compare {f}:{s}: no set {s!r} there (it has {', '.join(run['sets'])})")
+        matched = {pair[0] if pair[0] == pair[1] else f"{pair[0]}~{pair[1]}": pair}
+    else:
+        matched = {s: (s, s) for s in runs[0]["sets"] if s in runs[1]["sets"]}
+    if not matched:
+        raise ValueError(
+            f"--compare: {folders[0]} and {folders[1]} share no evaluation set; name one of each: A:SET B:SET"
+        )
     claim_folder(args.out, ("comparison.json",), resume=False, overwrite=args.overwrite)
-    sets = {s: compare_set(folders, s, n_boot, args.seed) for s in names}
+    sets = {k: {"sets": list(v), **compare_set(folders, v, n_boot, args.seed)} for k, v in matched.items()}
     res = {
         "command": flags.command_line("rmgap eval", argv),
         "rule": "diff = accuracy (ties ½) of a − b over the pairs both kept; winner by its 95 % "

@@ -124,6 +124,16 @@ def test_compare_two_runs_pair_by_pair_with_the_shifts_rule(tmp_path, pairs_file
     big = max(abs(ra[w][k] - rb[w][k]) for w in ra for k in ("reward_chosen", "reward_rejected"))
     assert c["max_abs_reward_diff"] == pytest.approx(big) and big > 0
     assert json.loads((tmp_path / "c" / "comparison.json").read_text())["sets"]["mine"] == c
+    # sets named apart: FOLDER:SET on both sides
+    argv = ["--data", f"other={pairs_file}", "--ref", "x", "--out", str(tmp_path / "o")]
+    eval_cmd.main(argv, lm=make_tiny_lm(seed=3), ref_lm=ref)
+    spec = [f"{tmp_path / 'a'}:mine", f"{tmp_path / 'o'}:other"]
+    named = eval_cmd.main(["--compare", *spec, "--out", str(tmp_path / "e")])["sets"]["mine~other"]
+    assert named["diff_ci95"] == c["diff_ci95"] and named["sets"] == ["mine", "other"]
+    code, _, err = run_rmgap(
+        "eval", "--compare", *(str(tmp_path / x) for x in "ao"), "--out", str(tmp_path / "f")
+    )
+    assert code == 2 and "share no evaluation set; name one of each" in err
     code, _, err = run_rmgap(
         "eval", "--compare", str(tmp_path / "a"), str(tmp_path), "--out", str(tmp_path / "d")
     )
