@@ -39,7 +39,10 @@ CASES = {  # name → (argv with {d} for the folder, what the one line says)
         "train --train {d}/surrogate.jsonl",
         "surrogate.jsonl:1: field 'prompt' holds \\ud800",
     ),
-    "folder as --train": ("train --train {d}/folder.jsonl", "folder.jsonl: a folder, not a JSONL file"),
+    "folder as --train": (
+        "train --train {d}/folder.jsonl",
+        "folder.jsonl: a folder, but not a Hugging Face datasets folder",
+    ),
     "two sets, one name": (
         "train --train {d}/ok.jsonl --eval t={d}/ok.jsonl --eval t={d}/ok.jsonl",
         "'t' is already",
