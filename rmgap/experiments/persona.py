@@ -24,17 +24,21 @@ Paper (Pythia-1B, Llama-3.2-1B, Qwen2.5-1.5B): original 1 for both; paraphrased 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from lm_probes.common import write_json, write_text
 from lm_probes.data.persona import persona_data
 from lm_probes.reports import plot_curves, save_figure, write_training
+from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
-from lm_probes.rm.trainer import train_reward_model
+from lm_probes.rm.trainer import TrainResult, train_reward_model
 from rmgap import flags
 from rmgap.experiments.persona_seeds import SETS, seeds_markdown, seeds_table
 
@@ -81,7 +85,8 @@ def run_persona(
     for obj in objectives:
         cfg = replace(base, objective=obj)
         ckpt = out / obj if out else None
-        results[obj] = train_reward_model(
+        done = read_finished(ckpt, cfg, data) if resume and ckpt else None
+        results[obj] = done or train_reward_model(
             lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
         )
         s = results[obj].summary
@@ -89,6 +94,30 @@ def run_persona(
         if runtime is None or runtime.is_main:
             print(f"{obj}: {accs}  [{s['seconds'] / 60:.1f} min]", flush=True)
     return results
+
+
+def read_finished(d: Path, cfg: TrainConfig, data: dict) -> TrainResult | None:
+    """A finished RM of an earlier invocation read back from ``d`` (its summary.json, written last, and
+    rewards_<set>.jsonl), if it was trained with ``cfg`` on these evaluation pairs: a --resume does
+    not train it again, even where its checkpoint is gone (a fresh checkout keeps no ignored files)."""
+    path = d / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if not same_config(summary.get("config", {}), cfg):
+        return None
+    rewards, pairs = {}, {}
+    for name, evals in data["eval"].items():
+        f = d / f"rewards_{name}.jsonl"
+        if not f.is_file():
+            return None
+        by_where = {p.where: p for p in evals}
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        if any(r["where"] not in by_where for r in rows):
+            return None  # (other data than this run's)
+        pairs[name] = [by_where[r["where"]] for r in rows]
+        rewards[name] = np.array([[r["reward_chosen"], r["reward_rejected"]] for r in rows], dtype=np.float64)
+    return TrainResult(summary, rewards, {}, pairs)
 
 
 def write_persona(result: dict, out: Path) -> None:

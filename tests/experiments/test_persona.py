@@ -93,3 +93,8 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
     ]
     assert [e["seed"] for e in ex] == [0, 1, 2]
     assert "Mean over seeds" in (tmp_path / "o" / "table.md").read_text()
+    # --resume in a fresh checkout (no checkpoints): the finished RMs are read back, not trained again
+    for ckpt in (tmp_path / "o").rglob("checkpoint.pt"):
+        ckpt.unlink()
+    again = main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished RM was trained again"))
+    assert again["table"] == res["table"]
