@@ -155,6 +155,14 @@ class Runtime:
             self.accelerator.wait_for_everyone()
 
 
+def shutdown() -> None:
+    """Destroy the process group, where a launch made one, before the interpreter exits: gloo's worker
+    threads outliving it can abort a process at exit (SIGABRT, "terminate called without an active
+    exception"; pytorch/pytorch#190489), which fails a launch whose work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def fsdp2_on_cpu(accelerator) -> None:
     """Turn a CPU launch's accelerator (gloo) to FSDP2, which accelerate itself sets up only on GPUs: its
     FSDP2 plug-in (transformer auto-wrap on ``_no_split_modules``, reshard after forward) and back-end

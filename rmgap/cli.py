@@ -148,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return run_command(argv[0], lambda a: getattr(importlib.import_module(module), fn)(a), argv[1:])
+        try:
+            return run_command(argv[0], lambda a: getattr(importlib.import_module(module), fn)(a), argv[1:])
+        finally:
+            from lm_probes.distributed import shutdown
+
+            shutdown()
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "simulate":
         names = _simulation_names()
