@@ -40,7 +40,7 @@ from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import TrainResult, train_reward_model
 from rmgap import flags
-from rmgap.experiments.persona_seeds import SETS, seeds_markdown, seeds_table
+from rmgap.experiments.persona_seeds import SETS, seeds_markdown, seeds_table, table_markdown
 
 PRESETS = {
     "paper": dict(epochs=50, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
@@ -57,22 +57,6 @@ def make_table(finals: dict[str, dict]) -> dict:
         for name, (kind, split) in SETS.items():
             table[kind][split][SHORT.get(obj, obj)] = current_names(final[name])[ACCURACY]
     return table
-
-
-def table_markdown(table: dict, header: str) -> str:
-    cols = list(table["original"]["train"])
-    names = {"ex": "EX-RM", "im": "IM-RM"}
-    lines = [
-        header,
-        "",
-        "| responses | prompts | " + " | ".join(names.get(c, c) for c in cols) + " |",
-        "|---|---|" + "---:|" * len(cols),
-    ]
-    for kind in ("original", "paraphrased"):
-        for split in ("train", "test"):
-            cells = " | ".join(f"{table[kind][split][c]:.3f}" for c in cols)
-            lines.append(f"| {kind} | {split} | {cells} |")
-    return "\n".join(lines) + "\n"
 
 
 def run_persona(

@@ -53,24 +53,26 @@ def seeds_table(runs: dict, short: dict, n_boot: int = 10_000) -> dict:
     return table
 
 
-def seeds_markdown(table: dict, header: str) -> str:
+def table_markdown(table: dict, header: str, fmt=lambda v: f"{v:.3f}", note: str | None = None) -> str:
+    """The Persona table (responses × prompts rows, one column per RM), each cell ``fmt(value)``."""
     cols = list(table["original"]["train"])
     names = {"ex": "EX-RM", "im": "IM-RM"}
-    lines = [
-        header,
-        "",
-        "Mean over seeds [95 % CI over seeds and statements] (range over seeds).",
-        "",
+    lines = [header, "", *([note, ""] if note else [])]
+    lines += [
         "| responses | prompts | " + " | ".join(names.get(c, c) for c in cols) + " |",
         "|---|---|" + "---:|" * len(cols),
     ]
     for kind in ("original", "paraphrased"):
         for split in ("train", "test"):
-            cells = " | ".join(
-                "{mean:.3f} [{lo:.3f}, {hi:.3f}] ({mn:.3f}–{mx:.3f})".format(
-                    mean=c["mean"], lo=c["ci95"][0], hi=c["ci95"][1], mn=c["min"], mx=c["max"]
-                )
-                for c in (table[kind][split][col] for col in cols)
-            )
+            cells = " | ".join(fmt(table[kind][split][c]) for c in cols)
             lines.append(f"| {kind} | {split} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(table: dict, header: str) -> str:
+    return table_markdown(
+        table,
+        header,
+        lambda c: f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] ({c['min']:.3f}–{c['max']:.3f})",
+        "Mean over seeds [95 % CI over seeds and statements] (range over seeds).",
+    )
