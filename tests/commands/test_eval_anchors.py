@@ -34,7 +34,7 @@ def _rmgap(tmp_path, pairs_file, policy, ref, *args):  # noqa: F811
     return res, torch.tensor([[r["reward_chosen"], r["reward_rejected"]] for r in rows], dtype=torch.float64)
 
 
-def _trl_dpo_trainer(tmp_path, policy, ref, beta):
+def _trl_dpo_trainer(tmp_path, policy, ref, beta, pairs=TRAIN):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -42,7 +42,7 @@ def _trl_dpo_trainer(tmp_path, policy, ref, beta):
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset  # already rmgap's token ids
 
-    encs = encode_pairs(policy.tokenizer, TRAIN).encodings
+    encs = encode_pairs(policy.tokenizer, pairs).encodings
     ds = Dataset.from_list(
         [
             {

@@ -50,6 +50,8 @@ def test_an_exported_rm_gives_the_training_runs_rewards(tmp_path, objective):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
     assert set(res["sets"]["test"]) >= {"accuracy_strict", "accuracy_ties_half", "tie_rate", "accuracy_ci95"}
+    if objective == "im_rm":  # the export as TRL's DPO policy: DPOTrainer's own rewards are the run's
+        _trl_rewards_are_the_runs(tmp_path, meta, want)
     # --compare reads the training run beside the eval and says so
     comp = eval_main(["--compare", str(tmp_path / "run"), str(tmp_path / "ev"), "--out", str(tmp_path / "c")])
     c = comp["sets"]["test"]
@@ -80,3 +82,31 @@ def test_export_refuses_what_is_not_a_finished_run(tmp_path):
         code, _, err = run_rmgap("export", str(run), "--out", str(tmp_path / "hf"))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "hf").exists()
+
+
+def _trl_rewards_are_the_runs(tmp_path, meta, want):
+    """The exported IM-RM loaded by AutoModelForCausalLM as TRL's DPOTrainer policy, the base as its
+    ref_model, β from rmgap_export.json: TRL's per-example β·(log π − log π_ref) (compute_ref_log_probs
+    on both) are the training run's evaluation rewards."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.commands.test_eval_anchors import _trl_dpo_trainer
+
+    def load(path):
+        return SimpleNamespace(
+            model=AutoModelForCausalLM.from_pretrained(path).eval(),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+        )
+
+    policy, ref = load(tmp_path / "hf"), load(meta["reference"]["model"])
+    trainer = _trl_dpo_trainer(tmp_path, policy, ref, meta["beta"], EVAL["para"] + EVAL["orig"])
+    batch = next(iter(trainer.get_eval_dataloader()))
+    with torch.no_grad():
+        pol = trainer.compute_ref_log_probs(trainer.model, batch)
+        rf = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    trl = torch.stack([meta["beta"] * (pol[i] - rf[i]) for i in (0, 1)], dim=1).double()
+    ours = torch.tensor([[w["reward_chosen"], w["reward_rejected"]] for w in want], dtype=torch.float64)
+    assert torch.allclose(trl, ours, atol=1e-6, rtol=0), (trl, ours)
