@@ -31,17 +31,14 @@ Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993;
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_jsonl, write_text
 from lm_probes.data.cycles import add_graph_tokens, hamiltonian_data
 from lm_probes.lm.generation import SamplingConfig
-from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
@@ -49,6 +46,14 @@ from lm_probes.rm.trainer import train_reward_model
 from rmgap import flags
 from rmgap.experiments import hamiltonian_generation as gen_
 from rmgap.experiments.hamiltonian_generation import generation_check, generation_mass
+from rmgap.experiments.hamiltonian_report import (
+    PAPER,
+    header,
+    mass_vs_reference,
+    report,
+    table_markdown,
+    write_hamiltonian,
+)
 from theory import tilted_correct_mass, tilting_bound
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
@@ -83,11 +88,6 @@ PRESETS = {
         n_generate=64,
         n_mass=16,
     ),
-}
-PAPER = {
-    "model": "Pythia-1B",
-    "accuracy": {"train": {"ex_rm": 1.0, "im_rm": 1.0}, "test": {"ex_rm": 0.980, "im_rm": 0.993}},
-    "generation": {"im_rm": {"correct_fraction": {"train": 0.0, "test": 0.0}}},
 }
 
 
@@ -176,150 +176,6 @@ def make_summary(records: dict, beta: float) -> dict:
         summary["tilt"] = tilt(records["reference"]["mass"]["log10"], rewards, beta)
     summary["mass_vs_reference"] = mass_vs_reference(summary)
     return summary
-
-
-def mass_vs_reference(s: dict) -> dict:
-    """Per trained LM, graph by graph against the reference: the median of log10 π_θ(C|x)/π_ref(C|x),
-    on how many graphs it is higher; for the IM-RM also how far below the tilt its mean sits."""
-    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
-    out = {}
-    for name, m in s["generation_mass"].items():
-        if name == "reference":
-            continue
-        d = np.asarray(m["log10"]) - ref
-        out[name] = {
-            "median_log10_ratio": float(np.median(d)),
-            "graphs_above": int((d > 0).sum()),
-            "n": len(d),
-        }
-    if "tilt" in s and "im_rm" in out:
-        out["im_rm"]["tilt_minus_mean_log10"] = (
-            s["tilt"]["mean_log10"] - s["generation_mass"]["im_rm"]["mean_log10"]
-        )
-    return out
-
-
-def header(s: dict) -> str:
-    g = s["config"]["graphs"]
-    return (
-        f"Hamiltonian cycles ({g['n']} vertices, edge probability {g['edge_prob']}, {g['n_train']} train / "
-        f"{g['n_test']} test graphs), {s['model'].get('model')}, preset {s['preset']}. "
-        f"Command: `{s['command']}`"
-    )
-
-
-def table_markdown(s: dict, header: str) -> str:
-    rms = list(s["accuracy"]["test"])
-    names = ["reference", *rms]
-    paper = PAPER["accuracy"]["test"]
-    lines = [
-        header,
-        "",
-        "| | " + " | ".join(names) + " | paper (IM-RM) |",
-        "|---|" + "---:|" * (len(names) + 1),
-    ]
-    for split in ("train", "test"):
-        cells = " | ".join(["—", *(f"{s['accuracy'][split][rm]:.3f}" for rm in rms)])
-        lines.append(
-            f"| verification accuracy, {split} | {cells} | {PAPER['accuracy'][split]['im_rm']:.3f} |"
-        )
-    for split in ("train", "test"):
-        cells = " | ".join(f"{s['generation'][n]['correct_fraction'][split]:.3f}" for n in names)
-        lines.append(f"| correct generations, {split} | {cells} | 0 |")
-        cells = " | ".join(f"{s['generation'][n]['permutation_fraction'][split]:.3f}" for n in names)
-        lines.append(f"| permutations generated, {split} | {cells} | — |")
-    if "generation_constrained" in s:  # (runs recorded before it existed have none)
-        lines += gen_.constrained_rows(s, names)
-    cells = " | ".join(f"{s['generation_mass'][n]['mean_log10']:.2f}" for n in names)
-    lines.append(f"| mean log10 π(C(x)\\|x), test | {cells} | — |")
-    vs = s.get("mass_vs_reference", {})
-    if vs:
-        cells = " | ".join(
-            [
-                "—",
-                *(
-                    f"{vs[rm]['median_log10_ratio']:+.2f} ({vs[rm]['graphs_above']}/{vs[rm]['n']})"
-                    for rm in rms
-                ),
-            ]
-        )
-        lines.append(f"| median log10 π_θ(C\\|x)/π_ref(C\\|x) (graphs higher) | {cells} | — |")
-    if "tilt" in s:
-        lines += [
-            "",
-            f"Theorem 1's tilt at the IM-RM's own test margins (mean δ = {s['tilt']['margin_mean']:.4f}, "
-            f"β = {s['config']['train']['beta']}): mean log10 τ(p) = {s['tilt']['mean_log10']:.2f}: "
-            "what the verifier with those margins that generates least would put on C"
-            + (
-                f", {vs['im_rm']['tilt_minus_mean_log10']:.1f} orders of magnitude above the IM-RM's mass."
-                if "tilt_minus_mean_log10" in vs.get("im_rm", {})
-                else "."
-            ),
-        ]
-    lines.append(
-        f"\nPaper (Pythia-1B): test accuracy EX-RM {paper['ex_rm']}, IM-RM {paper['im_rm']}; 0 correct."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def figure(s: dict):
-    plt = pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    rms = list(s["accuracy"]["test"])
-    names = ["reference", *rms]
-    x = np.arange(len(names))
-    acc = [np.nan, *(s["accuracy"]["test"][rm] for rm in rms)]
-    gen = [s["generation"][n]["correct_fraction"]["test"] for n in names]
-    a.bar(x - 0.2, acc, 0.4, label="verification accuracy (test)")
-    a.bar(x + 0.2, gen, 0.4, label="correct generations (test)")
-    a.set_xticks(x, names)
-    a.set_ylim(0, 1.05)
-    a.legend(fontsize=8)
-    a.set_title("verifying vs generating Hamiltonian cycles")
-    ref = np.asarray(s["generation_mass"]["reference"]["log10"])
-    for n, marker in zip(rms, "os^v", strict=False):
-        b.scatter(ref, s["generation_mass"][n]["log10"], s=12, marker=marker, label=f"π_θ(C|x), {n}")
-    if "tilt" in s:
-        b.scatter(ref, s["tilt"]["log10"], s=12, marker="x", c="k", label="τ(p) at the IM-RM's margin")
-    lim = [min(ref.min(), b.get_ylim()[0]), max(ref.max(), b.get_ylim()[1])]
-    b.plot(lim, lim, "k:", lw=1, label="= π_ref(C|x)")
-    b.set_xlabel("log10 π_ref(C(x)|x)")
-    b.set_ylabel("log10 π(C(x)|x)")
-    b.legend(fontsize=8)
-    b.set_title("exact generation mass per test graph")
-    fig.tight_layout()
-    return fig
-
-
-def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
-    for name, rec in records.items():
-        if "train_result" in rec:
-            write_training(rec["train_result"], out / name)
-    rows = (
-        {"lm": name, "split": split, "constrained": key == "generation_constrained", **smp}
-        for name, rec in records.items()
-        for key in ("generation", "generation_constrained")
-        for split in ("train", "test")
-        for smp in rec[key][split]["samples"]
-    )
-    write_jsonl(out / "samples.jsonl", rows)
-    write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
-    write_text(out / "table.md", result["markdown"])
-    save_figure(figure(result), out / "hamiltonian.png")
-
-
-def report(run: Path) -> dict:
-    """Re-derive a finished run's comparisons and table.md from its summary.json (no model needed)."""
-    path = Path(run) / "summary.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no summary.json (is {run} a finished rmgap hamiltonian run?)")
-    s = json.loads(path.read_text())
-    s["mass_vs_reference"] = mass_vs_reference(s)
-    markdown = table_markdown(s, header(s))
-    write_json(path, s)
-    write_text(Path(run) / "table.md", markdown)
-    print(markdown)
-    return s
 
 
 def main(argv=None, lm_factory=None) -> dict:
