@@ -53,6 +53,7 @@ from rmgap.experiments.hamiltonian_report import (
     report,
     table_markdown,
     write_hamiltonian,
+    write_seeds,
 )
 from theory import tilted_correct_mass, tilting_bound
 
@@ -188,6 +189,11 @@ def main(argv=None, lm_factory=None) -> dict:
         )
     ap.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
+    ap.add_argument(
+        "--seeds",
+        help="comma list of training seeds (data order, head, sampling; the graphs stay --seed's): each "
+        "run under <out>/seed<k>/, then summary_seeds.json and table_seeds.md over seeds and graphs",
+    )
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/hamiltonian")
     ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")
@@ -219,35 +225,47 @@ def main(argv=None, lm_factory=None) -> dict:
     runtime, factory = flags.model_factory(args, lm_factory)
     if runtime.lockstep:
         raise ValueError("rmgap hamiltonian samples from the trained LMs, not done on sharded ones: use DDP")
-    t0 = time.perf_counter()
-    records = run_hamiltonian(
-        lambda: add_graph_tokens(factory(), seed=args.seed),
-        data,
-        objectives,
-        preset,
-        cfg,
-        args.out,
-        args.resume,
-        sampling,
-        args.quiet,
-        runtime,
-    )
+    seeds = flags.parse_seeds(args.seeds) if args.seeds else [args.seed]
+    runs = {}
+    for k in seeds:  # (one seed: the plain run in --out; several: each in <out>/seed<k>/)
+        out = args.out / f"seed{k}" if args.seeds else args.out
+        t0 = time.perf_counter()
+        records = run_hamiltonian(
+            lambda: add_graph_tokens(factory(), seed=args.seed),
+            data,
+            objectives,
+            preset,
+            replace(cfg, seed=k),
+            out,
+            args.resume,
+            replace(sampling, seed=k),
+            args.quiet,
+            runtime,
+        )
+        if not runtime.is_main:
+            continue  # the main process summarises and writes
+        summary = make_summary(records, cfg.beta)
+        summary.update(
+            config={
+                **preset,
+                "train": asdict(replace(cfg, seed=k)),
+                "sampling": asdict(replace(sampling, seed=k)),
+            },
+            preset=args.preset,
+            command=flags.command_line("rmgap hamiltonian", argv),
+            model=records[objectives[0]]["train_result"].summary["model"],
+            seconds=time.perf_counter() - t0,
+            paper=PAPER,
+        )
+        summary["markdown"] = table_markdown(summary, header(summary))
+        write_hamiltonian(summary, records, out)
+        print("\n" + summary["markdown"])
+        runs[k] = (summary, records)
     if not runtime.is_main:
-        return {}  # the main process summarises and writes
-    summary = make_summary(records, cfg.beta)
-    cmd = flags.command_line("rmgap hamiltonian", argv)
-    summary.update(
-        config={**preset, "train": asdict(cfg), "sampling": asdict(sampling)},
-        preset=args.preset,
-        command=cmd,
-        model=records[objectives[0]]["train_result"].summary["model"],
-        seconds=time.perf_counter() - t0,
-        paper=PAPER,
-    )
-    summary["markdown"] = table_markdown(summary, header(summary))
-    write_hamiltonian(summary, records, args.out)
-    print("\n" + summary["markdown"])
-    return summary
+        return {}
+    if not args.seeds:
+        return runs[args.seed][0]
+    return write_seeds(runs, args.out)
 
 
 if __name__ == "__main__":
