@@ -11,6 +11,7 @@ import numpy as np
 from lm_probes.common import write_json, write_jsonl, write_text
 from lm_probes.reports import pyplot, save_figure, write_training
 from rmgap.experiments import hamiltonian_generation as gen_
+from rmgap.experiments.persona_seeds import ci_cell
 
 PAPER = {
     "model": "Pythia-1B",
@@ -209,10 +210,10 @@ def write_seeds(runs: dict, out: Path) -> dict:
         "",
         "| | " + " | ".join(recs[0]) + " |",
         "|---|" + "---:|" * len(recs[0]),
-        "| verification accuracy, test | — | " + " | ".join(_cell(acc[rm]) for rm in rms) + " |",
+        "| verification accuracy, test | — | " + " | ".join(ci_cell(acc[rm]) for rm in rms) + " |",
     ]
     for split in ("train", "test"):
-        cells = " | ".join(_cell(rate[lm][split]) for lm in recs[0])
+        cells = " | ".join(ci_cell(rate[lm][split]) for lm in recs[0])
         lines.append(f"| Hamiltonian cycles, format-constrained sampling, {split} | {cells} |")
     lines.append(
         "| mean log10 π(C(x)\\|x), test, per seed | "
@@ -224,7 +225,3 @@ def write_seeds(runs: dict, out: Path) -> dict:
     write_text(out / "table_seeds.md", res["markdown"])
     print("\n" + res["markdown"])
     return res
-
-
-def _cell(c: dict) -> str:
-    return f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] ({c['min']:.3f}–{c['max']:.3f})"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +232,11 @@ def main(argv=None, lm_factory=None) -> dict:
         "--probe-statements", type=int, help="evaluation statements of the probe set (preset: 20)"
     )
     ap.add_argument("--resume", action="store_true", help="skip finished mitigations, continue a stopped one")
+    ap.add_argument(
+        "--seeds",
+        help="comma list of training seeds (data order and head; the split stays --seed's): each under "
+        "<out>/seed<k>/, then table_seeds.json / table_seeds.md with CIs over seeds and statements",
+    )
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/mitigations")
     args = ap.parse_args(argv)
@@ -246,17 +251,36 @@ def main(argv=None, lm_factory=None) -> dict:
         seed=args.seed,
     )
     runtime, factory = flags.model_factory(args, lm_factory)
+    if not args.seeds:
+        return run_seed(args, argv, names, base, data, probe_set, runtime, factory, args.out)
+    seeds = flags.parse_seeds(args.seeds)
+    for k in seeds:
+        run_seed(
+            args, argv, names, replace(base, seed=k), data, probe_set, runtime, factory, args.out / f"seed{k}"
+        )
+    if not runtime.is_main:
+        return {}
+    from rmgap.experiments.mitigations_seeds import write_seeds
+
+    cfgs = {k: {n: MITIGATIONS[n].config(replace(base, seed=k)) for n in names} for k in seeds}
+    return write_seeds(args.out, names, seeds, cfgs, data, flags.command_line("rmgap mitigations", argv))
+
+
+def run_seed(args, argv, names, base, data, probe_set, runtime, factory, out: Path) -> dict:
+    """Every mitigation with the training settings ``base`` (its seed: data order and head) → the
+    table, written to ``out``; a finished mitigation is read back (--resume)."""
     cfgs = {n: MITIGATIONS[n].config(base) for n in names}
     for cfg in cfgs.values():  # (before any training: what a sharded back end cannot run)
         cfg.check(sharded=runtime.lockstep)
+    train_opts = {**PRESETS[args.preset]["train"], **flags.preset_overrides(args)}
     t0, results = time.perf_counter(), []
     for name in names:
         m = MITIGATIONS[name]
-        done = read_mitigation(name, args.out / name, cfgs[name]) if args.resume else None
+        done = read_mitigation(name, out / name, cfgs[name]) if args.resume else None
         if done is None:
-            done = run_mitigation(factory, m, data, probe_set, base, args.out / name, args.resume, runtime)
+            done = run_mitigation(factory, m, data, probe_set, base, out / name, args.resume, runtime)
             if runtime.is_main:
-                write_mitigation(done, args.out / name)
+                write_mitigation(done, out / name)
             runtime.barrier()
         results.append(done)
         if not runtime.is_main:
@@ -277,7 +301,8 @@ def main(argv=None, lm_factory=None) -> dict:
     source = args.persona_file.name if args.persona_file else "persona/agreeableness"
     header = (
         f"Mitigations on Persona ({source}), "
-        f"{model}, preset {args.preset} ({train_opts}), seed {args.seed}; accuracy with ties as ½; "
+        f"{model}, preset {args.preset} ({train_opts}), seed {base.seed} (split {args.seed}); "
+        "accuracy with ties as ½; "
         f"one-step prediction on {len(probe_set['eval'])} probe pairs. Command: `{cmd}`"
     )
     result = {
@@ -290,7 +315,7 @@ def main(argv=None, lm_factory=None) -> dict:
         "seconds": time.perf_counter() - t0,
         "markdown": table_markdown(table, agreement, header),
     }
-    write_mitigations(result, args.out)
+    write_mitigations(result, out)
     print("\n" + result["markdown"])
     return result
 

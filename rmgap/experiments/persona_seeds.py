@@ -69,10 +69,11 @@ def table_markdown(table: dict, header: str, fmt=lambda v: f"{v:.3f}", note: str
     return "\n".join(lines) + "\n"
 
 
+def ci_cell(c: dict) -> str:
+    """A cell over seeds as tables show it: mean [95 % CI] (min–max over seeds)."""
+    return f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] ({c['min']:.3f}–{c['max']:.3f})"
+
+
 def seeds_markdown(table: dict, header: str) -> str:
-    return table_markdown(
-        table,
-        header,
-        lambda c: f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] ({c['min']:.3f}–{c['max']:.3f})",
-        "Mean over seeds [95 % CI over seeds and statements] (range over seeds).",
-    )
+    note = "Mean over seeds [95 % CI over seeds and statements] (range over seeds)."
+    return table_markdown(table, header, ci_cell, note)

@@ -78,3 +78,25 @@ def test_rmgap_mitigations_end_to_end(tmp_path):
     # --resume reads the finished mitigations back instead of training them again
     again = exp.main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished mitigation was rerun"))
     assert again["mitigations"]["none"]["original"] == res["mitigations"]["none"]["original"]
+
+
+def test_mitigations_over_seeds_read_each_seeds_own_files(tmp_path):
+    """--seeds: each seed's run under <out>/seed<k>/ (its own table.json); table_seeds.json's per-seed
+    accuracies are those tables' own, the mean inside its CI; a rerun with --resume trains nothing."""
+    topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
+    rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["--persona-file", str(tmp_path / "p.jsonl"), "--n-train", "4", "--n-test", "2"]
+    argv += ["--probe-statements", "2", "--epochs", "1", "--mitigations", "none,ex_rm", "--seeds", "0,1"]
+    argv += ["--out", str(tmp_path / "o"), "--quiet"]
+    factory = lambda: make_tiny_lm(dtype=torch.float64, max_positions=96, extra_words=PERSONA_WORDS)  # noqa: E731
+    res = exp.main(argv, lm_factory=factory)
+    per_seed = [
+        json.loads((tmp_path / "o" / f"seed{k}" / "table.json").read_text())["mitigations"] for k in (0, 1)
+    ]
+    for name in ("none", "ex_rm"):
+        c = res["mitigations"][name]["paraphrased"]["test"]
+        assert c["per_seed"] == pytest.approx([t[name]["paraphrased"]["test"] for t in per_seed])
+        assert c["ci95"][0] <= c["mean"] <= c["ci95"][1] and c["n_seeds"] == 2
+    again = exp.main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished mitigation was rerun"))
+    assert again["mitigations"] == res["mitigations"] and (tmp_path / "o" / "table_seeds.md").exists()
