@@ -1,4 +1,4 @@
-# Regenerate every theory figure and JSON summary under figures/ (≈ 140 s on 2 cores).
+# Regenerate every theory figure and JSON summary under figures/ (≈ 130 s on 2 cores).
 PY ?= python
 
 .PHONY: figures test bench
