@@ -179,6 +179,21 @@ def make_summary(records: dict, beta: float) -> dict:
     return summary
 
 
+def preset_of(args) -> dict:
+    """The --preset's settings with the flags' overrides (graphs, training, chat template)."""
+    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
+    overrides = {
+        "n": args.vertices,
+        "edge_prob": args.edge_prob,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+    }
+    preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
+    preset["train"].update(flags.preset_overrides(args))
+    preset["train"]["chat_template"] |= args.chat_template
+    return preset
+
+
 def main(argv=None, lm_factory=None) -> dict:
     ap = flags.parser("rmgap hamiltonian", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -201,16 +216,7 @@ def main(argv=None, lm_factory=None) -> dict:
     if args.report:
         return report(args.report)
     objectives = flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
-    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[args.preset].items()}
-    overrides = {
-        "n": args.vertices,
-        "edge_prob": args.edge_prob,
-        "n_train": args.n_train,
-        "n_test": args.n_test,
-    }
-    preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
-    preset["train"].update(flags.preset_overrides(args))
-    preset["train"]["chat_template"] |= args.chat_template
+    preset = preset_of(args)
     data = hamiltonian_data(**preset["graphs"], seed=args.seed)
     cfg = flags.train_config(args, **preset["train"])
     n = preset["graphs"]["n"]
