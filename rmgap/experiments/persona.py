@@ -73,6 +73,8 @@ def run_persona(
         results[obj] = done or train_reward_model(
             lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
         )
+        if ckpt and (runtime is None or runtime.is_main):
+            write_training(results[obj], ckpt)  # as each RM ends: a stopped run keeps its finished RMs
         s = results[obj].summary
         accs = ", ".join(f"{k} {current_names(v)[ACCURACY]:.3f}" for k, v in s["final"].items())
         if runtime is None or runtime.is_main:
@@ -105,9 +107,7 @@ def read_finished(d: Path, cfg: TrainConfig, data: dict) -> TrainResult | None:
 
 
 def write_persona(result: dict, out: Path) -> None:
-    """table.md, table.json, persona_curves.png, and each RM's outputs under <out>/<objective>/."""
-    for obj, r in result["runs"].items():
-        write_training(r, out / obj)
+    """table.md, table.json and persona_curves.png (each RM's own outputs are written as it ends)."""
     write_text(out / "table.md", result["markdown"])
     write_json(out / "table.json", {k: v for k, v in result.items() if k not in ("runs", "markdown")})
     histories = {obj: r.summary["history"] for obj, r in result["runs"].items()}
