@@ -73,7 +73,7 @@ def run_persona(
         results[obj] = done or train_reward_model(
             lm_factory(), data["train"], data["eval"], cfg, ckpt, resume, runtime=runtime
         )
-        if ckpt and (runtime is None or runtime.is_main):
+        if ckpt and not done and (runtime is None or runtime.is_main):
             write_training(results[obj], ckpt)  # as each RM ends: a stopped run keeps its finished RMs
         s = results[obj].summary
         accs = ", ".join(f"{k} {current_names(v)[ACCURACY]:.3f}" for k, v in s["final"].items())
@@ -97,11 +97,11 @@ def read_finished(d: Path, cfg: TrainConfig, data: dict) -> TrainResult | None:
         f = d / f"rewards_{name}.jsonl"
         if not f.is_file():
             return None
-        by_where = {p.where: p for p in evals}
         rows = [json.loads(x) for x in f.read_text().splitlines()]
-        if any(r["where"] not in by_where for r in rows):
-            return None  # (other data than this run's)
-        pairs[name] = [by_where[r["where"]] for r in rows]
+        key = [(r["where"], r["chosen"], r["rejected"]) for r in rows]
+        if key != [(p.where, p.chosen, p.rejected) for p in evals]:
+            return None  # (other data than this run's: pairs are matched in order, not by statement)
+        pairs[name] = list(evals)
         rewards[name] = np.array([[r["reward_chosen"], r["reward_rejected"]] for r in rows], dtype=np.float64)
     return TrainResult(summary, rewards, {}, pairs)
 

@@ -96,5 +96,8 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
     # --resume in a fresh checkout (no checkpoints): the finished RMs are read back, not trained again
     for ckpt in (tmp_path / "o").rglob("checkpoint.pt"):
         ckpt.unlink()
+    files = {f: f.read_bytes() for f in (tmp_path / "o").rglob("seed*/*/*") if f.is_file()}
     again = main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished RM was trained again"))
     assert again["table"] == res["table"]
+    # a finished RM's folder is left as it was (several pairs share a statement: never matched by it)
+    assert {f: f.read_bytes() for f in files} == files
