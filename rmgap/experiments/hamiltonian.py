@@ -191,6 +191,8 @@ def preset_of(args) -> dict:
     preset["graphs"].update({k: v for k, v in overrides.items() if v is not None})
     preset["train"].update(flags.preset_overrides(args))
     preset["train"]["chat_template"] |= args.chat_template
+    if args.eval_every_epoch:  # (the paper preset evaluates every epoch already: TrainConfig's default)
+        preset["train"]["eval_every_epoch"] = True
     return preset
 
 
@@ -203,6 +205,9 @@ def main(argv=None, lm_factory=None) -> dict:
             f"--{flag}", type=float if flag in ("edge-prob", "lr") else int, help="override the preset"
         )
     ap.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
+    ap.add_argument(
+        "--eval-every-epoch", action="store_true", help="evaluate each RM after every epoch (learning curves)"
+    )
     ap.add_argument("--resume", action="store_true", help="continue each RM from <out>/<objective>/")
     ap.add_argument(
         "--seeds",

@@ -41,12 +41,21 @@ def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig,
         "correct": [bool(c) for c in correct],
         "correct_fraction": float(np.mean(correct)),
         "permutation_fraction": float(np.mean(perm)),  # n distinct vertices, cycle or not
+        "uniform_rate": uniform_cycle_rate(graphs.adj[:k]),
         "n": k,
         "samples": [
             {"graph": g, "text": o.text, "stopped": o.stopped, "correct": c}
             for g, (o, c) in enumerate(zip(outs, correct, strict=True))
         ],
     }
+
+
+def uniform_cycle_rate(adjs: np.ndarray) -> float:
+    """The expected Hamiltonian-cycle rate of a sampler uniform over the constrained format's
+    responses (the n! orders of the vertices) on these graphs (G, n, n): mean over graphs of
+    |C(x)| / n!, |C(x)| = every cycle × n starts × 2 directions (theory.graphs.hamiltonian_cycles)."""
+    n = adjs.shape[1]
+    return float(np.mean([len(hamiltonian_cycles(a)) for a in adjs]) / math.factorial(n))
 
 
 @torch.no_grad()
@@ -84,6 +93,7 @@ def constrained_summary(records: dict) -> dict:
         for split, g in gen.items():
             k, n = sum(g["correct"]), len(g["correct"])
             row = {"correct_fraction": k / n, "ci95": list(wilson_ci(k, n)), "n": n}
+            row["uniform_rate"] = g.get("uniform_rate")  # (None in a run from before it was kept)
             if name != "reference":
                 diff, lo, hi = paired_bootstrap_ci(g["correct"], ref[split]["correct"])
                 row["minus_reference"], row["minus_reference_ci95"] = diff, [lo, hi]
@@ -109,4 +119,8 @@ def constrained_rows(s: dict, names: list[str]) -> list[str]:
             ]
         )
         lines.append(f"| constrained rate − reference's, {split} [95 % CI] | {cells} | — |")
+        if rate[0].get("uniform_rate") is not None:  # a property of the graphs: one value per split
+            cells = " | ".join([f"{rate[0]['uniform_rate']:.2e}"] + ["—"] * (len(names) - 1))
+            label = f"a uniform sampler's expected rate (mean \\|C(x)\\| / n!), {split}"
+            lines.append(f"| {label} | {cells} | — |")
     return lines

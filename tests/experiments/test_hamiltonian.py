@@ -4,6 +4,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import DIGITS, make_tiny_lm
 
@@ -13,9 +14,12 @@ def test_hamiltonian_end_to_end(tmp_path):
 
     out = tmp_path / "ham"
     argv = ["--vertices", "5", "--edge-prob", "0.3", "--n-train", "8", "--n-test", "4", "--epochs", "1"]
-    argv += ["--lr", "1e-3", "--out", str(out), "--quiet"]
+    argv += ["--lr", "1e-3", "--out", str(out), "--quiet", "--eval-every-epoch"]
     s = main(argv, lm_factory=lambda: make_tiny_lm(max_positions=256, extra_words=(*DIGITS, "Vertices:")))
     saved = json.loads((out / "summary.json").read_text())
+    for rm in ("ex_rm", "im_rm"):  # --eval-every-epoch: the learning curve from θ₀ on
+        history = json.loads((out / rm / "history.json").read_text())
+        assert [h["epoch"] for h in history if "test" in h] == [0, 1]
     for split in ("train", "test"):
         for rm in ("ex_rm", "im_rm"):
             assert 0 <= saved["accuracy"][split][rm] <= 1
@@ -59,6 +63,20 @@ def test_hamiltonian_end_to_end(tmp_path):
                 or c["minus_reference_ci95"][0] <= c["minus_reference"] <= c["minus_reference_ci95"][1]
             )
     assert "format-constrained sampling" in (out / "table.md").read_text()
+    # a uniform sampler's rate: every one of the 5! orders tried on each sampled graph
+    from itertools import permutations
+
+    from lm_probes.data.cycles import hamiltonian_data
+    from theory.graphs import is_hamiltonian_cycle
+
+    data = hamiltonian_data(n=5, edge_prob=0.3, n_train=8, n_test=4, seed=0)
+    orders = np.array(list(permutations(range(5))))
+    for split, n in (("train", 8), ("test", 4)):
+        hits = [is_hamiltonian_cycle(data[split].adj[g], orders).mean() for g in range(n)]
+        for lm in ("reference", "im_rm", "ex_rm"):
+            got = saved["generation_constrained"][lm][split]["uniform_rate"]
+            assert got == pytest.approx(np.mean(hits), rel=1e-12)
+    assert "uniform sampler" in (out / "table.md").read_text()
     # the graph-by-graph comparison, and --report re-deriving it and the table from summary.json alone
     vs = saved["mass_vs_reference"]
     assert set(vs) == {"ex_rm", "im_rm"} and 0 <= vs["im_rm"]["graphs_above"] <= vs["im_rm"]["n"] == 4
