@@ -15,6 +15,9 @@ same initial LM. Then, for the reference LM and each trained LM:
   * exact generation mass: every Hamiltonian cycle of each test graph (theory.graphs.hamiltonian_cycles:
     each start and direction) as a token sequence, ln π(C(x)|x) = logsumexp of their ln π, in batched
     passes that share the prompt; the EX-RM's LM (its backbone with its own output head) is the control;
+  * before training (lm_probes.probe.frozen): a linear head fitted on the reference LM's frozen states
+    of the training pairs (what an EX-RM that trains only its head can reach) and ln π_ref(y+) vs
+    ln π_ref(y−), on the test pairs: whether θ₀ verifies at all;
   * Theorem 1's tilt τ(p) (theory.tilted_correct_mass) at p = π_ref(C(x)|x) and δ = the IM-RM's own
     margin on that graph's test pair: what the least-generating verifier with that margin would put on C.
 
@@ -39,6 +42,7 @@ import numpy as np
 
 from lm_probes.data.cycles import add_graph_tokens, hamiltonian_data
 from lm_probes.lm.generation import SamplingConfig
+from lm_probes.probe.frozen import frozen_baselines
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
@@ -134,9 +138,12 @@ def run_hamiltonian(
     """Train every objective; analyse the reference LM and each trained LM. → {name: record}.
     ``runtime`` (lm_probes.distributed): training and the mass shared over processes."""
     chat, main_process = cfg.chat_template, runtime is None or runtime.is_main
-    records = {"reference": analyse(lm_factory(), data, preset, sampling, chat, quiet, runtime)}
     train = data["train"].pairs()
     evals = {"train": data["train"].pairs(preset["n_eval_train"]), "test": data["test"].pairs()}
+    reference = lm_factory()
+    records = {"reference": analyse(reference, data, preset, sampling, chat, quiet, runtime)}
+    # what θ₀ verifies before training: a head on its frozen states, and π_ref itself
+    records["reference"]["frozen"] = frozen_baselines(reference, train, evals["test"], chat_template=chat)
     for obj in objectives:
         lm = lm_factory()
         res = train_reward_model(
@@ -171,6 +178,7 @@ def make_summary(records: dict, beta: float) -> dict:
         },
         "generation_constrained": gen_.constrained_summary(records),
         "n_cycle_sequences_mean": float(np.mean(records["reference"]["mass"]["n_sequences"])),
+        "frozen_baselines": records["reference"].get("frozen"),
     }
     if "im_rm" in records:
         rewards = records["im_rm"]["train_result"].rewards["test"]

@@ -50,6 +50,28 @@ def header(s: dict) -> str:
     )
 
 
+def frozen_rows(f: dict | None, n_rms: int) -> list[str]:
+    """table.md's rows for what θ₀ verifies before training (lm_probes.probe.frozen), in the reference
+    column: a linear head on the frozen last / mean states, and ln π_ref(y+) > ln π_ref(y−)."""
+    if not f:  # (runs recorded before it existed have none)
+        return []
+    rest = " | —" * n_rms + " | — |"
+    rows = []
+    for key, label in (("last", "last state"), ("mean", "mean state")):
+        r = f["linear_probe"][key]
+        ci = r["test_ci95"]
+        rows.append(
+            f"| linear head on the frozen θ₀ {label} (λ by CV), train / test [95 % CI] | "
+            f"{r['train']:.3f} / {r['test']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{rest}"
+        )
+    r = f["reference_logprob"]
+    rows.append(
+        f"| ln π_ref(y+) > ln π_ref(y−), train / test [95 % CI] | {r['train']:.3f} / {r['test']:.3f} "
+        f"[{r['test_ci95'][0]:.3f}, {r['test_ci95'][1]:.3f}]{rest}"
+    )
+    return rows
+
+
 def table_markdown(s: dict, header: str) -> str:
     rms = list(s["accuracy"]["test"])
     names = ["reference", *rms]
@@ -65,6 +87,7 @@ def table_markdown(s: dict, header: str) -> str:
         lines.append(
             f"| verification accuracy, {split} | {cells} | {PAPER['accuracy'][split]['im_rm']:.3f} |"
         )
+    lines += frozen_rows(s.get("frozen_baselines"), len(rms))
     for split in ("train", "test"):
         cells = " | ".join(f"{s['generation'][n]['correct_fraction'][split]:.3f}" for n in names)
         lines.append(f"| correct generations, {split} | {cells} | 0 |")

@@ -77,6 +77,9 @@ def test_hamiltonian_end_to_end(tmp_path):
             got = saved["generation_constrained"][lm][split]["uniform_rate"]
             assert got == pytest.approx(np.mean(hits), rel=1e-12)
     assert "uniform sampler" in (out / "table.md").read_text()
+    frozen = saved["frozen_baselines"]  # fitted on every training pair, scored on every test pair
+    assert frozen["n"] == {"train": 8, "test": 4} and 0 <= frozen["linear_probe"]["last"]["test"] <= 1
+    assert "linear head on the frozen θ₀ last state" in (out / "table.md").read_text()
     # the graph-by-graph comparison, and --report re-deriving it and the table from summary.json alone
     vs = saved["mass_vs_reference"]
     assert set(vs) == {"ex_rm", "im_rm"} and 0 <= vs["im_rm"]["graphs_above"] <= vs["im_rm"]["n"] == 4
