@@ -6,6 +6,7 @@ figures:
 	$(PY) simulations/single_token.py
 	$(PY) simulations/token_overlap.py
 	$(PY) simulations/generation_verification.py
+	$(PY) simulations/optimizers.py
 
 test:
 	$(PY) -m pytest -q
