@@ -2,6 +2,7 @@
 
 theory.rewards       reward definitions, Bradley–Terry loss, accuracy with ties       (§1)
 theory.dynamics      ρ coefficients and first-order reward changes, EX and IM         (§3)
+theory.adam          Adam's first step, and the reward change along any given step    (§3)
 theory.max_margin    the max-margin separator an EX-RM converges to                   (§4)
 theory.verification  the tilting construction: verify without generating             (§2)
 theory.graphs        the Hamiltonian-cycle task of Theorem 1's experiment              (§2)
@@ -9,6 +10,7 @@ theory.graphs        the Hamiltonian-cycle task of Theorem 1's experiment       
 The statement of every result, in this project's words: theory/README.md.
 """
 
+from theory.adam import adam_first_step, ex_reward_change_along, im_reward_change_along
 from theory.dynamics import (
     RhoTerms,
     TokenStates,
@@ -32,12 +34,15 @@ __all__ = [
     "RhoTerms",
     "TokenStates",
     "accuracy",
+    "adam_first_step",
     "bt_grad_scale",
     "bt_loss",
     "ex_reward",
     "ex_reward_change",
+    "ex_reward_change_along",
     "im_reward",
     "im_reward_change",
+    "im_reward_change_along",
     "im_reward_change_batch",
     "im_token_contributions",
     "log_prob_grad_W",

@@ -12,6 +12,11 @@ heads of explicit types starting from ``initial_head(D, head_seed)`` and π_ref 
                 untied copy of the output head W, substituted by a functional call), re-scored;
   full          observed after one real SGD step on all trainable parameters, re-scored.
 
+``ProbeConfig(optimizer="adam")`` predicts and takes Adam's first step, Δθ = −η·g/(|g| + ε) (theory.adam),
+instead of −η·g: first_order is the JVP along it, head_only and full take it, and fixed_state is the
+closed form along the head-only step (``RewardType.fixed_state_along``: still linear in Δu, ΔW; no
+per-token contributions, which are SGD's).
+
 ℓ is the mean of the type's per-pair loss over the training triples; g = σ(r− − r+) at θ0 (½ for an
 untrained IM-RM, whose rewards are all 0). Everything is restored after each step, so every column
 refers to the same θ0 (the live model's weights are never edited: stepped weights enter functional
@@ -32,11 +37,11 @@ from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import LoadedLM
 from lm_probes.lm.scoring import Scorer, prompt_groups
 from lm_probes.lm.states import extract_states, stack_states
+from lm_probes.probe.appendix import contribution_rows, max_margin_check
 from lm_probes.probe.summary import summarise
 from lm_probes.rm.config import check_settings
 from lm_probes.rm.rewards import RewardParams, answer_ids, get_reward_type, initial_head
-from theory import bt_grad_scale, max_margin_separator
-from theory.max_margin import NotSeparableError
+from theory import adam_first_step, bt_grad_scale
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,22 @@ class ProbeConfig:
     head_seed: int = 0
     rewards: tuple = ("im_rm", "ex_rm")
     progress: bool = True
+    optimizer: str = "sgd"  # the step predicted and taken: "sgd" (−η∇ℓ) or "adam" (its first step)
+    adam_eps: float = 1e-8
 
     def __post_init__(self):  # (the numeric ranges training has: lr, beta, batch_size, head_seed)
         check_settings(self)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+
+    def step(self, grad: torch.Tensor) -> torch.Tensor:
+        """The optimiser's first step per unit learning rate, given the gradient: Δθ = −η·step(∇ℓ)."""
+        return grad if self.optimizer == "sgd" else adam_first_step(grad, self.adam_eps)
+
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 class _Run:
@@ -198,28 +216,33 @@ def _fixed_state(run: _Run, rt, g: np.ndarray) -> tuple[np.ndarray, list]:
     return col, contributions
 
 
-def _head_only(run: _Run, rt, head0, r0: np.ndarray) -> np.ndarray:
-    """Observed change after one real SGD step on what the fixed-state setting trains: the head u, or
-    an untied copy of the output matrix W (substituted in a functional call)."""
+def _head_only(run: _Run, rt, head0, r0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed change after one real step (ProbeConfig.optimizer's) on what the fixed-state setting
+    trains: the head u, or an untied copy of the output matrix W (substituted in a functional call);
+    and that step Δu or ΔW (float64)."""
     lr = run.cfg.lr
     if rt.fixed_state_moves == "head":
         u = head0.clone().requires_grad_(True)
         sc_tr = stack_states(run.tr_states, dtype=run.lm.dtype)
         r = rt.reward(sc_tr, run.params(rt, u, run.tr_states, run.lm.dtype))
         (gu,) = torch.autograd.grad(rt.loss(r[0::2], r[1::2]).mean(), [u])
-        u1 = (head0 - lr * gu).detach()
+        delta = (-lr * run.cfg.step(gu)).detach()
         sc_ev = stack_states(run.ev_states)
-        return rt.reward(sc_ev, run.params(rt, u1, run.ev_states, torch.float64)).numpy() - r0
+        r1 = rt.reward(sc_ev, run.params(rt, head0 + delta, run.ev_states, torch.float64)).numpy()
+        return r1 - r0, delta.double().cpu().numpy()
     name = _output_head_name(run.model)
     w = run.model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
     (gw,) = torch.autograd.grad(run.train_loss(rt, None, {name: w}, tie=False), [w])
-    stepped = {name: (w - lr * gw).detach()}
-    return run.rewards_after(rt, None, f"head-only {rt.name} step", stepped, tie=False) - r0
+    delta = (-lr * run.cfg.step(gw)).detach()
+    stepped = {name: (w + delta).detach()}
+    r1 = run.rewards_after(rt, None, f"head-only {rt.name} step", stepped, tie=False)
+    return r1 - r0, delta.double().cpu().numpy()
 
 
 def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
-    """Exact first order over every parameter (forward-mode JVP along −∇ℓ) and the observed change
-    after one real SGD step on all of them (the stepped weights substituted in a functional call)."""
+    """Exact first order over every parameter (forward-mode JVP along the step: −∇ℓ, or Adam's first
+    step) and the observed change after that real step on all of them (the stepped weights
+    substituted in a functional call)."""
     named = list(run.model.named_parameters())
     params = [p for _, p in named]
     u = None if head0 is None else head0.clone().requires_grad_(True)
@@ -235,14 +258,15 @@ def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
         grads = [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads, strict=True)]
         for p in params:
             p.requires_grad_(False)
-    tangents = {nm: -gr for (nm, _), gr in zip(named, grads[: len(params)], strict=True)}
-    g_head = grads[-1] if u is not None else None
+    steps = [run.cfg.step(gr) for gr in grads]  # Δθ / (−η): the gradient, or Adam's g / (|g| + ε)
+    tangents = {nm: -st for (nm, _), st in zip(named, steps[: len(params)], strict=True)}
+    s_head = steps[-1] if u is not None else None
     cols = {}
     with run.T("model: first-order JVP"):
-        cols["first_order"] = run.first_order(rt, tangents, head0, None if u is None else -g_head)
+        cols["first_order"] = run.first_order(rt, tangents, head0, None if u is None else -s_head)
     with run.T("model: full-parameter step"), torch.no_grad():
-        stepped = {f"model.{nm}": p - run.cfg.lr * gr for (nm, p), gr in zip(named, grads, strict=False)}
-        u1 = None if u is None else head0 - run.cfg.lr * g_head
+        stepped = {f"model.{nm}": p - run.cfg.lr * st for (nm, p), st in zip(named, steps, strict=False)}
+        u1 = None if u is None else head0 - run.cfg.lr * s_head
         cols["full"] = run.rewards_after(rt, u1, f"full {rt.name} step", stepped) - r0
     return cols
 
@@ -252,12 +276,19 @@ def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
     r_tr, r0 = _at_theta0(run, rt, head0)
     g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
     cols, contributions = {}, []
-    if rt.fixed_state is not None:
+    sgd = run.cfg.optimizer == "sgd"
+    if rt.fixed_state is not None and sgd:
         with run.T("dynamics arithmetic"):
             cols["fixed_state"], contributions = _fixed_state(run, rt, g)
-    if "head_only" in run.cfg.modes and rt.fixed_state_moves is not None:
+    adam_fixed = not sgd and rt.fixed_state_along is not None
+    if ("head_only" in run.cfg.modes or adam_fixed) and rt.fixed_state_moves is not None:
         with run.T("model: head-only steps"):
-            cols["head_only"] = _head_only(run, rt, head0, r0)
+            observed, delta = _head_only(run, rt, head0, r0)
+        if "head_only" in run.cfg.modes:
+            cols["head_only"] = observed
+        if adam_fixed:  # (Adam's step is not linear in ∇ℓ: the closed form along the step it takes)
+            with run.T("dynamics arithmetic"):
+                cols["fixed_state"] = rt.fixed_state_along(run.ev_states, delta, run.cfg.beta)
     if "full" in run.cfg.modes:
         cols.update(_full(run, rt, head0, r0))
     return cols, r0, [float(x) for x in g], contributions
@@ -308,7 +339,7 @@ def run_probe(
     summary = summarise(records, [rt.name for rt in types])
     summary.update(
         timings=run.T.seconds,
-        max_margin_fraction_positive=_max_margin_check(run, margin) if margin else None,
+        max_margin_fraction_positive=max_margin_check(run, margin) if margin else None,
         boundary_merged=[e.where for e in run.tr_encs + run.ev_encs if e.boundary_merged],
         dropped_identical=run.dropped,
         n_train_triples=run.n,
@@ -317,7 +348,7 @@ def run_probe(
         model=lm.info,
         g=gs,
     )
-    return {"records": records, "summary": summary, "contributions": _contribution_rows(run, contributions)}
+    return {"records": records, "summary": summary, "contributions": contribution_rows(run, contributions)}
 
 
 def first_order_moves(
@@ -349,48 +380,3 @@ def first_order_moves(
     finally:
         for p, flag in zip(named.values(), requires_grad, strict=True):
             p.requires_grad_(flag)
-
-
-def _contribution_rows(run: _Run, contributions: dict) -> list[dict]:
-    """Per evaluation response: its tokens and, per type with a decomposition, C±[k, l] per triple."""
-    if not any(contributions.values()):
-        return []
-    tok = run.lm.tokenizer
-    train_tokens = [
-        [tok.convert_ids_to_tokens(s.states.tokens.tolist()) for s in run.tr_states[2 * i : 2 * i + 2]]
-        for i in range(run.n)
-    ]
-    rows = []
-    for j, s in enumerate(run.ev_states):
-        pair = run.evals[j // 2]
-        rows.append(
-            dict(
-                index=j,
-                group=pair.group,
-                response=pair.chosen if j % 2 == 0 else pair.rejected,
-                tokens=tok.convert_ids_to_tokens(s.states.tokens.tolist()),
-                train_tokens=train_tokens,
-                **{name: c[j] for name, c in contributions.items() if c},
-            )
-        )
-    return rows
-
-
-def _max_margin_check(run: _Run, margin: list[Pair]) -> dict:
-    """The paper's footnote: the fraction of evaluation pairs, per group, on the right side of the
-    max-margin separator u* of the training (and margin-set) last-state differences."""
-    encs = [e for pr in run.encode(margin).encodings for e in pr]
-    states = extract_states(run.model, encs, run.pad, verify_head=False)
-    h_tr = np.stack([s.last_hidden for s in run.tr_states])
-    h_ev = np.stack([s.last_hidden for s in run.ev_states])
-    X = np.stack(
-        [states[2 * i].last_hidden - states[2 * i + 1].last_hidden for i in range(len(states) // 2)]
-        + [h_tr[2 * i] - h_tr[2 * i + 1] for i in range(run.n)]
-    )
-    try:
-        u_star = max_margin_separator(X).u
-    except NotSeparableError as exc:
-        return {"error": str(exc)}
-    right = (h_ev[0::2] - h_ev[1::2]) @ u_star > 0
-    groups = np.array([p.group for p in run.evals])
-    return {g: float(np.mean(right[groups == g])) for g in dict.fromkeys(groups)}

@@ -46,7 +46,13 @@ from lm_probes.common import Registry
 from lm_probes.lm.encoding import Encoded
 from lm_probes.lm.scoring import Scored, score
 from lm_probes.lm.states import ResponseStates
-from theory import ex_reward_change, im_reward_change_batch, im_token_contributions
+from theory import (
+    ex_reward_change,
+    ex_reward_change_along,
+    im_reward_change_along,
+    im_reward_change_batch,
+    im_token_contributions,
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,9 @@ class RewardType:
     fixed_state: FixedState | None = None
     fixed_state_moves: str | None = None  # "head" or "unembedding"
     contributions: Callable | None = None  # (bar, plus, minus, *, beta, lr, g) → (C+, C−)
+    # the fixed-state change along a given step of what fixed_state_moves names (theory.adam; Adam's
+    # step is not −η∇ℓ): (bars, delta (D,) or (V, D), beta) → (N,)
+    fixed_state_along: Callable[[list, np.ndarray, float], np.ndarray] | None = None
     # per-token split of the reward, where it is a sum over response tokens:
     # (token_logprob (K,), ref_token_logprob (K,) or None, beta) → (K,) summing to the reward
     token_rewards: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray] | None = None
@@ -178,6 +187,9 @@ def linear_head_type(name: str, summary: str, state: str) -> RewardType:
         h = np.stack([getattr(b, state) for b in bars])
         return ex_reward_change(h, getattr(plus, state), getattr(minus, state), lr=lr, g=g)
 
+    def along(bars: list[ResponseStates], delta: np.ndarray, beta: float) -> np.ndarray:
+        return ex_reward_change_along(np.stack([getattr(b, state) for b in bars]), delta)
+
     return RewardType(
         name,
         summary,
@@ -186,6 +198,7 @@ def linear_head_type(name: str, summary: str, state: str) -> RewardType:
         needs_logits=False,
         fixed_state=fixed_state,
         fixed_state_moves="head",
+        fixed_state_along=along,
     )
 
 
@@ -208,6 +221,9 @@ def log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
     def token_rewards(lp: np.ndarray, ref: np.ndarray | None, beta: float) -> np.ndarray:
         return beta * (lp - ref if reference else lp)  # β (ln π_θ(y_k|·) − ln π_ref(y_k|·))
 
+    def along(bars: list[ResponseStates], delta: np.ndarray, beta: float) -> np.ndarray:
+        return im_reward_change_along([b.states for b in bars], delta, beta=beta)
+
     return RewardType(
         name,
         summary,
@@ -217,6 +233,7 @@ def log_ratio_type(name: str, summary: str, reference: bool) -> RewardType:
         fixed_state_moves="unembedding",
         contributions=contributions,
         token_rewards=token_rewards,
+        fixed_state_along=along,
     )
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lm_probes.data.pairs import read_jsonl
-from lm_probes.probe.one_step import ProbeConfig
+from lm_probes.probe.one_step import OPTIMIZERS, ProbeConfig
 from lm_probes.rm.rewards import REWARDS
 from rmgap import flags
 
@@ -28,7 +28,13 @@ def _parser():
     ap.add_argument("--rewards", default="im_rm,ex_rm", help=f"comma list of: {', '.join(REWARDS)}")
     ap.add_argument("--untie-head", action="store_true", help="untie the output head for the full step too")
     ap.add_argument("--beta", type=float, default=ProbeConfig.beta)
-    ap.add_argument("--lr", type=float, default=ProbeConfig.lr, help="η of the SGD step")
+    ap.add_argument("--lr", type=float, default=ProbeConfig.lr, help="η of the step")
+    ap.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=ProbeConfig.optimizer,
+        help="the step predicted and taken: sgd (−η∇ℓ) or adam (its first step, −η·g/(|g|+ε))",
+    )
     ap.add_argument("--modes", default="head_only,full", help="comma list of head_only, full")
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
@@ -83,6 +89,7 @@ def main(argv=None, lm=None) -> dict:
         head_seed=args.seed if args.head_seed is None else args.head_seed,
         rewards=rewards,
         progress=not args.quiet,
+        optimizer=args.optimizer,
     )
     args.out = args.out or Path("runs") / f"probe-{name}"
     flags.claim_out(args, PROBE_OUTPUTS)

@@ -56,3 +56,25 @@ def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 6))
     assert main(["probe", "persona", "--device", "cuda", "--dtype", "float64"]) == 2
     assert "use --dtype float32" in capsys.readouterr().err
+
+
+def test_probe_cli_predicts_adams_first_step(tmp_path):
+    from rmgap.commands.probe import main
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [PROBE_TRAIN[0], *PROBE_EVALS]
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in rows
+        )
+    )
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--quiet", "--lr", "1e-5", "--optimizer", "adam"]
+    main(argv, lm=make_tiny_lm())
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["config"]["optimizer"] == "adam"
+    assert (
+        on_disk["head_only"]["im_rm"]["pearson"] > 0.9999
+        and on_disk["head_only"]["ex_rm"]["pearson"] > 0.9999
+    )
+    assert on_disk["full"]["im_rm"]["pearson_first_order"] > 0.999
