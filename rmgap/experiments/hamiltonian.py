@@ -144,6 +144,7 @@ def run_hamiltonian(
     records = {"reference": analyse(reference, data, preset, sampling, chat, quiet, runtime)}
     # what θ₀ verifies before training: a head on its frozen states, and π_ref itself
     records["reference"]["frozen"] = frozen_baselines(reference, train, evals["test"], chat_template=chat)
+    records["reference"]["model"] = reference.info
     for obj in objectives:
         lm = lm_factory()
         res = train_reward_model(
@@ -207,7 +208,11 @@ def preset_of(args) -> dict:
 def main(argv=None, lm_factory=None) -> dict:
     ap = flags.parser("rmgap hamiltonian", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--objectives", default="ex_rm,im_rm", help=f"comma list of: {', '.join(REWARDS)}")
+    ap.add_argument(
+        "--objectives",
+        default="ex_rm,im_rm",
+        help=f"comma list of: {', '.join(REWARDS)}; none: analyse the reference LM alone (no training)",
+    )
     for flag in ("vertices", "edge-prob", "n-train", "n-test", "epochs", "lr"):
         ap.add_argument(
             f"--{flag}", type=float if flag in ("edge-prob", "lr") else int, help="override the preset"
@@ -228,7 +233,11 @@ def main(argv=None, lm_factory=None) -> dict:
     args = ap.parse_args(argv)
     if args.report:
         return report(args.report)
-    objectives = flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    objectives = (
+        () if args.objectives == "none" else flags.parse_list(args.objectives, tuple(REWARDS), "--objectives")
+    )
+    if args.seeds and not objectives:
+        raise ValueError("--seeds needs --objectives to train: the reference LM alone has no training seed")
     preset = preset_of(args)
     data = hamiltonian_data(**preset["graphs"], seed=args.seed)
     cfg = flags.train_config(args, **preset["train"])
@@ -272,7 +281,7 @@ def main(argv=None, lm_factory=None) -> dict:
             },
             preset=args.preset,
             command=flags.command_line("rmgap hamiltonian", argv),
-            model=records[objectives[0]]["train_result"].summary["model"],
+            model=records["reference"]["model"],
             seconds=time.perf_counter() - t0,
             paper=PAPER,
         )

@@ -151,3 +151,29 @@ def test_hamiltonian_over_seeds_aggregates_each_seeds_own_numbers(tmp_path):
     assert (out / "table_seeds.md").exists() and json.loads((out / "summary_seeds.json").read_text())[
         "seeds"
     ] == [0, 1]
+
+
+def test_the_reference_lm_alone(tmp_path):
+    """--objectives none: no training; the reference LM's generation, exact mass and frozen baselines."""
+    from rmgap.experiments.hamiltonian import main
+
+    out = tmp_path / "ref"
+    argv = [
+        "--vertices",
+        "5",
+        "--edge-prob",
+        "0.3",
+        "--n-train",
+        "6",
+        "--n-test",
+        "4",
+        "--objectives",
+        "none",
+    ]
+    s = main(
+        [*argv, "--out", str(out), "--quiet"],
+        lm_factory=lambda: make_tiny_lm(max_positions=256, extra_words=(*DIGITS, "Vertices:")),
+    )
+    assert s["accuracy"] == {"train": {}, "test": {}} and list(s["generation"]) == ["reference"]
+    assert s["frozen_baselines"]["n"] == {"train": 6, "test": 4} and "tilt" not in s
+    assert s["model"]["vocab_size"] > 0 and (out / "table.md").exists() and not (out / "im_rm").exists()
