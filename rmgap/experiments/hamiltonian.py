@@ -205,7 +205,7 @@ def preset_of(args) -> dict:
     return preset
 
 
-def main(argv=None, lm_factory=None) -> dict:
+def _parser():
     ap = flags.parser("rmgap hamiltonian", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument(
@@ -230,7 +230,11 @@ def main(argv=None, lm_factory=None) -> dict:
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/hamiltonian")
     ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None, lm_factory=None) -> dict:
+    args = _parser().parse_args(argv)
     if args.report:
         return report(args.report)
     objectives = (
