@@ -32,21 +32,36 @@ def _families() -> dict:
         "llama_untied": (T.LlamaConfig, T.LlamaForCausalLM, dict(gqa, tie_word_embeddings=False)),
         "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, dict(gqa, tie_word_embeddings=True)),
         "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(gqa, head_dim=8)),
-        "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(gqa, pad_token_id=0)),
-        "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, dict(n_embd=32, n_layer=2, n_head=4)),
+        # (their configs' default special ids, 32 000 and 50 256, lie outside the tiny vocabulary: set
+        # as a real folder's are; GPT-2 with pad == EOS == BOS, Phi-3 with EOS ≠ pad)
+        "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(gqa, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+        "gpt2": (
+            T.GPT2Config,
+            T.GPT2LMHeadModel,
+            dict(n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        ),
     }
 
 
 FAMILIES = list(_families())
 
 
+def _words() -> tuple:
+    """Every word the experiments' tiny data use (Persona, the EX-GRM's template, graphs, math)."""
+    from tests.conftest import DIGITS, GRM_WORDS
+    from tests.experiments.test_mitigations import PERSONA_WORDS
+    from tests.experiments.test_robustness import EXTRA
+
+    return (*PERSONA_WORDS, *GRM_WORDS, *DIGITS, "Vertices:", *EXTRA)
+
+
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
-    root, tok = tmp_path_factory.mktemp("families"), make_tiny_lm().tokenizer
+    root, tok = tmp_path_factory.mktemp("families"), make_tiny_lm(extra_words=_words()).tokenizer
     out = {}
     for name, (config, model, options) in _families().items():
         torch.manual_seed(0)
-        positions = {"n_positions": 96} if name == "gpt2" else {"max_position_embeddings": 96}
+        positions = {"n_positions": 256} if name == "gpt2" else {"max_position_embeddings": 256}
         model(config(vocab_size=len(tok), **positions, **options)).save_pretrained(root / name)
         tok.save_pretrained(root / name)
         out[name] = root / name
@@ -56,6 +71,8 @@ def family_dirs(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_probe_on_every_family(family_dirs, family):
     lm = load_lm(str(family_dirs[family]), dtype="float64", quiet=True)
+    if family == "qwen2":  # see _tokenizer_of
+        lm.tokenizer = _tokenizer_of(family_dirs[family])
     cfg = ProbeConfig(lr=1e-5, progress=False)
     if family == "gemma2":
         with pytest.raises(HeadMismatchError, match="final_logit_softcapping") as exc:
@@ -94,3 +111,83 @@ def test_rmgap_train_on_every_family(family_dirs, family, tmp_path):
             objective,
             losses,
         )
+
+
+def _persona_file(tmp_path):
+    topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
+    rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path / "p.jsonl"
+
+
+def _experiment_argv(name: str, tmp_path) -> list[str]:
+    """One small run of each experiment: one epoch, a few pairs (the experiments' own tests' sizes)."""
+    if name == "persona":
+        argv = ["--persona-file", str(_persona_file(tmp_path)), "--n-train", "4", "--n-test", "2"]
+        return [*argv, "--objectives", "ex_rm,im_rm,ex_grm", "--epochs", "1"]
+    if name == "hamiltonian":
+        return ["--vertices", "5", "--edge-prob", "0.3", "--n-train", "4", "--n-test", "2", "--epochs", "1"]
+    if name == "mitigations":
+        argv = ["--persona-file", str(_persona_file(tmp_path)), "--n-train", "4", "--n-test", "2"]
+        return [*argv, "--probe-statements", "2", "--epochs", "1", "--mitigations", "none,token_dropout"]
+    from tests.conftest import WORDS
+
+    rows = [
+        {"prompt": f"is it true ? {w}", "chosen": f"yes , it is {w} therefore", "rejected": f"{bad} {w}"}
+        for w in WORDS[:10]
+        for bad in ("no it is not", "nope")
+    ]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--train-set", str(tmp_path / "t.jsonl"), "--quick", "--seeds", "0"]
+
+
+EXPERIMENTS = ("persona", "hamiltonian", "mitigations", "robustness")
+
+
+def _tokenizer_of(folder):
+    """The folder's own tokenizer.json. transformers 5 builds a Qwen2 folder's tokenizer as
+    Qwen2Tokenizer from the vocabulary alone, discarding tokenizer.json's pre-tokenizer (cf.
+    huggingface/transformers#44462): the tests' word-level vocabulary then tokenises to nothing. A real
+    Qwen2 folder's tokenizer is Qwen2's own, so only a foreign tokenizer in a Qwen2 folder meets this."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def test_a_qwen2_folder_with_a_foreign_tokenizer_is_rebuilt_by_transformers(family_dirs):
+    """The behaviour _tokenizer_of works around, pinned so that a transformers change shows."""
+    lm = load_lm(str(family_dirs["qwen2"]), quiet=True)
+    assert lm.tokenizer("yes no", add_special_tokens=False)["input_ids"] == []
+    assert _tokenizer_of(family_dirs["qwen2"])("yes no", add_special_tokens=False)["input_ids"] != []
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_experiment_on_every_family(family_dirs, family, experiment, tmp_path):
+    """Each experiment end to end on each family, loaded from its folder; what a family cannot do is
+    refused in one line (Gemma-2's soft-capped logits, where an experiment runs the probe)."""
+    import importlib
+
+    main = importlib.import_module(f"rmgap.experiments.{experiment}").main
+    argv = [*_experiment_argv(experiment, tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
+
+    def factory():
+        lm = load_lm(str(family_dirs[family]), dtype="float64", quiet=True)
+        if family == "qwen2":  # see _tokenizer_of
+            lm.tokenizer = _tokenizer_of(family_dirs[family])
+        return lm
+
+    if family == "qwen2" and experiment == "hamiltonian":  # (its config and tokenizer name no EOS)
+        with pytest.raises(ValueError, match="this model has none") as exc:
+            main(argv, lm_factory=factory)
+        assert "\n" not in str(exc.value)
+        return
+    if family == "gemma2" and experiment in ("mitigations", "robustness"):
+        with pytest.raises(HeadMismatchError, match="final_logit_softcapping") as exc:
+            main(argv, lm_factory=factory)
+        assert "\n" not in str(exc.value)
+        return
+    res = main(argv, lm_factory=factory)
+    assert res and (tmp_path / "run").is_dir()

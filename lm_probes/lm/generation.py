@@ -62,7 +62,14 @@ def eos_ids(lm: LoadedLM) -> list[int]:
     ids = {lm.tokenizer.eos_token_id}
     gen_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
     ids.update(gen_eos if isinstance(gen_eos, list | tuple) else [gen_eos])
-    return sorted(i for i in ids if i is not None)
+    ids = sorted(i for i in ids if i is not None)
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    if any(not 0 <= i < vocab for i in ids):
+        raise ValueError(
+            f"end-of-sequence id(s) {[i for i in ids if not 0 <= i < vocab]} (tokenizer / generation_config)"
+            f" lie outside the model's vocabulary of {vocab}: set generation_config.eos_token_id"
+        )
+    return ids
 
 
 def _cut(lm: LoadedLM, prompt: str, new: list[int], lp: torch.Tensor, eos: set[int], stop) -> Generation:

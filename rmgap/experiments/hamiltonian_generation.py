@@ -30,7 +30,13 @@ def generation_check(lm, graphs: GraphSet, limit: int, sampling: SamplingConfig,
     vertices and <sep>, the end after n vertices), so that every sample is a permutation and the
     fraction of Hamiltonian cycles is a rate any LM can reach (free sampling rarely spells the format)."""
     k = min(limit, len(graphs.prompts))
-    allowed = cycle_grammar(lm.tokenizer, graphs.adj.shape[1], eos_ids(lm)[0]) if constrained else None
+    eos = eos_ids(lm)
+    if constrained and not eos:
+        raise ValueError(
+            "constrained cycle sampling ends each response with end-of-sequence, and this model has none: "
+            "set its tokenizer's eos_token or generation_config.eos_token_id"
+        )
+    allowed = cycle_grammar(lm.tokenizer, graphs.adj.shape[1], eos[0]) if constrained else None
     if constrained:
         sampling = replace(sampling, max_new_tokens=2 * graphs.adj.shape[1])
     outs = generate(lm, graphs.prompts[:k], sampling, allowed)

@@ -72,3 +72,17 @@ def test_constrained_sampling_draws_only_the_format_from_the_renormalised_distri
             [lm.tokenizer("<sep>", add_special_tokens=False)["input_ids"][0]] if k < n - 1 else []
         )
     assert parse_response(greedy.text, n).tolist() == want
+
+
+def test_an_end_of_sequence_id_outside_the_vocabulary_is_refused_in_one_line():
+    """(A random model built from a config class keeps the family's default ids: Phi-3's 32 000.)"""
+    import pytest
+
+    from lm_probes.lm.generation import eos_ids
+    from tests.conftest import make_tiny_lm
+
+    lm = make_tiny_lm()
+    lm.model.generation_config.eos_token_id = 32000
+    with pytest.raises(ValueError, match="outside the model's vocabulary") as exc:
+        eos_ids(lm)
+    assert "\n" not in str(exc.value)
