@@ -35,7 +35,7 @@ from lm_probes.common import Timer, progress
 from lm_probes.data.pairs import DataError, Pair, encode_pairs
 from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import LoadedLM
-from lm_probes.lm.scoring import Scorer, prompt_groups
+from lm_probes.lm.scoring import HeadMismatchError, Scorer, prompt_groups
 from lm_probes.lm.states import extract_states, stack_states
 from lm_probes.probe.appendix import contribution_rows, max_margin_check
 from lm_probes.probe.summary import summarise
@@ -92,8 +92,16 @@ class _Run:
         self._encs = {None: (self.tr_encs, self.ev_encs)}  # by the reward type's verbalize
         self._answers: dict[str, tuple | None] = {}  # by reward type: its answers' token ids
         with self.T("model: states at θ0"):
-            self.tr_states = extract_states(self.model, self.tr_encs, self.pad) if self.tr_encs else []
-            self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
+            # logits ≠ W·h (Gemma-2's soft-capping, a scale, a bias): no fixed-state prediction and no
+            # head-only step, whose formulas assume W·h; first order and the full step still apply
+            self.not_Wh = None
+            try:
+                self.ev_states = extract_states(self.model, self.ev_encs, self.pad)
+            except HeadMismatchError as exc:
+                self.not_Wh = str(exc)
+                self.ev_states = extract_states(self.model, self.ev_encs, self.pad, verify_head=False)
+            tr = extract_states(self.model, self.tr_encs, self.pad, verify_head=False) if self.tr_encs else []
+            self.tr_states = tr
         self.n = len(train)
         self.scorer = Scorer(self.model)  # (functional calls: parameters substituted by name)
 
@@ -276,12 +284,12 @@ def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
     r_tr, r0 = _at_theta0(run, rt, head0)
     g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
     cols, contributions = {}, []
-    sgd = run.cfg.optimizer == "sgd"
-    if rt.fixed_state is not None and sgd:
+    sgd, wh = run.cfg.optimizer == "sgd", run.not_Wh is None
+    if rt.fixed_state is not None and sgd and wh:
         with run.T("dynamics arithmetic"):
             cols["fixed_state"], contributions = _fixed_state(run, rt, g)
-    adam_fixed = not sgd and rt.fixed_state_along is not None
-    if ("head_only" in run.cfg.modes or adam_fixed) and rt.fixed_state_moves is not None:
+    adam_fixed = not sgd and rt.fixed_state_along is not None and wh
+    if ("head_only" in run.cfg.modes or adam_fixed) and rt.fixed_state_moves is not None and wh:
         with run.T("model: head-only steps"):
             observed, delta = _head_only(run, rt, head0, r0)
         if "head_only" in run.cfg.modes:
@@ -343,6 +351,7 @@ def run_probe(
         boundary_merged=[e.where for e in run.tr_encs + run.ev_encs if e.boundary_merged],
         dropped_identical=run.dropped,
         n_train_triples=run.n,
+        fixed_state_skipped=run.not_Wh,  # why there is no fixed_state / head_only column, if none
         n_eval_pairs=len(run.evals),
         config=asdict(cfg),
         model=lm.info,
