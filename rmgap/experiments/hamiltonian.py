@@ -1,7 +1,8 @@
 """Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
 theory/README.md §2, Theorem 1).
 
-    rmgap hamiltonian --preset cpu --out figures/hamiltonian_preset-cpu_on-2cpu   # SmolLM2, 2 cores, ≤ 60 min
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian-n6_preset-cpu_on-2cpu   # SmolLM2, 2 cores, ~TIME
+    rmgap hamiltonian --preset cpu --objectives none --out runs/ham-ref     # the reference LM alone
     rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
 
 Data (lm_probes.data.cycles): graphs on n vertices, a planted Hamiltonian cycle plus i.i.d. edges;
@@ -22,9 +23,10 @@ same initial LM. Then, for the reference LM and each trained LM:
     margin on that graph's test pair: what the least-generating verifier with that margin would put on C.
 
 Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
-15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 with fewer graphs and epochs and
-a 10× larger learning rate (the arithmetic is in PRESETS' comment), generation on 64 train / 64 test
-prompts and the exact mass on 16 test graphs. Both give the prompt without a chat template, as the
+15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 on 6-vertex graphs, with
+fewer graphs and epochs and a 10× larger learning rate (the arithmetic and the measured reasons are in
+PRESETS' comment), every epoch evaluated, generation on 64 train / 64 test prompts and the exact mass
+on 16 test graphs. Both give the prompt without a chat template, as the
 authors' Pythia-1B saw it (--chat-template to use the model's).
 Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
 .<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
@@ -62,14 +64,17 @@ from rmgap.experiments.hamiltonian_report import (
 from theory import tilted_correct_mass, tilting_bound
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
-# saw it. cpu: a 10-vertex prompt is ~107 SmolLM2 tokens and a response 19, so a pair is ~250 tokens;
-# at ~130 tokens/s (fwd+bwd, 2 cores) 256 pairs × 2 epochs take ~16 min per RM and one evaluation of
-# 200 pairs ~2.5 min. A test graph has 20 to 500+ cycle sequences (every cycle × 10 starts × 2
-# directions; heavy-tailed: measured 20 s to 90 s per graph and LM on one contended core), so the exact
-# mass runs on 16 test graphs (paired across the LMs); generation on 64 + 64 prompts ~2 min per LM.
-# The reductions (graphs 1 000 → 256, test 200 → 100, epochs 15 → 2, batch 32 → 8 so that 2 epochs
-# are 64 optimiser steps, lr 1e-6 → 1e-5, evaluation after the last epoch only) buy time; the task
-# (10 vertices, edge probability 0.2) is the authors'.
+# saw it. cpu: 6-vertex graphs (paper 10). A 6-vertex prompt is ~54 SmolLM2 tokens and a response 11,
+# so a pair is ~130 tokens (a 10-vertex pair ~240); at ~125 tokens/s (fwd+bwd, 2 cores) 256 pairs take
+# ~4.5 min per epoch per RM, so 8 epochs (256 Adam steps at batch 8) fit where 10 vertices allowed 2.
+# Both reasons for 6 vertices are measured: at 10 vertices and 2 epochs the EX-RM stayed at chance
+# (figures/hamiltonian_preset-cpu_on-2cpu, the earlier cpu preset: test 0.510), and a uniform sampler
+# over the n! vertex orders finds a cycle with probability mean |C(x)|/n! ≈ 163.75/10! ≈ 4.5e-5 there,
+# which 64 samples cannot measure; at 6 vertices it is ≥ 12/720. A test graph has 12 to a few hundred
+# cycle sequences (every cycle × n starts × 2 directions), so the exact mass runs on 16 test graphs
+# (paired across the LMs); generation on 64 + 64 prompts, free and format-constrained. The reductions
+# (graphs 1 000 → 256, test 200 → 100, epochs 15 → 8, batch 32 → 8, lr 1e-6 → 1e-5) buy time; edge
+# probability 0.2 is the authors'. Every epoch is evaluated (the learning curves in <out>/<rm>/).
 PRESETS = {
     "paper": dict(
         graphs=dict(n=10, edge_prob=0.2, n_train=1000, n_test=200),
@@ -79,15 +84,15 @@ PRESETS = {
         n_mass=200,
     ),
     "cpu": dict(
-        graphs=dict(n=10, edge_prob=0.2, n_train=256, n_test=100),
+        graphs=dict(n=6, edge_prob=0.2, n_train=256, n_test=100),
         train=dict(
-            epochs=2,
+            epochs=8,
             lr=1e-5,
             batch_size=8,
             micro_batch=8,
             beta=0.01,
             chat_template=False,
-            eval_every_epoch=False,
+            eval_every_epoch=True,
         ),
         n_eval_train=100,
         n_generate=64,

@@ -7,9 +7,8 @@ import json
 from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm
 
 
-def test_probe_cli_writes_report(tmp_path):
-    from rmgap.commands.probe import main
-
+def _pairs_file(tmp_path):
+    """The probe's training triple, then its evaluation pairs, as a pairs file."""
     data = tmp_path / "pairs.jsonl"
     rows = [PROBE_TRAIN[0], *PROBE_EVALS]
     data.write_text(
@@ -17,6 +16,13 @@ def test_probe_cli_writes_report(tmp_path):
             json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in rows
         )
     )
+    return data
+
+
+def test_probe_cli_writes_report(tmp_path):
+    from rmgap.commands.probe import main
+
+    data = _pairs_file(tmp_path)
     out = tmp_path / "out"
     s = main(["--data", str(data), "--out", str(out), "--quiet", "--lr", "1e-4"], lm=make_tiny_lm())
     on_disk = json.loads((out / "summary.json").read_text())
@@ -61,13 +67,7 @@ def test_the_probe_refuses_float64_where_the_device_runs_it_badly(monkeypatch, c
 def test_probe_cli_predicts_adams_first_step(tmp_path):
     from rmgap.commands.probe import main
 
-    data = tmp_path / "pairs.jsonl"
-    rows = [PROBE_TRAIN[0], *PROBE_EVALS]
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in rows
-        )
-    )
+    data = _pairs_file(tmp_path)
     out = tmp_path / "out"
     argv = ["--data", str(data), "--out", str(out), "--quiet", "--lr", "1e-5", "--optimizer", "adam"]
     main(argv, lm=make_tiny_lm())
