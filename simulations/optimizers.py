@@ -2,19 +2,20 @@
 tie on unseen tokens survive momentum, Adam, AdamW and Adam with an L2 penalty, and where does each
 optimiser take the EX-RM's head?
 
-    python simulations/optimizers.py            # ≈ 20 s on 2 cores → figures/optimizers.{png,json}
-    python simulations/optimizers.py --quick    # ≈ 3 s, used by the tests
+    python simulations/optimizers.py            # ≈ 2 s on 2 cores → figures/optimizers.{png,json}
+    python simulations/optimizers.py --quick    # < 1 s, used by the tests
 
 The world is single_token.py's (fixed states, single-token responses, unseen evaluation tokens). The
 IM-RM's loss gradient on the row of a token that no training pair contains is exactly 0.0: the
 softmax terms of y+ and y− cancel because both share the prompt. Hence:
   * gd, momentum, adam (and any optimiser whose update of a coordinate is 0 while its gradients have
     all been 0): the rows of unseen tokens stay bitwise W0's, every unseen triple ties;
-  * adamw (decoupled weight decay λ): every row shrinks, W_t = c·W0_t with c = (1 − ηλ)^T − 1 < 0 on
-    unseen rows, so r(ȳ+) − r(ȳ−) = β·c·⟨W0_{ȳ+} − W0_{ȳ−}, h_x̄⟩: the ties break, and the unseen
+  * adamw (decoupled weight decay λ): every row shrinks, W_t − W0_t = c·W0_t with c = (1 − ηλ)^T − 1 < 0
+    on unseen rows, so r(ȳ+) − r(ȳ−) = β·c·⟨W0_{ȳ+} − W0_{ȳ−}, h_x̄⟩: the ties break, and the unseen
     ranking is exactly the reverse of the reference's (``reverse_of_reference`` checks it pair by pair);
-  * adam_l2 (λ‖W − 0‖² in the loss): the penalty's gradient reaches the unseen rows, Adam normalises
-    it to steps of size ≈ η, and the ties break too (no ranking is predicted: it is measured).
+  * adam_l2 (λW added to the gradient, i.e. (λ/2)‖W‖² in the loss): the penalty's gradient reaches
+    the unseen rows, Adam normalises it to steps of size ≈ η, and the ties break too (no ranking is
+    predicted: it is measured).
 The EX-RM's head u (from 0) is trained by the same optimiser; its direction is compared with the ℓ2
 max-margin separator u* (theory.max_margin) that gradient descent converges to.
 """
