@@ -9,6 +9,7 @@ probe gives it exact first order and the full step but no fixed-state prediction
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from lm_probes.lm.loading import load_lm
 from lm_probes.probe.one_step import ProbeConfig, run_probe
 from tests.conftest import PROBE_EVALS, PROBE_TRAIN, TRAIN, make_tiny_lm
 
+DEVICE = os.environ.get("RMGAP_TEST_DEVICE", "cpu")  # (benchmarks/gpu_run.sh runs the matrix on cuda)
 SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
 
@@ -70,7 +72,7 @@ def family_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_probe_on_every_family(family_dirs, family):
-    lm = load_lm(str(family_dirs[family]), dtype="float64", quiet=True)
+    lm = load_lm(str(family_dirs[family]), dtype="float64", device=DEVICE, quiet=True)
     if family == "qwen2":  # see _tokenizer_of
         lm.tokenizer = _tokenizer_of(family_dirs[family])
     cfg = ProbeConfig(lr=1e-5, progress=False)
@@ -99,6 +101,8 @@ def test_rmgap_train_on_every_family(family_dirs, family, tmp_path):
         argv = [
             "--model",
             str(family_dirs[family]),
+            "--device",
+            DEVICE,
             "--dtype",
             "float64",
             "--train",
@@ -176,7 +180,7 @@ def test_every_experiment_on_every_family(family_dirs, family, experiment, tmp_p
     argv = [*_experiment_argv(experiment, tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
 
     def factory():
-        lm = load_lm(str(family_dirs[family]), dtype="float64", quiet=True)
+        lm = load_lm(str(family_dirs[family]), dtype="float64", device=DEVICE, quiet=True)
         if family == "qwen2":  # see _tokenizer_of
             lm.tokenizer = _tokenizer_of(family_dirs[family])
         return lm

@@ -126,8 +126,9 @@ def dose_figure(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(fams), figsize=(4.2 * len(fams), 7), squeeze=False, sharey="row")
     for j, (fam, names) in enumerate(fams):
         for obj, color in (("ex_rm", "tab:blue"), ("im_rm", "tab:red")):
-            pts = sorted(
-                (e["token_overlap"], e, n, s) for n in names for s, e in res["transforms"][n].items()
+            pts = sorted(  # by overlap alone: equal overlaps (ties) must not compare the entries
+                ((e["token_overlap"], e, n, s) for n in names for s, e in res["transforms"][n].items()),
+                key=lambda p: p[0],
             )
             x = [p[0] for p in pts]
             acc = [p[1][obj]["accuracy"] for p in pts]

@@ -232,3 +232,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, train_file):
         code, _, err = run_rmgap(*base, *extra)
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("rmgap robustness: error:")
+
+
+def test_the_dose_figure_takes_transformations_with_equal_token_overlap(tmp_path):
+    """Two strengths with the same overlap (a tiny vocabulary's <unk>s, or real ties) once made the
+    figure compare two entries, a TypeError at the end of a finished run."""
+    from rmgap.experiments.robustness_report import dose_figure
+
+    cell = {"ex_rm": {"accuracy": 0.5}, "im_rm": {"accuracy": 0.5}}
+    res = {
+        "transforms": {
+            "synonyms": {"0.5": {"token_overlap": 0.9, **cell}, "1": {"token_overlap": 0.9, **cell}}
+        }
+    }
+    dose_figure(res, tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
