@@ -1,7 +1,7 @@
 """Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
 theory/README.md §2, Theorem 1).
 
-    rmgap hamiltonian --preset cpu --out figures/hamiltonian-n6_preset-cpu_on-2cpu   # SmolLM2, 2 cores, ~TIME
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian-n6_preset-cpu_on-2cpu   # SmolLM2, 2 cores, 74 min
     rmgap hamiltonian --preset cpu --objectives none --out runs/ham-ref     # the reference LM alone
     rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
 
