@@ -1,7 +1,7 @@
 """Verification without generation on a real LM (the paper's §3 Hamiltonian-cycle experiment;
 theory/README.md §2, Theorem 1).
 
-    rmgap hamiltonian --preset cpu --out figures/hamiltonian-n6_preset-cpu_on-2cpu   # SmolLM2, 2 cores, 74 min
+    rmgap hamiltonian --preset cpu --out figures/hamiltonian-n6_preset-cpu_on-2cpu  # SmolLM2, 2 cores, 74 min
     rmgap hamiltonian --preset cpu --objectives none --out runs/ham-ref     # the reference LM alone
     rmgap hamiltonian --preset paper --model EleutherAI/pythia-1b --device cuda --out runs/hamiltonian
 
@@ -54,6 +54,7 @@ from rmgap.experiments import hamiltonian_generation as gen_
 from rmgap.experiments.hamiltonian_generation import generation_check, generation_mass
 from rmgap.experiments.hamiltonian_report import (
     PAPER,
+    accuracy_ci,
     header,
     mass_vs_reference,
     report,
@@ -293,6 +294,9 @@ def main(argv=None, lm_factory=None) -> dict:
             model=records["reference"]["model"],
             seconds=time.perf_counter() - t0,
             paper=PAPER,
+        )
+        summary["accuracy_ci95"] = accuracy_ci(
+            {s: {rm: records[rm]["train_result"].rewards[s] for rm in objectives} for s in ("train", "test")}
         )
         summary["markdown"] = table_markdown(summary, header(summary))
         write_hamiltonian(summary, records, out)

@@ -10,6 +10,7 @@ import numpy as np
 
 from lm_probes.common import write_json, write_jsonl, write_text
 from lm_probes.reports import pyplot, save_figure, write_training
+from lm_probes.stats import wilson_ci
 from rmgap.experiments import hamiltonian_generation as gen_
 from rmgap.experiments.persona_seeds import ci_cell
 
@@ -18,6 +19,31 @@ PAPER = {
     "accuracy": {"train": {"ex_rm": 1.0, "im_rm": 1.0}, "test": {"ex_rm": 0.980, "im_rm": 0.993}},
     "generation": {"im_rm": {"correct_fraction": {"train": 0.0, "test": 0.0}}},
 }
+
+
+def accuracy_ci(rewards: dict) -> dict:
+    """{split: {rm: (N, 2) rewards of (chosen, rejected)}} → {split: {rm: the 95 % Wilson interval of
+    the verification accuracy}} (ties as ½, rounded to a count)."""
+    out: dict = {}
+    for split, by_rm in rewards.items():
+        out[split] = {}
+        for rm, r in by_rm.items():
+            d = np.asarray(r)[:, 0] - np.asarray(r)[:, 1]
+            out[split][rm] = list(wilson_ci(round(float((d > 0).sum() + 0.5 * (d == 0).sum())), len(d)))
+    return out
+
+
+def read_rewards(run: Path, rms) -> dict:
+    """{split: {rm: (N, 2)}} from each RM's rewards_<split>.jsonl in ``run``."""
+    out: dict = {}
+    for split in ("train", "test"):
+        out[split] = {}
+        for rm in rms:
+            rows = (Path(run) / rm / f"rewards_{split}.jsonl").read_text().splitlines()
+            out[split][rm] = np.array(
+                [[(x := json.loads(r))["reward_chosen"], x["reward_rejected"]] for r in rows]
+            )
+    return out
 
 
 def mass_vs_reference(s: dict) -> dict:
@@ -82,8 +108,16 @@ def table_markdown(s: dict, header: str) -> str:
         "| | " + " | ".join(names) + " | paper (IM-RM) |",
         "|---|" + "---:|" * (len(names) + 1),
     ]
+    ci = s.get("accuracy_ci95", {})
     for split in ("train", "test"):
-        cells = " | ".join(["—", *(f"{s['accuracy'][split][rm]:.3f}" for rm in rms)])
+        cells = " | ".join(
+            ["—"]
+            + [
+                f"{s['accuracy'][split][rm]:.3f}"
+                + (f" [{ci[split][rm][0]:.3f}, {ci[split][rm][1]:.3f}]" if rm in ci.get(split, {}) else "")
+                for rm in rms
+            ]
+        )
         lines.append(
             f"| verification accuracy, {split} | {cells} | {PAPER['accuracy'][split]['im_rm']:.3f} |"
         )
@@ -180,6 +214,7 @@ def report(run: Path) -> dict:
         raise FileNotFoundError(f"{path}: no summary.json (is {run} a finished rmgap hamiltonian run?)")
     s = json.loads(path.read_text())
     s["mass_vs_reference"] = mass_vs_reference(s)
+    s["accuracy_ci95"] = accuracy_ci(read_rewards(run, list(s["accuracy"]["test"])))
     markdown = table_markdown(s, header(s))
     write_json(path, s)
     write_text(Path(run) / "table.md", markdown)

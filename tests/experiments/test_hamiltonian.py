@@ -177,3 +177,18 @@ def test_the_reference_lm_alone(tmp_path):
     assert s["accuracy"] == {"train": {}, "test": {}} and list(s["generation"]) == ["reference"]
     assert s["frozen_baselines"]["n"] == {"train": 6, "test": 4} and "tilt" not in s
     assert s["model"]["vocab_size"] > 0 and (out / "table.md").exists() and not (out / "im_rm").exists()
+
+
+def test_verification_accuracy_intervals_are_wilsons_of_the_rewards_files(tmp_path):
+    from rmgap.experiments.hamiltonian_report import accuracy_ci, read_rewards
+
+    run = tmp_path / "run"
+    (run / "ex_rm").mkdir(parents=True)
+    rows = [(1.0, 0.0)] * 7 + [(0.0, 1.0)] * 2 + [(0.5, 0.5)] * 2  # 7 right, 2 wrong, 2 ties: k = 8 of 11
+    for split in ("train", "test"):
+        text = "".join(json.dumps({"reward_chosen": a, "reward_rejected": b}) + "\n" for a, b in rows)
+        (run / "ex_rm" / f"rewards_{split}.jsonl").write_text(text)
+    from lm_probes.stats import wilson_ci
+
+    ci = accuracy_ci(read_rewards(run, ["ex_rm"]))
+    assert ci["test"]["ex_rm"] == list(wilson_ci(8, 11)) and ci["train"] == ci["test"]
