@@ -10,9 +10,10 @@ y+ = the planted cycle, y− = a random permutation with a non-edge; <sep> and <
 (embeddings resized, the new rows drawn with the run's seed, identical in every copy of the model).
 The EX-RM and the IM-RM (and any --objectives of lm_probes.rm.rewards) train on the same pairs from the
 same initial LM. Then, for the reference LM and each trained LM:
-  * generation: one sample per train and test prompt, temperature 1, top-k 0, top-p 1, at most 2n − 1
-    new tokens (a response's length) or until end-of-sequence; correct = exactly n distinct vertices
-    joined by <sep>, consecutive ones (and the last with the first) adjacent;
+  * generation: one sample per prompt of the first n_generate train and test graphs, temperature 1,
+    top-k 0, top-p 1, at most 2n − 1 new tokens (a response's length) or until end-of-sequence;
+    correct = exactly n distinct vertices joined by <sep>, consecutive ones (and the last with the
+    first) adjacent;
   * exact generation mass: every Hamiltonian cycle of each test graph (theory.graphs.hamiltonian_cycles:
     each start and direction) as a token sequence, ln π(C(x)|x) = logsumexp of their ln π, in batched
     passes that share the prompt; the EX-RM's LM (its backbone with its own output head) is the control;
@@ -24,10 +25,10 @@ same initial LM. Then, for the reference LM and each trained LM:
 
 Presets: ``paper`` = the authors' (10 vertices, edge probability 0.2, 1 000 train / 200 test graphs,
 15 epochs, Adam lr 1e-6, effective batch 32, β 0.01). ``cpu`` = SmolLM2 on 6-vertex graphs, with
-fewer graphs and epochs and a 10× larger learning rate (the arithmetic and the measured reasons are in
-PRESETS' comment), every epoch evaluated, generation on 64 train / 64 test prompts and the exact mass
-on 16 test graphs. Both give the prompt without a chat template, as the
-authors' Pythia-1B saw it (--chat-template to use the model's).
+fewer graphs and epochs, batch 8 and a 10× larger learning rate (the arithmetic and the measured
+reasons are in PRESETS' comment), every epoch evaluated, generation on 64 train / 64 test prompts and
+the exact mass on 16 test graphs. Both give the prompt without a chat template, as the authors'
+Pythia-1B saw it (--chat-template to use the model's).
 Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
 .<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
 hamiltonian.png, samples.jsonl (every generation), and each RM's training outputs under <out>/<rm>/.
@@ -66,13 +67,15 @@ from theory import tilted_correct_mass, tilting_bound
 
 # Both presets give the prompt raw, without a chat template, as the authors' Pythia-1B (which has none)
 # saw it. cpu: 6-vertex graphs (paper 10). A 6-vertex prompt is ~54 SmolLM2 tokens and a response 11,
-# so a pair is ~130 tokens (a 10-vertex pair ~240); at ~125 tokens/s (fwd+bwd, 2 cores) 256 pairs take
-# ~4.5 min per epoch per RM, so 8 epochs (256 Adam steps at batch 8) fit where 10 vertices allowed 2.
-# Both reasons for 6 vertices are measured: at 10 vertices and 2 epochs the EX-RM stayed at chance
-# (figures/hamiltonian_preset-cpu_on-2cpu, the earlier cpu preset: test 0.510), and a uniform sampler
-# over the n! vertex orders finds a cycle with probability mean |C(x)|/n! ≈ 163.75/10! ≈ 4.5e-5 there,
-# which 64 samples cannot measure; at 6 vertices it is ≥ 12/720. A test graph has 12 to a few hundred
-# cycle sequences (every cycle × n starts × 2 directions), so the exact mass runs on 16 test graphs
+# so a pair is ~130 tokens (a 10-vertex pair ~240); 256 pairs took 4.3 min per epoch for the IM-RM
+# and 2.1 min for the EX-RM (measured), so 8 epochs (256 Adam steps at batch 8) fit where 10 vertices
+# allowed 2.
+# Why: at 64 steps the EX-RM was at chance at both sizes (figures/hamiltonian_preset-cpu_on-2cpu, the
+# earlier cpu preset: test 0.510), so it needs the steps 6 vertices make affordable; and a uniform
+# sampler over the n! vertex orders finds a cycle with probability mean |C(x)|/n! = 163.75/10! ≈ 4.5e-5
+# on the 16 mass graphs at 10 vertices, which 64 samples cannot measure; at 6 vertices it is ≥ 12/720.
+# A 6-vertex test graph has 12–72 cycle sequences (every cycle × n starts × 2 directions; 10 vertices:
+# 20 to a few thousand), and the exact mass runs on 16 test graphs
 # (paired across the LMs); generation on 64 + 64 prompts, free and format-constrained. The reductions
 # (graphs 1 000 → 256, test 200 → 100, epochs 15 → 8, batch 32 → 8, lr 1e-6 → 1e-5) buy time; edge
 # probability 0.2 is the authors'. Every epoch is evaluated (the learning curves in <out>/<rm>/).
