@@ -116,11 +116,15 @@ unpack() {  # unpack ARCHIVE: each output folder under figures/<name>_on-<gpu>/,
     local archive=$1 tmp gpu dest
     tmp=$(mktemp -d)
     tar -xzf "$archive" -C "$tmp"
-    gpu=$(python -c "import json,sys; m=json.load(open(sys.argv[1])); print(m.get('gpu', m['device']).split()[-1].lower())" "$tmp/machine.json")
+    # the machine's short name: "NVIDIA H100 80GB HBM3" -> h100 (the model number), else the device
+    gpu=$(python -c 'import json, re, sys; m = json.load(open(sys.argv[1])); hit = re.search(r"\b([A-Z]+\d{2,4})\b", m.get("gpu", "")); print((hit.group(1) if hit else m["device"]).lower())' "$tmp/machine.json")
+    for d in persona-seeds robustness; do  # (every destination checked before anything moves)
+        dest="$FIGURES/${d}_preset-paper_on-$gpu"
+        if [ -d "$tmp/$d" ] && [ -e "$dest" ]; then echo "$dest exists: not overwritten" >&2; exit 2; fi
+    done
     for d in persona-seeds robustness; do
         [ -d "$tmp/$d" ] || continue
         dest="$FIGURES/${d}_preset-paper_on-$gpu"
-        [ -e "$dest" ] && { echo "$dest exists: not overwritten" >&2; exit 2; }
         mv "$tmp/$d" "$dest"
         cp "$tmp/machine.json" "$tmp/steps.jsonl" "$dest/"
     done

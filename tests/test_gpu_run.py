@@ -58,6 +58,11 @@ def test_dry_run_records_every_step_packs_and_unpacks_once(tiny_folder, tmp_path
     assert (dest / "table.json").exists() and (dest / "machine.json").exists()
     again = _sh("unpack", str(out / "gpu_run.tar.gz"), "--figures", str(figs), check=False)
     assert again.returncode == 2 and "not overwritten" in again.stderr
+    # a later destination that exists stops the unpack before any folder moves
+    figs2 = tmp_path / "figs2"
+    (figs2 / "robustness_preset-paper_on-cpu").mkdir(parents=True)
+    assert _sh("unpack", str(out / "gpu_run.tar.gz"), "--figures", str(figs2), check=False).returncode == 2
+    assert not (figs2 / "persona-seeds_preset-paper_on-cpu").exists()
 
 
 def test_prepare_splits_under_the_carry_limit_and_check_catches_a_corrupt_piece(tmp_path):
