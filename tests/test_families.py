@@ -72,9 +72,7 @@ def family_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_probe_on_every_family(family_dirs, family):
-    lm = load_lm(str(family_dirs[family]), dtype="float64", device=DEVICE, quiet=True)
-    if family == "qwen2":  # see _tokenizer_of
-        lm.tokenizer = _tokenizer_of(family_dirs[family])
+    lm = _load(family_dirs, family)
     cfg = ProbeConfig(lr=1e-5, progress=False)
     s = run_probe(lm, PROBE_TRAIN, PROBE_EVALS, cfg)["summary"]
     if family == "gemma2":  # logits ≠ W·h: exact first order and the full step only, and why
@@ -162,6 +160,14 @@ def _tokenizer_of(folder):
     )
 
 
+def _load(family_dirs, family):
+    """The family's folder as a user's model (float64, on DEVICE), with Qwen2's own tokenizer.json."""
+    lm = load_lm(str(family_dirs[family]), dtype="float64", device=DEVICE, quiet=True)
+    if family == "qwen2":  # see _tokenizer_of
+        lm.tokenizer = _tokenizer_of(family_dirs[family])
+    return lm
+
+
 def test_a_qwen2_folder_with_a_foreign_tokenizer_is_rebuilt_by_transformers(family_dirs):
     """The behaviour _tokenizer_of works around, pinned so that a transformers change shows."""
     lm = load_lm(str(family_dirs["qwen2"]), quiet=True)
@@ -180,10 +186,7 @@ def test_every_experiment_on_every_family(family_dirs, family, experiment, tmp_p
     argv = [*_experiment_argv(experiment, tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
 
     def factory():
-        lm = load_lm(str(family_dirs[family]), dtype="float64", device=DEVICE, quiet=True)
-        if family == "qwen2":  # see _tokenizer_of
-            lm.tokenizer = _tokenizer_of(family_dirs[family])
-        return lm
+        return _load(family_dirs, family)
 
     if family == "qwen2" and experiment == "hamiltonian":  # (its config and tokenizer name no EOS)
         with pytest.raises(ValueError, match="this model has none") as exc:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from theory.dynamics import TokenStates
+from theory.dynamics import TokenStates, softmax_rows
 
 
 def adam_first_step(grad, eps: float = 1e-8):
@@ -43,8 +43,6 @@ def im_reward_change_along(bars: Sequence[TokenStates], delta_W, *, beta: float)
     out = np.empty(len(bars))
     for i, s in enumerate(bars):
         z = s.hidden.astype(np.float64) @ dW.T  # (K, V): ΔW h̄_k
-        lg = s.logits.astype(np.float64)
-        p = np.exp(lg - lg.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = softmax_rows(s.logits)
         out[i] = beta * float((z[np.arange(s.n_tokens), s.tokens] - (p * z).sum(axis=1)).sum())
     return out

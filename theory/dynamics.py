@@ -378,13 +378,17 @@ def ex_reward_change(h_bar, h_plus, h_minus, *, lr: float, g: float):
     return float(out) if out.ndim == 0 else out
 
 
+def softmax_rows(logits) -> np.ndarray:
+    """softmax of each row of (K, V) logits, in float64 (max-shifted)."""
+    lg = np.asarray(logits, dtype=np.float64)
+    p = np.exp(lg - lg.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def log_prob_grad_W(tokens, hidden, logits) -> np.ndarray:
     """∇_W ln π(y|x) = Σ_k (e_{y_k} − softmax(logits_k)) h_kᵀ, a dense (V, D) array (for checks and
     small V; the engine above never forms it). tokens (K,), hidden (K, D), logits (K, V)."""
     s = TokenStates(tokens, hidden, logits)
-    lg = s.logits.astype(np.float64)
-    p = np.exp(lg - lg.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    a = -p
+    a = -softmax_rows(s.logits)
     a[np.arange(s.n_tokens), s.tokens] += 1.0
     return a.T @ s.hidden.astype(np.float64)

@@ -13,6 +13,7 @@ from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.stats import wilson_ci
 from rmgap.experiments import hamiltonian_generation as gen_
 from rmgap.experiments.persona_seeds import ci_cell
+from theory import accuracy
 
 PAPER = {
     "model": "Pythia-1B",
@@ -28,8 +29,8 @@ def accuracy_ci(rewards: dict) -> dict:
     for split, by_rm in rewards.items():
         out[split] = {}
         for rm, r in by_rm.items():
-            d = np.asarray(r)[:, 0] - np.asarray(r)[:, 1]
-            out[split][rm] = list(wilson_ci(round(float((d > 0).sum() + 0.5 * (d == 0).sum())), len(d)))
+            acc = accuracy(np.asarray(r)[:, 0], np.asarray(r)[:, 1])
+            out[split][rm] = list(wilson_ci(round(acc.half_ties * acc.n), acc.n))
     return out
 
 
