@@ -149,10 +149,28 @@ def command_line(prog: str, argv) -> str:
 
 
 def add_preset_args(ap: argparse.ArgumentParser, presets: dict) -> None:
-    """--preset (default cpu), and --epochs / --lr, which override the preset's."""
+    """--preset (default cpu), and --epochs / --lr, which override the preset's; --lora."""
     ap.add_argument("--preset", choices=sorted(presets), default="cpu")
     ap.add_argument("--epochs", type=int, help="override the preset")
     ap.add_argument("--lr", type=float, help="override the preset")
+    add_lora_arg(ap)
+
+
+def add_lora_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--lora",
+        metavar="R,ALPHA,TARGETS",
+        help="train LoRA adapters (peft) on these modules, base weights frozen: e.g. 8,16,q_proj+v_proj "
+        "or 16,32,all-linear (lm_probes.rm.lora)",
+    )
+
+
+def lora_text(args) -> str | None:
+    """--lora in its one normal form (so that a resume compares like with like), or None."""
+    from lm_probes.rm.lora import parse_lora
+
+    text = getattr(args, "lora", None)
+    return None if text is None else parse_lora(text).text()
 
 
 def preset_overrides(args) -> dict:
@@ -163,9 +181,10 @@ def preset_overrides(args) -> dict:
 
 def train_config(args, **fields) -> TrainConfig:
     """The command line as a TrainConfig: ``fields`` (a preset's training fields, the command's own),
-    then --epochs / --lr where given, --seed, --head-seed and --quiet. Every command builds its
+    then --epochs / --lr where given, --lora, --seed, --head-seed and --quiet. Every command builds its
     configs here."""
     fields.update(preset_overrides(args))
+    fields.setdefault("lora", lora_text(args))
     cfg = TrainConfig(**fields, seed=args.seed, head_seed=args.head_seed, progress=not args.quiet)
     if cfg.epochs < 1:  # (a command that trains nothing is a mistake; the library allows 0: θ₀ only)
         raise ValueError(f"epochs (--epochs) must be an integer ≥ 1, got {cfg.epochs}")

@@ -3,6 +3,7 @@
 theory.rewards       reward definitions, Bradley–Terry loss, accuracy with ties       (§1)
 theory.dynamics      ρ coefficients and first-order reward changes, EX and IM         (§3)
 theory.adam          Adam's first step, and the reward change along any given step    (§3)
+theory.lora          a LoRA first step as the weight move it makes                    (§3)
 theory.max_margin    the max-margin separator an EX-RM converges to                   (§4)
 theory.verification  the tilting construction: verify without generating             (§2)
 theory.graphs        the Hamiltonian-cycle task of Theorem 1's experiment              (§2)
@@ -23,6 +24,7 @@ from theory.dynamics import (
     rho,
     rho_terms,
 )
+from theory.lora import lora_weight_step
 from theory.max_margin import MaxMarginResult, NotSeparableError, max_margin_separator
 from theory.rewards import Accuracy, accuracy, bt_grad_scale, bt_loss, ex_reward, im_reward, pair_outcomes
 from theory.verification import tilted_correct_mass, tilted_policy, tilting_bound, verifier_margin
@@ -47,6 +49,7 @@ __all__ = [
     "im_token_contributions",
     "log_prob_grad_W",
     "log_prob_grad_inner",
+    "lora_weight_step",
     "max_margin_separator",
     "pair_outcomes",
     "rho",

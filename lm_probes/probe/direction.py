@@ -1,5 +1,6 @@
 """The direction of one gradient step of a reward model's own loss at θ₀, on training pairs: what
-``first_order_moves`` (lm_probes.probe.one_step) projects every evaluation response onto.
+``first_order_moves`` (below: the probe's exact first order, lm_probes.probe.one_step) projects every
+evaluation response onto.
 
     d = step_direction(lm, cfg, pairs)                          # cfg: lm_probes.rm.config.TrainConfig
     moves = first_order_moves(lm, cfg.objective, evals, d.direction, d.head, d.head_direction, probe_cfg)
@@ -13,11 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from lm_probes.data.pairs import Pair, encode_pairs
+from lm_probes.lm.loading import LoadedLM
+from lm_probes.probe.one_step import ProbeConfig, _Run
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.reward_model import RewardModel
+from lm_probes.rm.rewards import get_reward_type
 
 
 @dataclass
@@ -49,3 +54,34 @@ def step_direction(lm, cfg: TrainConfig, pairs: list[Pair], rewrites: bool = Fal
     head = None if rm.u is None else rm.u.detach()
     head_dir = None if rm.u is None else -grads[id(rm.u)]
     return StepDirection(direction, head, head_dir, len(encs))
+
+
+def first_order_moves(
+    lm: LoadedLM,
+    reward: str,
+    evals: list[Pair],
+    direction: dict[str, torch.Tensor],
+    head: torch.Tensor | None = None,
+    head_direction: torch.Tensor | None = None,
+    cfg: ProbeConfig | None = None,
+) -> np.ndarray:
+    """η·⟨∇_θ r̄, v⟩ for every evaluation response (chosen, rejected interleaved; pairs with identical
+    responses left out) under reward type ``reward``, for a given direction v: tensors named as in
+    ``lm.model.named_parameters()`` (names left out: 0) and, for a type with a head, ``head_direction``
+    at ``head``. The same exact forward-mode JVP as the probe's first_order column, along any update
+    (a mitigation's one-step direction: rmgap.experiments.mitigations)."""
+    rt = get_reward_type(reward)
+    run = _Run(lm, cfg or ProbeConfig(), [], evals)
+    named = dict(lm.model.named_parameters())
+    unknown = set(direction) - set(named)
+    if unknown:
+        raise ValueError(f"direction names parameters the model does not have: {sorted(unknown)[:3]}")
+    tangents = {n: direction[n] if n in direction else torch.zeros_like(p) for n, p in named.items()}
+    requires_grad = [p.requires_grad for p in named.values()]
+    try:
+        for p in named.values():
+            p.requires_grad_(False)
+        return run.first_order(rt, tangents, head, head_direction)
+    finally:
+        for p, flag in zip(named.values(), requires_grad, strict=True):
+            p.requires_grad_(flag)

@@ -12,6 +12,10 @@ heads of explicit types starting from ``initial_head(D, head_seed)`` and π_ref 
                 untied copy of the output head W, substituted by a functional call), re-scored;
   full          observed after one real SGD step on all trainable parameters, re-scored.
 
+``ProbeConfig(lora="r,alpha,targets")`` steps LoRA adapters alone (lm_probes.rm.lora; injected for the
+run, B = 0, and removed after it): first_order and full are over the adapters (and u); no fixed_state or
+head_only column (theory/README.md §3, "Under LoRA"; theory.lora gives first order in closed form).
+
 ``ProbeConfig(optimizer="adam")`` predicts and takes Adam's first step, Δθ = −η·g/(|g| + ε) (theory.adam),
 instead of −η·g: first_order is the JVP along it, head_only and full take it, and fixed_state is the
 closed form along the head-only step (``RewardType.fixed_state_along``: still linear in Δu, ΔW; no
@@ -40,6 +44,7 @@ from lm_probes.lm.states import extract_states, stack_states
 from lm_probes.probe.appendix import contribution_rows, max_margin_check
 from lm_probes.probe.summary import summarise
 from lm_probes.rm.config import check_settings
+from lm_probes.rm.lora import apply_lora, is_adapter, parse_lora, remove_lora
 from lm_probes.rm.rewards import RewardParams, answer_ids, get_reward_type, initial_head
 from theory import adam_first_step, bt_grad_scale
 
@@ -56,6 +61,7 @@ class ProbeConfig:
     progress: bool = True
     optimizer: str = "sgd"  # the step predicted and taken: "sgd" (−η∇ℓ) or "adam" (its first step)
     adam_eps: float = 1e-8
+    lora: str | None = None  # "r,alpha,targets": the step is on LoRA adapters alone (lm_probes.rm.lora)
 
     def __post_init__(self):  # (the numeric ranges training has: lr, beta, batch_size, head_seed)
         check_settings(self)
@@ -63,6 +69,8 @@ class ProbeConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+        if self.lora is not None:
+            parse_lora(self.lora)
 
     def step(self, grad: torch.Tensor) -> torch.Tensor:
         """The optimiser's first step per unit learning rate, given the gradient: Δθ = −η·step(∇ℓ)."""
@@ -102,6 +110,8 @@ class _Run:
                 self.ev_states = extract_states(self.model, self.ev_encs, self.pad, verify_head=False)
             tr = extract_states(self.model, self.tr_encs, self.pad, verify_head=False) if self.tr_encs else []
             self.tr_states = tr
+        lora = "LoRA: the step moves the adapters (and u), not the fixed-state setting's u or W alone"
+        self.skipped = self.not_Wh or (lora if cfg.lora else None)  # why no fixed_state / head_only
         self.n = len(train)
         self.scorer = Scorer(self.model)  # (functional calls: parameters substituted by name)
 
@@ -170,7 +180,7 @@ class _Run:
 
     def first_order(self, rt, tangents: dict, head, v_head) -> np.ndarray:
         """η·⟨∇ r̄, v⟩ for every evaluation response, v = −∇ℓ (forward-mode JVP, batched by prompt)."""
-        params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
+        params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters() if n in tangents}
         tan = {f"model.{n}": t for n, t in tangents.items()}
         encs = self.encs_for(rt)[1]
         out = np.empty(len(encs))
@@ -251,7 +261,7 @@ def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
     """Exact first order over every parameter (forward-mode JVP along the step: −∇ℓ, or Adam's first
     step) and the observed change after that real step on all of them (the stepped weights
     substituted in a functional call)."""
-    named = list(run.model.named_parameters())
+    named = [(n, p) for n, p in run.model.named_parameters() if not run.cfg.lora or is_adapter(n)]
     params = [p for _, p in named]
     u = None if head0 is None else head0.clone().requires_grad_(True)
     with run.T("model: full-parameter gradient"):
@@ -284,7 +294,7 @@ def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
     r_tr, r0 = _at_theta0(run, rt, head0)
     g = bt_grad_scale(r_tr[0::2], r_tr[1::2])
     cols, contributions = {}, []
-    sgd, wh = run.cfg.optimizer == "sgd", run.not_Wh is None
+    sgd, wh = run.cfg.optimizer == "sgd", run.skipped is None
     if rt.fixed_state is not None and sgd and wh:
         with run.T("dynamics arithmetic"):
             cols["fixed_state"], contributions = _fixed_state(run, rt, g)
@@ -315,19 +325,25 @@ def run_probe(
     if not evals:
         raise ValueError("run_probe needs at least one evaluation pair")
     types = [get_reward_type(name) for name in cfg.rewards]
-    run = _Run(lm, cfg, train, evals)
-    if not run.ev_encs:
-        raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
     requires_grad = [p.requires_grad for p in lm.model.parameters()]
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
+    if cfg.lora:  # adapters injected for the probe (A seeded by head_seed, B = 0) and removed after it
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.head_seed)
+            apply_lora(lm.model, parse_lora(cfg.lora))
     cols, rewards0, gs, contributions = {}, {}, {}, {}
     try:
+        run = _Run(lm, cfg, train, evals)
+        if not run.ev_encs:
+            raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
         for rt in types:
             head0 = initial_head(lm.info["hidden_size"], cfg.head_seed, lm.dtype) if rt.uses_head else None
             c, rewards0[rt.name], gs[rt.name], contributions[rt.name] = _columns(run, rt, head0)
             cols.update({f"{rt.name}_{k}": v for k, v in c.items()})
     finally:
+        if cfg.lora:
+            remove_lora(lm.model)
         for p, flag in zip(lm.model.parameters(), requires_grad, strict=True):
             p.requires_grad_(flag)
     records = []
@@ -351,41 +367,10 @@ def run_probe(
         boundary_merged=[e.where for e in run.tr_encs + run.ev_encs if e.boundary_merged],
         dropped_identical=run.dropped,
         n_train_triples=run.n,
-        fixed_state_skipped=run.not_Wh,  # why there is no fixed_state / head_only column, if none
+        fixed_state_skipped=run.skipped,  # why there is no fixed_state / head_only column, if none
         n_eval_pairs=len(run.evals),
         config=asdict(cfg),
         model=lm.info,
         g=gs,
     )
     return {"records": records, "summary": summary, "contributions": contribution_rows(run, contributions)}
-
-
-def first_order_moves(
-    lm: LoadedLM,
-    reward: str,
-    evals: list[Pair],
-    direction: dict[str, torch.Tensor],
-    head: torch.Tensor | None = None,
-    head_direction: torch.Tensor | None = None,
-    cfg: ProbeConfig = ProbeConfig(),
-) -> np.ndarray:
-    """η·⟨∇_θ r̄, v⟩ for every evaluation response (chosen, rejected interleaved; pairs with identical
-    responses left out) under reward type ``reward``, for a given direction v: tensors named as in
-    ``lm.model.named_parameters()`` (names left out: 0) and, for a type with a head, ``head_direction``
-    at ``head``. The same exact forward-mode JVP as the probe's first_order column, along any update
-    (a mitigation's one-step direction: rmgap.experiments.mitigations)."""
-    rt = get_reward_type(reward)
-    run = _Run(lm, cfg, [], evals)
-    named = dict(lm.model.named_parameters())
-    unknown = set(direction) - set(named)
-    if unknown:
-        raise ValueError(f"direction names parameters the model does not have: {sorted(unknown)[:3]}")
-    tangents = {n: direction[n] if n in direction else torch.zeros_like(p) for n, p in named.items()}
-    requires_grad = [p.requires_grad for p in named.values()]
-    try:
-        for p in named.values():
-            p.requires_grad_(False)
-        return run.first_order(rt, tangents, head, head_direction)
-    finally:
-        for p, flag in zip(named.values(), requires_grad, strict=True):
-            p.requires_grad_(flag)

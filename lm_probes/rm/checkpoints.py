@@ -2,7 +2,8 @@
 recorded configuration is this run's (lm_probes.rm.trainer; the experiments' ``--resume`` and
 ``--explicit-from`` use ``same_config`` too).
 
-The checkpoint holds the unwrapped model and head (a fully sharded one gathered to full tensors),
+The checkpoint holds the unwrapped model and head (a fully sharded one gathered to full tensors; under
+LoRA, the adapters alone, the base weights being the run's initial ones, checked by its digest),
 so it resumes under any number of processes and back end (lm_probes.distributed); it is written
 after an epoch's training and before its evaluation, and ``history.json`` beside it records the
 evaluations that followed (a resume runs an evaluation the checkpoint's epoch is still owed).
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lm_probes.rm.lora import adapter_state
 
 
 def same_config(recorded: dict, cfg) -> bool:
@@ -167,8 +170,9 @@ def full_state(rm, opt) -> tuple[dict, torch.Tensor | None, dict]:
     module sharded by FSDP2 (lm_probes.distributed) they are gathered (a collective: every process
     calls) onto the main process, the others get empty ones; the optimiser's state, keyed there by
     parameter name, is keyed by position as a plain optimiser keys it."""
-    if not hasattr(rm, "unshard"):
-        return rm.model.state_dict(), (None if rm.u is None else rm.u.detach()), opt.state_dict()
+    if not hasattr(rm, "unshard"):  # (LoRA: the adapters alone; the base weights are the run's θ0)
+        model = adapter_state(rm.model) if rm.cfg.lora else rm.model.state_dict()
+        return model, (None if rm.u is None else rm.u.detach()), opt.state_dict()
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -244,7 +248,13 @@ def load_weights(path: Path, rm, state: dict) -> None:
     """A checkpoint's LM weights and head into ``rm`` (one plain process); another architecture or shape
     is one line."""
     try:
-        rm.model.load_state_dict(state["model"])
+        if rm.cfg.lora:  # the adapters alone, every one of them (the base weights are θ0's)
+            want = set(adapter_state(rm.model))
+            if set(state["model"]) != want:
+                raise KeyError(f"adapters {sorted(want ^ set(state['model']))[:2]} differ")
+            rm.model.load_state_dict(state["model"], strict=False)
+        else:
+            rm.model.load_state_dict(state["model"])
         if rm.u is not None:
             rm.u.data.copy_(state["u"])
     except (RuntimeError, KeyError, TypeError) as e:

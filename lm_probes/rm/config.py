@@ -5,7 +5,8 @@ as TRL keeps its DPOConfig beside its DPOTrainer.
     rt = cfg.check()                                             # refuses what cannot apply; → RewardType
 
 The mitigations' options (lm_probes.rm.mitigations) are fields here too: token dropout, the rewrite-
-consistency weight, what stays frozen (FREEZE), the L2 pull of the output head.
+consistency weight, what stays frozen (FREEZE), the L2 pull of the output head; and LoRA adapters
+(``lora``, lm_probes.rm.lora).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from lm_probes.rm.lora import parse_lora
 from lm_probes.rm.rewards import RewardType, get_reward_type
 
 FREEZE = ("unembedding", "representations")  # what TrainConfig.freeze may hold
@@ -41,6 +43,8 @@ class TrainConfig:
     consistency: float = 0.0
     freeze: str | None = None
     unembedding_l2: float = 0.0
+    # LoRA (lm_probes.rm.lora): "r,alpha,targets"; adapters train, the base weights stay frozen
+    lora: str | None = None
 
     def check(self, sharded: bool = False) -> RewardType:
         """The reward type ``objective`` names, after refusing options that cannot apply (a ValueError
@@ -62,6 +66,12 @@ class TrainConfig:
             raise ValueError(f"freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}")
         if sharded and self.unembedding_l2:
             raise ValueError("unembedding_l2 (the L2 pull of the head) is not run under a sharded back end")
+        if self.lora is not None:
+            parse_lora(self.lora)
+            if self.freeze or self.unembedding_l2:
+                raise ValueError("--lora freezes the base weights itself: no freeze or unembedding_l2")
+            if sharded:
+                raise ValueError("--lora is not run under a fully sharded back end (FSDP); use DDP")
         return rt
 
 

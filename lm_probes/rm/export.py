@@ -13,6 +13,8 @@ What each reward type becomes (EXPORTS):
 - hybrid: the causal LM (its implicit part) and ``rmgap_head.safetensors`` (u); the full reward,
   ⟨u, h_last⟩ + β ln π_θ/π_ref, is rmgap's alone.
 ex_rm_mean (a head on the mean of the response states) has no Hugging Face class and is refused.
+A LoRA run (``cfg.lora``) is exported merged, W0 + (α/r)·B·A, in the same classes; a causal-LM export
+also holds its adapters as a peft folder, ``lora_adapter/`` (``PeftModel.from_pretrained(base, ...)``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ import torch
 from lm_probes.common import write_json
 from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.loading import LoadedLM
+from lm_probes.rm.lora import (
+    adapter_state,
+    apply_lora,
+    lora_layers,
+    merged_state,
+    parse_lora,
+    remove_lora,
+    save_adapter,
+)
 from lm_probes.rm.rewards import get_reward_type
 
 METADATA = "rmgap_export.json"
@@ -54,6 +65,10 @@ def export_reward_model(
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     loads_with, reward = EXPORTS[kind]
+    lora = None
+    if cfg.lora:  # (a LoRA run's state is its adapters: merged into the base, and saved as peft's too)
+        lora = tmp / "lora_adapter" if loads_with == CAUSAL else None
+        state = _merge_adapters(lm, state, parse_lora(cfg.lora), lora, reference.get("model"))
     with _no_progress_bars():
         if loads_with == CLASSIFIER:
             _save_classifier(tmp, lm, state, u)
@@ -75,10 +90,28 @@ def export_reward_model(
         "chat_template": cfg.chat_template,
         "trained_by": trained_by,
         "dtype": str(lm.dtype).removeprefix("torch."),
+        "lora": cfg.lora,  # (the weights are merged, W0 + (α/r)·B·A; lora_adapter/ holds the adapters)
+        "lora_adapter": "lora_adapter" if lora else None,
     }
     write_json(tmp / METADATA, meta)
     os.replace(tmp, folder)  # (the folder appears whole, or not at all)
     return meta
+
+
+def _merge_adapters(lm: LoadedLM, adapters: dict, spec, adapter_dir: Path | None, base: str | None) -> dict:
+    """The base model's state dict with a LoRA run's ``adapters`` merged (lm_probes.rm.lora); with
+    ``adapter_dir``, the adapters also as a peft folder there. ``lm.model`` ends without adapters."""
+    model = lm.model
+    if not lora_layers(model):  # (a freshly loaded base: the trained run's own model has them already)
+        apply_lora(model, spec)
+    if set(adapters) != set(adapter_state(model)):
+        raise ValueError(f"--lora {spec.text()}: the checkpoint's adapters are not this model's")
+    model.load_state_dict(adapters, strict=False)
+    merged = merged_state(model)
+    if adapter_dir is not None:
+        save_adapter(adapter_dir, model, spec, base)
+    remove_lora(model)
+    return merged
 
 
 def reference_of(lm: LoadedLM) -> dict:

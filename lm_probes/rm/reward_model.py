@@ -18,6 +18,7 @@ from lm_probes.lm.loading import LoadedLM
 from lm_probes.lm.scoring import head_is_linear, score
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import eval_chunks
+from lm_probes.rm.lora import apply_lora, parse_lora
 from lm_probes.rm.mitigations import (
     consistency_penalty,
     freeze,
@@ -47,6 +48,8 @@ class RewardModel(torch.nn.Module):
         self.u = torch.nn.Parameter(head) if self.rt.uses_head else None
         self.answer_ids = answer_ids(lm.tokenizer, self.rt.answers)
         freeze(self.model, cfg.freeze)
+        if cfg.lora:  # adapters injected in place (B = 0: the model still computes π_ref); the rest frozen
+            apply_lora(self.model, parse_lora(cfg.lora))
         self.w0 = None  # the output head's initial value, for the L2 pull
         if cfg.unembedding_l2:  # (a tied head stays tied: the pull then holds the input embedding too)
             self.w0 = self.model.get_output_embeddings().weight.detach().clone()

@@ -3,6 +3,7 @@
 
     rmgap probe persona                       # SmolLM2-135M-Instruct offline, the Persona probe set
     rmgap probe persona --dtype float64 --lr 1e-4 --rewards im_rm,ex_rm,ex_rm_mean
+    rmgap probe persona --lora 8,16,q_proj+v_proj     # the step on LoRA adapters alone
     rmgap probe --data my.jsonl --train-rows 1 --model HuggingFaceTB/SmolLM2-360M-Instruct
 """
 
@@ -36,6 +37,7 @@ def _parser():
         help="the step predicted and taken: sgd (−η∇ℓ) or adam (its first step, −η·g/(|g|+ε))",
     )
     ap.add_argument("--modes", default="head_only,full", help="comma list of head_only, full")
+    flags.add_lora_arg(ap)
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
     ap.add_argument("--no-figure", action="store_true")
@@ -90,6 +92,7 @@ def main(argv=None, lm=None) -> dict:
         rewards=rewards,
         progress=not args.quiet,
         optimizer=args.optimizer,
+        lora=flags.lora_text(args),
     )
     args.out = args.out or Path("runs") / f"probe-{name}"
     flags.claim_out(args, PROBE_OUTPUTS)

@@ -30,6 +30,7 @@ def _parser():
         default = getattr(TrainConfig, flag)
         ap.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
     ap.add_argument("--no-chat-template", action="store_true")
+    flags.add_lora_arg(ap)
     ap.add_argument(
         "--precision-check",
         action="store_true",

@@ -8,7 +8,7 @@ training on Persona (issue 12; theory/README.md §6; the mitigations: lm_probes.
 For each mitigation (``none`` = the plain IM-RM, ``ex_rm`` the reference point):
   (a) prediction: one step from θ₀ on the Persona probe set's training triple (with its rewrite where the
       mitigation uses one), under the mitigation's own loss and trainable parameters; exact first
-      order over them (lm_probes.probe.one_step.first_order_moves) of every evaluation pair's margin
+      order over them (lm_probes.probe.direction.first_order_moves) of every evaluation pair's margin
       r(ȳ+) − r(ȳ−). ``paraphrase_over_original`` = mean margin move of the paraphrase group / that
       of the original ("same") group. Token dropout's prediction is the undropped gradient, by
       definition: at θ₀ every mask gives r = 0, so g = ½ and the gradient is linear in the mask, and its
@@ -40,8 +40,8 @@ from scipy.stats import spearmanr
 
 from lm_probes.common import write_json, write_text
 from lm_probes.data.persona import persona_data, persona_probe_set
-from lm_probes.probe.direction import step_direction
-from lm_probes.probe.one_step import ProbeConfig, first_order_moves
+from lm_probes.probe.direction import first_order_moves, step_direction
+from lm_probes.probe.one_step import ProbeConfig
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.rm.checkpoints import same_config
 from lm_probes.rm.config import TrainConfig

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from lm_probes.common import write_json
-from lm_probes.probe.direction import step_direction
-from lm_probes.probe.one_step import ProbeConfig, first_order_moves
+from lm_probes.probe.direction import first_order_moves, step_direction
+from lm_probes.probe.one_step import ProbeConfig
 
 PROBE_LR = 1e-3  # the step size (the ratios do not depend on it at first order)
 

@@ -1,0 +1,138 @@
+"""LoRA (lm_probes.rm.lora) in training: only the adapters (and u) move, the checkpoint holds them alone,
+a resume continues the same run, the export is the merged model plus a peft adapter folder that peft
+itself loads, and what cannot apply is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_probes.rm.checkpoints import read_checkpoint
+from lm_probes.rm.config import TrainConfig
+from lm_probes.rm.lora import adapter_state, apply_lora, is_adapter, merged_state, parse_lora, remove_lora
+from lm_probes.rm.trainer import train_reward_model
+from rmgap.commands.eval import main as eval_main
+from rmgap.commands.export import main as export_main
+from rmgap.commands.train import main as train_main
+from tests.conftest import EVAL, TRAIN, make_tiny_lm
+
+SPEC = "4,8,q_proj+v_proj"
+
+
+def _cfg(objective="im_rm", **kw):
+    return TrainConfig(
+        objective=objective, epochs=2, lr=1e-2, batch_size=4, micro_batch=2, progress=False, lora=SPEC, **kw
+    )
+
+
+@pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
+def test_only_the_adapters_train_and_the_checkpoint_holds_them_alone(objective, tmp_path):
+    lm = make_tiny_lm()
+    base = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    s = train_reward_model(lm, TRAIN, EVAL, _cfg(objective), tmp_path).summary
+    assert s["history"][-1]["train_loss"] < s["history"][1]["train_loss"]
+    assert s["config"]["lora"] == SPEC
+    after = lm.model.state_dict()
+    for k, v in base.items():  # every base weight bitwise as it was (under its peft name)
+        assert torch.equal(after[k if k in after else k.replace(".weight", ".base_layer.weight")], v)
+    moved = adapter_state(lm.model)
+    assert any(torch.count_nonzero(v) for k, v in moved.items() if ".lora_B." in k)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert set(state["model"]) == set(moved) and all(is_adapter(k) for k in state["model"])
+    assert (state["u"] is not None) == (objective == "ex_rm")
+
+
+def test_a_resume_continues_the_same_lora_run(tmp_path):
+    full = train_reward_model(make_tiny_lm(), TRAIN, EVAL, _cfg(), tmp_path / "a").summary
+    one = TrainConfig(**{**_cfg().__dict__, "epochs": 1})
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, one, tmp_path / "b")
+    longer = train_reward_model(make_tiny_lm(), TRAIN, EVAL, _cfg(), tmp_path / "b", resume=True).summary
+    assert np.isclose(longer["final"]["orig"]["loss"], full["final"]["orig"]["loss"], rtol=1e-9)
+    # another adapter shape, or none, is another run: refused (by its initial weights' digest first)
+    for other in ("4,16,q_proj+v_proj", "8,16,q_proj+v_proj", None):
+        cfg = TrainConfig(**{**_cfg().__dict__, "lora": other})
+        with pytest.raises(ValueError, match=r"another run|different configuration"):
+            train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg, tmp_path / "b", resume=True)
+
+
+def test_merged_state_is_the_adapted_model():
+    lm = make_tiny_lm()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    apply_lora(lm.model, parse_lora(SPEC))
+    for k, v in adapter_state(lm.model).items():
+        torch.nn.init.normal_(v) if ".lora_B." in k else None
+    with torch.no_grad():
+        want = lm.model(ids).logits
+    merged = merged_state(lm.model)
+    plain = make_tiny_lm()
+    plain.model.load_state_dict(merged)  # (strict: the base architecture's names exactly)
+    with torch.no_grad():
+        assert torch.allclose(plain.model(ids).logits, want, rtol=1e-12, atol=1e-12)
+    remove_lora(lm.model)
+    with torch.no_grad():  # the base model back, unmerged
+        assert torch.equal(lm.model(ids).logits, make_tiny_lm().model(ids).logits)
+
+
+def test_the_export_is_the_merged_model_and_peft_loads_its_adapters(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm = make_tiny_lm(dtype=torch.float32, tie=False)
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    rows = "".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                   for p in TRAIN)  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(rows)
+    common = ["--model", str(tmp_path / "base"), "--quiet"]
+    train_main([
+        *common, "--train", str(tmp_path / "train.jsonl"), "--eval", f"test={tmp_path / 'train.jsonl'}",
+        "--epochs", "2", "--lr", "1e-2", "--batch-size", "2", "--micro-batch", "1",
+        "--lora", "4,8,q_proj,v_proj", "--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf"),
+    ])  # fmt: skip
+    meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
+    assert meta["lora"] == SPEC and meta["lora_adapter"] == "lora_adapter"
+    res = eval_main([
+        "--model", str(tmp_path / "hf"), "--reward", "im_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
+        "--out", str(tmp_path / "ev"), "--quiet",
+    ])  # fmt: skip
+    rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
+    want, got = rows(tmp_path / "run" / "rewards_test.jsonl"), rows(tmp_path / "ev" / "rewards_test.jsonl")
+    assert res["ref"] == str(tmp_path / "base")
+    for w, g in zip(want, got, strict=True):
+        assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
+        assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                     tmp_path / "hf" / "lora_adapter")  # fmt: skip
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-5)
+        assert not torch.allclose(peft(ids).logits, lm.model(ids).logits, atol=1e-3)  # (the adapters moved)
+    # rmgap export of the same run from the base model alone gives the same weights
+    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), *common])
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")
+    for (k, a), b in zip(merged.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("8", "give r,alpha,targets"),
+        ("0,16,q_proj", "r must be ≥ 1"),
+        ("8,16,embed_tokens", "output head or an embedding"),
+        ("8,16,no_such_proj", "--lora 8,16,no_such_proj: "),
+    ],
+)
+def test_what_cannot_apply_is_refused_in_one_line(spec, match):
+    with pytest.raises(ValueError, match=match) as e:
+        train_reward_model(make_tiny_lm(), TRAIN, EVAL, TrainConfig(lora=spec, progress=False))
+    assert "\n" not in str(e.value)
+
+
+def test_lora_takes_no_freeze():
+    with pytest.raises(ValueError, match="no freeze or unembedding_l2"):
+        _cfg(freeze="unembedding").check()
