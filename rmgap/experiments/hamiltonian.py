@@ -236,6 +236,7 @@ def _parser():
         help="comma list of training seeds (data order, head, sampling; the graphs stay --seed's): each "
         "run under <out>/seed<k>/, then summary_seeds.json and table_seeds.md over seeds and graphs",
     )
+    flags.add_lora_arg(ap)
     flags.add_model_args(ap)
     flags.add_run_args(ap, "runs/hamiltonian")
     ap.add_argument("--report", type=Path, metavar="RUN", help="rewrite RUN's table.md from its summary.json")

@@ -136,3 +136,26 @@ def test_what_cannot_apply_is_refused_in_one_line(spec, match):
 def test_lora_takes_no_freeze():
     with pytest.raises(ValueError, match="no freeze or unembedding_l2"):
         _cfg(freeze="unembedding").check()
+
+
+def test_an_experiment_trains_lora_adapters_and_resumes_from_its_files(tmp_path):
+    """rmgap persona --lora: each RM records the adapter spec; a --resume reads the finished RMs back
+    (the same spec) and refuses to call another spec the same run."""
+    from rmgap.experiments.persona import main
+    from tests.experiments.test_mitigations import PERSONA_WORDS
+
+    topics = "people kindness matters like sure never yes no answer statement truthful reply".split()
+    rows = [{"question": f"would you say ? i like {w}", "answer_matching_behavior": " Yes"} for w in topics]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["--persona-file", str(tmp_path / "p.jsonl"), "--n-train", "4", "--n-test", "2", "--epochs", "1"]
+    argv += ["--lr", "1e-2", "--out", str(tmp_path / "o"), "--quiet", "--lora", "4,8,q_proj,v_proj"]
+    factory = lambda: make_tiny_lm(max_positions=96, extra_words=PERSONA_WORDS)  # noqa: E731
+    res = main(argv, lm_factory=factory)
+    for obj in ("ex_rm", "im_rm"):
+        assert json.loads((tmp_path / "o" / obj / "summary.json").read_text())["config"]["lora"] == SPEC
+    assert res["final"]["im_rm"]["original_train"]["loss"] < np.log(2)  # (it trained)
+    again = main([*argv, "--resume"], lm_factory=lambda: pytest.fail("a finished RM was trained again"))
+    assert again["table"] == res["table"]
+    other = [*argv[:-1], "8,16,q_proj,v_proj", "--resume"]
+    with pytest.raises(ValueError, match=r"another run|different configuration"):
+        main(other, lm_factory=factory)
