@@ -20,6 +20,7 @@
 #   machine.json       nvidia-smi, Python / torch / transformers versions, the commit
 #   families.xml       the model-family matrix (tests/test_families.py) on the device
 #   persona-seeds/     rmgap persona --preset paper --seeds 0,1,2 on SmolLM2
+#   probe-1b/          benchmarks/probe_1b.py on the device: the probe at Llama-3.2-1B's shapes
 #   robustness/        rmgap robustness --preset paper --seeds 0,1,2 on SmolLM2
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,23 +86,30 @@ EOF
 run() {
     mkdir -p "$OUT"
     : > "$OUT/steps.jsonl"
-    local persona robust limit_f limit_p limit_r
+    local persona robust probe limit_f limit_p limit_r limit_b
     if [ "$DRY" = 1 ]; then
-        DEVICE=cpu limit_f=900 limit_p=600 limit_r=600
+        DEVICE=cpu limit_f=900 limit_p=600 limit_r=600 limit_b=300
         persona=(--n-train 2 --n-test 1 --epochs 1 --objectives ex_rm --seeds 0,1 --model "$MODEL")
         robust=(--quick --seeds 0 --model "$MODEL")
+        probe=(--shape tiny --eval-statements 1)
     else
-        DEVICE=cuda limit_f=120 limit_p=300 limit_r=240
+        DEVICE=cuda limit_f=120 limit_p=300 limit_r=180 limit_b=90
         assemble
         persona=(--preset paper --seeds 0,1,2)
         robust=(--preset paper --seeds 0,1,2 --attention sdpa)
+        probe=(--shape 1b --eval-statements 20)
     fi
-    if [ -n "${GPU_RUN_LIMIT:-}" ]; then limit_f=$GPU_RUN_LIMIT limit_p=$GPU_RUN_LIMIT limit_r=$GPU_RUN_LIMIT; fi
+    if [ -n "${GPU_RUN_LIMIT:-}" ]; then
+        limit_f=$GPU_RUN_LIMIT limit_p=$GPU_RUN_LIMIT limit_r=$GPU_RUN_LIMIT limit_b=$GPU_RUN_LIMIT
+    fi
     machine
     step families "$limit_f" env RMGAP_TEST_DEVICE="$DEVICE" python -m pytest -q -x tests/test_families.py \
         -k "$FAMILIES" -p no:cacheprovider --junitxml="$OUT/families.xml"
     step persona-seeds "$limit_p" python -m rmgap persona "${persona[@]}" --device "$DEVICE" --quiet \
         --out "$OUT/persona-seeds"
+    mkdir -p "$OUT/probe-1b"  # (after persona: SmolLM2's tokenizer is in the cache by then)
+    step probe-1b "$limit_b" python benchmarks/probe_1b.py "${probe[@]}" --device "$DEVICE" \
+        --json "$OUT/probe-1b/result.json"
     step robustness "$limit_r" python -m rmgap robustness "${robust[@]}" --device "$DEVICE" --quiet \
         --out "$OUT/robustness"
     find "$OUT" -name checkpoint.pt -delete
@@ -118,13 +126,14 @@ unpack() {  # unpack ARCHIVE: each output folder under figures/<name>_on-<gpu>/,
     tar -xzf "$archive" -C "$tmp"
     # the machine's short name: "NVIDIA H100 80GB HBM3" -> h100 (the model number), else the device
     gpu=$(python -c 'import json, re, sys; m = json.load(open(sys.argv[1])); hit = re.search(r"\b([A-Z]+\d{2,4})\b", m.get("gpu", "")); print((hit.group(1) if hit else m["device"]).lower())' "$tmp/machine.json")
-    for d in persona-seeds robustness; do  # (every destination checked before anything moves)
-        dest="$FIGURES/${d}_preset-paper_on-$gpu"
+    preset_of() { [ "$1" = probe-1b ] && echo none || echo paper; }  # (the 1B probe has no preset)
+    for d in persona-seeds probe-1b robustness; do  # (every destination checked before anything moves)
+        dest="$FIGURES/${d}_preset-$(preset_of "$d")_on-$gpu"
         if [ -d "$tmp/$d" ] && [ -e "$dest" ]; then echo "$dest exists: not overwritten" >&2; exit 2; fi
     done
-    for d in persona-seeds robustness; do
+    for d in persona-seeds probe-1b robustness; do
         [ -d "$tmp/$d" ] || continue
-        dest="$FIGURES/${d}_preset-paper_on-$gpu"
+        dest="$FIGURES/${d}_preset-$(preset_of "$d")_on-$gpu"
         mv "$tmp/$d" "$dest"
         cp "$tmp/machine.json" "$tmp/steps.jsonl" "$dest/"
     done

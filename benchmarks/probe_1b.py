@@ -14,6 +14,7 @@ Reported: wall time of the probe (model building excluded, and reported apart), 
 of the process (ru_maxrss: model, gradients, tangents and activations together), the probe's own
 per-stage timings, and Pearson of the exact first order and of the head-only prediction against the
 observed steps. Targets (issue 26): ≤ 20 min and ≤ 20 GiB on 2 cores; Pearson ≥ 0.99 for first order.
+With ``--device cuda`` (benchmarks/gpu_run.sh) the peak is torch's peak allocation on the device.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ SHAPES = {  # Llama-3.2-1B's (config.json of meta-llama/Llama-3.2-1B), and a sma
 TARGETS = {"seconds": 20 * 60, "peak_gib": 20.0, "pearson_first_order": 0.99}
 
 
-def build(shape: str, seed: int = 0):
-    """A LoadedLM of ``shape`` with random weights, SmolLM2's tokenizer, rmgap's attention and norms."""
+def build(shape: str, seed: int = 0, device: str = "cpu"):
+    """A LoadedLM of ``shape`` with random weights (drawn on ``device``), SmolLM2's tokenizer, rmgap's
+    attention and norms."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from lm_probes.lm.loading import LoadedLM, smollm2_checkpoint
@@ -45,12 +47,13 @@ def build(shape: str, seed: int = 0):
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, tie_word_embeddings=True,
                          rms_norm_eps=1e-5, attn_implementation="eager")  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    with torch.device(device):
+        model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation(register())
     n_norms = keep_rms_norms_in_dtype(model)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint()[0])
     info = dict(
-        model=f"random Llama-3.2-1B-shaped ({shape})", dtype="float32", device="cpu", attention="eager",
+        model=f"random Llama-3.2-1B-shaped ({shape})", dtype="float32", device=device, attention="eager",
         tied_head=True, float64_rms_norms=n_norms, untied=False, vocab_size=config.vocab_size,
         hidden_size=config.hidden_size, n_parameters=sum(p.numel() for p in model.parameters()),
         max_positions=config.max_position_embeddings, chat_template=tokenizer.chat_template is not None,
@@ -58,8 +61,12 @@ def build(shape: str, seed: int = 0):
     return LoadedLM(model, tokenizer, info)
 
 
-def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # (KiB on Linux)
+def peak_gib(device: str = "cpu") -> float:
+    """Peak memory so far: the process's resident set on CPU (ru_maxrss, KiB on Linux), torch's peak
+    allocation on a CUDA device."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main(argv=None) -> dict:
@@ -70,11 +77,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--eval-statements", type=int, default=20, help="× 10 evaluation responses")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_run.sh)")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    lm = build(args.shape)
-    build_s, build_gib = time.perf_counter() - t0, peak_gib()
+    lm = build(args.shape, device=args.device)
+    build_s, build_gib = time.perf_counter() - t0, peak_gib(args.device)
     data = persona_probe_set(n_eval_statements=args.eval_statements, n_margin_statements=0)
     cfg = ProbeConfig(lr=args.lr, progress=False)
     t0 = time.perf_counter()
@@ -90,7 +98,8 @@ def main(argv=None) -> dict:
         "build_seconds": build_s,
         "peak_gib_after_build": build_gib,
         "seconds": seconds,
-        "peak_gib": peak_gib(),
+        "peak_gib": peak_gib(args.device),
+        "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
         "timings": s["timings"],
         "pearson_first_order": {n: full[n]["first_order"]["pearson"] for n in ("im_rm", "ex_rm")},
         "pearson_head_only": {n: s["head_only"][n]["pearson"] for n in ("im_rm", "ex_rm")},
@@ -103,7 +112,10 @@ def main(argv=None) -> dict:
         "peak_gib": out["peak_gib"] <= TARGETS["peak_gib"],
         "pearson_first_order": min(out["pearson_first_order"].values()) >= TARGETS["pearson_first_order"],
     }
-    print(f"{lm.info['model']}: {out['n_parameters'] / 1e9:.3f} B parameters, {out['threads']} threads")
+    print(
+        f"{lm.info['model']}: {out['n_parameters'] / 1e9:.3f} B parameters, on {out['device']}, "
+        f"{out['threads']} threads"
+    )
     print(
         f"  build {build_s:.0f} s (peak {build_gib:.1f} GiB); probe of {out['n_eval_responses']} responses:"
     )

@@ -44,7 +44,7 @@ def test_dry_run_records_every_step_packs_and_unpacks_once(tiny_folder, tmp_path
     res = _sh("run", "--dry-run", "--out", str(out), env=env, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == ["families", "persona-seeds", "robustness"]
+    assert [s["step"] for s in steps] == ["families", "persona-seeds", "probe-1b", "robustness"]
     assert all(s["finished"] and s["rc"] == 0 for s in steps), steps
     assert json.loads((out / "machine.json").read_text())["device"] == "cpu"
     with tarfile.open(out / "gpu_run.tar.gz") as tar:
@@ -56,6 +56,8 @@ def test_dry_run_records_every_step_packs_and_unpacks_once(tiny_folder, tmp_path
     assert _sh("unpack", str(out / "gpu_run.tar.gz"), "--figures", str(figs)).returncode == 0
     dest = figs / "persona-seeds_preset-paper_on-cpu"
     assert (dest / "table.json").exists() and (dest / "machine.json").exists()
+    probe = json.loads((figs / "probe-1b_preset-none_on-cpu" / "result.json").read_text())
+    assert probe["shape"] == "tiny" and probe["device"] == "cpu" and probe["n_eval_responses"] == 10
     again = _sh("unpack", str(out / "gpu_run.tar.gz"), "--figures", str(figs), check=False)
     assert again.returncode == 2 and "not overwritten" in again.stderr
     # a later destination that exists stops the unpack before any folder moves
