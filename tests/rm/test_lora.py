@@ -118,6 +118,32 @@ def test_the_export_is_the_merged_model_and_peft_loads_its_adapters(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_path):
+    lm = make_tiny_lm(dtype=torch.float32, tie=False)
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    rows = "".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                   for p in TRAIN)  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(rows)
+    train_main([
+        "--model", str(tmp_path / "base"), "--quiet", "--train", str(tmp_path / "train.jsonl"),
+        "--eval", f"test={tmp_path / 'train.jsonl'}", "--objective", "ex_rm", "--epochs", "2", "--lr", "1e-2",
+        "--batch-size", "2", "--micro-batch", "1", "--lora", SPEC, "--out", str(tmp_path / "run"),
+        "--export", str(tmp_path / "hf"),
+    ])  # fmt: skip
+    meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
+    assert meta["loads_with"] == "AutoModelForSequenceClassification" and meta["lora_adapter"] is None
+    eval_main([
+        "--model", str(tmp_path / "hf"), "--reward", "ex_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
+        "--out", str(tmp_path / "ev"), "--quiet",
+    ])  # fmt: skip
+    rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
+    want, got = rows(tmp_path / "run" / "rewards_test.jsonl"), rows(tmp_path / "ev" / "rewards_test.jsonl")
+    for w, g in zip(want, got, strict=True):
+        assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
+        assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
