@@ -133,8 +133,10 @@ def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_pa
     ])  # fmt: skip
     meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
     assert meta["loads_with"] == "AutoModelForSequenceClassification" and meta["lora_adapter"] is None
+    # rmgap export from the base model alone: the checkpoint's adapters merged into a fresh base
+    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), "--model", str(tmp_path / "base")])
     eval_main([
-        "--model", str(tmp_path / "hf"), "--reward", "ex_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
+        "--model", str(tmp_path / "hf2"), "--reward", "ex_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
         "--out", str(tmp_path / "ev"), "--quiet",
     ])  # fmt: skip
     rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
