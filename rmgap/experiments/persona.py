@@ -40,7 +40,14 @@ from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.rewards import REWARDS
 from lm_probes.rm.trainer import TrainResult, train_reward_model
 from rmgap import flags
-from rmgap.experiments.persona_seeds import SETS, seeds_markdown, seeds_table, table_markdown
+from rmgap.experiments.persona_seeds import (
+    SETS,
+    contrasts,
+    contrasts_markdown,
+    seeds_markdown,
+    seeds_table,
+    table_markdown,
+)
 
 PRESETS = {
     "paper": dict(epochs=50, lr=1e-6, batch_size=32, micro_batch=8, beta=0.01),
@@ -164,9 +171,10 @@ def main(argv=None, lm_factory=None) -> dict:
         + f"{'' if args.head_seed is None else f', head seed {args.head_seed}'}; "
         f"accuracy with ties as ½. Command: `{cmd}`"
     )
+    diffs = None
     if seeds:
-        table = seeds_table(by_seed, SHORT)
-        markdown = seeds_markdown(table, header)
+        table, diffs = seeds_table(by_seed, SHORT), contrasts(by_seed)
+        markdown = seeds_markdown(table, header) + contrasts_markdown(diffs)
     else:
         table = make_table({obj: r.summary["final"] for obj, r in runs.items()})
         markdown = table_markdown(table, header)
@@ -180,6 +188,7 @@ def main(argv=None, lm_factory=None) -> dict:
         "seconds": time.perf_counter() - t0,
         "paper": PAPER,
         "seeds": seeds,
+        "contrasts": diffs,  # (with --seeds: the paper's gap and the alternatives, persona_seeds.CONTRASTS)
         "markdown": markdown,
         "runs": runs,
     }

@@ -6,6 +6,12 @@ the same for every seed).
 
     table = seeds_table({seed: {objective: TrainResult}}, n_boot=10_000)
     table["paraphrased"]["test"]["im"]   # {"mean", "min", "max", "per_seed", "ci95", "n_seeds", "n_pairs"}
+    contrasts(runs)["ex_rm − im_rm"]["paraphrased_test"]   # the same, of the paired difference
+
+The contrasts (CONTRASTS) are the paper's gap (EX-RM − IM-RM) and its two alternative hypotheses
+(an EX-RM on the mean state, an IM-RM without reference), each where both reward types were run: the
+per-pair difference of outcomes (ties ½) of the same seed, so its CI resamples seeds and statements
+as a cell's does.
 """
 
 from __future__ import annotations
@@ -51,6 +57,52 @@ def seeds_table(runs: dict, short: dict, n_boot: int = 10_000) -> dict:
         for name, (kind, split) in SETS.items():
             table[kind][split][short.get(obj, obj)] = cell([runs[s][obj] for s in seeds], name, n_boot)
     return table
+
+
+CONTRASTS = (  # (a, b): a − b, where both were run
+    ("ex_rm", "im_rm"),  # the paper's gap
+    ("ex_rm", "ex_rm_mean"),  # alternative 1: does reading one state explain the EX-RM's advantage?
+    ("ex_rm_mean", "im_rm"),
+    ("im_rm_no_ref", "im_rm"),  # alternative 2: is the IM-RM's reference to blame?
+)
+
+
+def contrasts(runs: dict, n_boot: int = 10_000) -> dict:
+    """contrasts["a − b"][set] = {"mean", "ci95", "per_seed", "n_seeds", "n_pairs"}: the accuracy of a
+    minus that of b, per pair and seed, from {seed: {objective: TrainResult}}."""
+    seeds, out = sorted(runs), {}
+    for a, b in CONTRASTS:
+        if a not in runs[seeds[0]] or b not in runs[seeds[0]]:
+            continue
+        out[f"{a} − {b}"] = {}
+        for name in SETS:
+            pairs = runs[seeds[0]][a].eval_pairs[name]
+            d = np.array(
+                [
+                    pair_outcomes(*runs[k][a].rewards[name].T) - pair_outcomes(*runs[k][b].rewards[name].T)
+                    for k in seeds
+                ]
+            )
+            mean, lo, hi, _ = seed_pair_bootstrap(d, [p.prompt for p in pairs], n_boot=n_boot)
+            out[f"{a} − {b}"][name] = {
+                "mean": mean,
+                "ci95": [lo, hi],
+                "per_seed": d.mean(1).tolist(),
+                "n_seeds": len(seeds),
+                "n_pairs": d.shape[1],
+            }
+    return out
+
+
+def contrasts_markdown(c: dict) -> str:
+    if not c:
+        return ""
+    lines = ["", "Paired differences of accuracy, mean over seeds [95 % CI over seeds and statements]:", ""]
+    lines += ["| difference | " + " | ".join(SETS) + " |", "|---|" + "---:|" * len(SETS)]
+    for name, sets in c.items():
+        cells = (f"{v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for v in sets.values())
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table_markdown(table: dict, header: str, fmt=lambda v: f"{v:.3f}", note: str | None = None) -> str:

@@ -80,6 +80,12 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
         r = np.array([[json.loads(x)["reward_chosen"], json.loads(x)["reward_rejected"]] for x in lines])
         per_seed.append(np.mean(np.where(r[:, 0] > r[:, 1], 1.0, np.where(r[:, 0] == r[:, 1], 0.5, 0.0))))
     assert c["per_seed"] == pytest.approx(per_seed) and c["mean"] == pytest.approx(np.mean(per_seed))
+    # the paper's gap, paired by seed: EX-RM's per-seed accuracy minus IM-RM's, each from its file
+    ex_seed = [res["table"]["paraphrased"]["test"]["ex"]["per_seed"][k] for k in range(3)]
+    gap = res["contrasts"]["ex_rm − im_rm"]["paraphrased_test"]
+    assert gap["per_seed"] == pytest.approx(np.subtract(ex_seed, per_seed))
+    assert gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1] and gap["n_seeds"] == 3
+    assert "ex_rm − ex_rm_mean" not in res["contrasts"]  # (only where both were run)
     assert (
         c["ci95"][0] <= c["mean"] <= c["ci95"][1] and c["min"] <= c["mean"] <= c["max"] and c["n_seeds"] == 3
     )
@@ -101,3 +107,30 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
     assert again["table"] == res["table"]
     # a finished RM's folder is left as it was (several pairs share a statement: never matched by it)
     assert {f: f.read_bytes() for f in files} == files
+
+
+def test_contrasts_pair_each_seed_with_itself():
+    """contrasts(): a − b of the same seed (the mean alone cannot tell: it is pairing-free)."""
+    import numpy as np
+
+    from lm_probes.data.pairs import Pair
+    from lm_probes.rm.trainer import TrainResult
+    from rmgap.experiments.persona_seeds import SETS, contrasts
+
+    pairs = [Pair(f"x{i // 2}", "a", "b", "g", f"p{i}") for i in range(4)]
+    wins = {  # per seed: how many of the 4 pairs each RM gets right
+        "ex_rm": [4, 2, 1],
+        "im_rm": [0, 1, 3],
+        "ex_rm_mean": [3, 3, 0],
+    }
+
+    def result(n_right):
+        r = np.array([[1.0, 0.0]] * n_right + [[0.0, 1.0]] * (4 - n_right))
+        return TrainResult({}, {s: r for s in SETS}, {}, {s: pairs for s in SETS})
+
+    runs = {k: {obj: result(w[k]) for obj, w in wins.items()} for k in range(3)}
+    c = contrasts(runs, n_boot=200)
+    assert set(c) == {"ex_rm − im_rm", "ex_rm − ex_rm_mean", "ex_rm_mean − im_rm"}
+    assert c["ex_rm − im_rm"]["paraphrased_test"]["per_seed"] == [1.0, 0.25, -0.5]
+    assert c["ex_rm − ex_rm_mean"]["original_train"]["per_seed"] == [0.25, -0.25, 0.25]
+    assert c["ex_rm_mean − im_rm"]["original_test"]["mean"] == np.mean([0.75, 0.5, -0.75])
