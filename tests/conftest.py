@@ -193,3 +193,42 @@ def run_rmgap(*args, env=None):
         timeout=300,
     )
     return p.returncode, p.stdout, p.stderr
+
+
+def real_step(lm, name: str, optimizer, lr: float, model=None, head_only: bool = False) -> np.ndarray:
+    """Δr of every PROBE_EVALS response after one real ``optimizer`` step (a torch.optim class) on
+    PROBE_TRAIN, taken on ``model`` (default: a copy of ``lm.model``; its parameters that require a
+    gradient, and u for a type with a head), or with ``head_only`` on the output head alone."""
+    import copy
+
+    from lm_probes.data.pairs import encode_pairs
+    from lm_probes.lm.encoding import pad_id_of
+    from lm_probes.lm.scoring import score
+    from lm_probes.rm.rewards import RewardParams, get_reward_type, initial_head
+
+    rt, pad = get_reward_type(name), pad_id_of(lm.tokenizer)
+    model = copy.deepcopy(lm.model) if model is None else model
+
+    def encs(pairs):
+        return [e for pr in encode_pairs(lm.tokenizer, pairs, chat_template=True).encodings for e in pr]
+
+    tr, ev = encs(PROBE_TRAIN), encs(PROBE_EVALS)
+    u = initial_head(lm.info["hidden_size"], 0, torch.float64).requires_grad_(True) if rt.uses_head else None
+
+    def params(e):
+        with torch.no_grad():
+            ref = score(lm.model, e, pad).logprob if rt.uses_reference else None
+        return RewardParams(0.01, u, ref)
+
+    p_tr, p_ev = params(tr), params(ev)
+    with torch.no_grad():
+        before = rt.score(model, ev, pad, p_ev).numpy()
+    trained = [p for p in model.parameters() if p.requires_grad] + ([u] if u is not None else [])
+    if head_only:
+        trained = [model.get_output_embeddings().weight]
+    opt = optimizer(trained, lr=lr)
+    r = rt.score(model, tr, pad, p_tr)
+    rt.loss(r[0::2], r[1::2]).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        return rt.score(model, ev, pad, p_ev).numpy() - before

@@ -3,18 +3,12 @@ model: the full column is that step, first order and the fixed-state closed form
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
-from lm_probes.data.pairs import encode_pairs
-from lm_probes.lm.encoding import pad_id_of
-from lm_probes.lm.scoring import score
 from lm_probes.probe.one_step import ProbeConfig, run_probe
-from lm_probes.rm.rewards import RewardParams, get_reward_type, initial_head
-from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm
+from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm, real_step
 
 LR = 1e-5
 
@@ -28,31 +22,7 @@ def adam_probe():
 def _real_adam_step(lm, name: str, head_only: bool = False) -> np.ndarray:
     """Δr of every evaluation response after one torch.optim.Adam step on a copy of ``lm`` (with
     ``head_only``, of an untied output head alone)."""
-    rt, model, pad = get_reward_type(name), copy.deepcopy(lm.model), pad_id_of(lm.tokenizer)
-
-    def encs(pairs):
-        return [e for pr in encode_pairs(lm.tokenizer, pairs, chat_template=True).encodings for e in pr]
-
-    tr, ev = encs(PROBE_TRAIN), encs(PROBE_EVALS)
-    u = initial_head(lm.info["hidden_size"], 0, torch.float64).requires_grad_(True) if rt.uses_head else None
-
-    def params(e):
-        with torch.no_grad():
-            ref = score(lm.model, e, pad).logprob if rt.uses_reference else None
-        return RewardParams(0.01, u, ref)
-
-    p_tr, p_ev = params(tr), params(ev)
-    with torch.no_grad():
-        before = rt.score(model, ev, pad, p_ev).numpy()
-    trained = [*model.parameters(), *([u] if u is not None else [])]
-    if head_only:
-        trained = [model.get_output_embeddings().weight]
-    opt = torch.optim.Adam(trained, lr=LR)
-    r = rt.score(model, tr, pad, p_tr)
-    rt.loss(r[0::2], r[1::2]).mean().backward()
-    opt.step()
-    with torch.no_grad():
-        return rt.score(model, ev, pad, p_ev).numpy() - before
+    return real_step(lm, name, torch.optim.Adam, LR, head_only=head_only)
 
 
 @pytest.mark.parametrize("name", ["im_rm", "ex_rm"])

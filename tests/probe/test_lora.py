@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from lm_probes.data.pairs import encode_pairs
-from lm_probes.lm.encoding import pad_id_of
-from lm_probes.lm.scoring import score
 from lm_probes.probe.direction import first_order_moves, step_direction
 from lm_probes.probe.one_step import ProbeConfig, run_probe
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.lora import apply_lora, lora_layers, parse_lora
-from lm_probes.rm.rewards import RewardParams, get_reward_type, initial_head
-from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm
+from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm, real_step
 from theory import lora_weight_step
 
 LR, SPEC = 1e-4, "4,8,q_proj+v_proj"
@@ -45,29 +41,7 @@ def lora_probe():
 
 
 def _real_lora_step(lm, name: str) -> np.ndarray:
-    rt, model, pad = get_reward_type(name), _lora_copy(lm), pad_id_of(lm.tokenizer)
-
-    def encs(pairs):
-        return [e for pr in encode_pairs(lm.tokenizer, pairs, chat_template=True).encodings for e in pr]
-
-    tr, ev = encs(PROBE_TRAIN), encs(PROBE_EVALS)
-    u = initial_head(lm.info["hidden_size"], 0, torch.float64).requires_grad_(True) if rt.uses_head else None
-
-    def params(e):
-        with torch.no_grad():
-            ref = score(lm.model, e, pad).logprob if rt.uses_reference else None
-        return RewardParams(0.01, u, ref)
-
-    p_tr, p_ev = params(tr), params(ev)
-    with torch.no_grad():
-        before = rt.score(model, ev, pad, p_ev).numpy()
-    trained = [p for p in model.parameters() if p.requires_grad] + ([u] if u is not None else [])
-    opt = torch.optim.SGD(trained, lr=LR)
-    r = rt.score(model, tr, pad, p_tr)
-    rt.loss(r[0::2], r[1::2]).mean().backward()
-    opt.step()
-    with torch.no_grad():
-        return rt.score(model, ev, pad, p_ev).numpy() - before
+    return real_step(lm, name, torch.optim.SGD, LR, model=_lora_copy(lm))
 
 
 @pytest.mark.parametrize("name", ["im_rm", "ex_rm"])

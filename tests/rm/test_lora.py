@@ -76,49 +76,9 @@ def test_merged_state_is_the_adapted_model():
         assert torch.equal(lm.model(ids).logits, make_tiny_lm().model(ids).logits)
 
 
-def test_the_export_is_the_merged_model_and_peft_loads_its_adapters(tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    lm = make_tiny_lm(dtype=torch.float32, tie=False)
-    lm.model.save_pretrained(tmp_path / "base")
-    lm.tokenizer.save_pretrained(tmp_path / "base")
-    rows = "".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
-                   for p in TRAIN)  # fmt: skip
-    (tmp_path / "train.jsonl").write_text(rows)
-    common = ["--model", str(tmp_path / "base"), "--quiet"]
-    train_main([
-        *common, "--train", str(tmp_path / "train.jsonl"), "--eval", f"test={tmp_path / 'train.jsonl'}",
-        "--epochs", "2", "--lr", "1e-2", "--batch-size", "2", "--micro-batch", "1",
-        "--lora", "4,8,q_proj,v_proj", "--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf"),
-    ])  # fmt: skip
-    meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
-    assert meta["lora"] == SPEC and meta["lora_adapter"] == "lora_adapter"
-    res = eval_main([
-        "--model", str(tmp_path / "hf"), "--reward", "im_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
-        "--out", str(tmp_path / "ev"), "--quiet",
-    ])  # fmt: skip
-    rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
-    want, got = rows(tmp_path / "run" / "rewards_test.jsonl"), rows(tmp_path / "ev" / "rewards_test.jsonl")
-    assert res["ref"] == str(tmp_path / "base")
-    for w, g in zip(want, got, strict=True):
-        assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
-        assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
-                                     tmp_path / "hf" / "lora_adapter")  # fmt: skip
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-    with torch.no_grad():
-        assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-5)
-        assert not torch.allclose(peft(ids).logits, lm.model(ids).logits, atol=1e-3)  # (the adapters moved)
-    # rmgap export of the same run from the base model alone gives the same weights
-    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), *common])
-    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")
-    for (k, a), b in zip(merged.state_dict().items(), again.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-
-
-def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_path):
+def _train_and_export(tmp_path, objective: str):
+    """A tiny untied base saved as a folder, a LoRA RM of ``objective`` trained on it with --export
+    (hf/); → (the base LoadedLM, the export's metadata)."""
     lm = make_tiny_lm(dtype=torch.float32, tie=False)
     lm.model.save_pretrained(tmp_path / "base")
     lm.tokenizer.save_pretrained(tmp_path / "base")
@@ -127,23 +87,57 @@ def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_pa
     (tmp_path / "train.jsonl").write_text(rows)
     train_main([
         "--model", str(tmp_path / "base"), "--quiet", "--train", str(tmp_path / "train.jsonl"),
-        "--eval", f"test={tmp_path / 'train.jsonl'}", "--objective", "ex_rm", "--epochs", "2", "--lr", "1e-2",
-        "--batch-size", "2", "--micro-batch", "1", "--lora", SPEC, "--out", str(tmp_path / "run"),
-        "--export", str(tmp_path / "hf"),
+        "--eval", f"test={tmp_path / 'train.jsonl'}", "--objective", objective, "--epochs", "2",
+        "--lr", "1e-2", "--batch-size", "2", "--micro-batch", "1", "--lora", "4,8,q_proj,v_proj",
+        "--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf"),
     ])  # fmt: skip
-    meta = json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
-    assert meta["loads_with"] == "AutoModelForSequenceClassification" and meta["lora_adapter"] is None
-    # rmgap export from the base model alone: the checkpoint's adapters merged into a fresh base
-    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), "--model", str(tmp_path / "base")])
-    eval_main([
-        "--model", str(tmp_path / "hf2"), "--reward", "ex_rm", "--data", f"test={tmp_path / 'train.jsonl'}",
-        "--out", str(tmp_path / "ev"), "--quiet",
+    return lm, json.loads((tmp_path / "hf" / "rmgap_export.json").read_text())
+
+
+def _eval_gives_the_runs_rewards(tmp_path, folder: str, objective: str) -> dict:
+    """rmgap eval of the exported ``folder`` on the training file: the run's own rewards (1e-5)."""
+    res = eval_main([
+        "--model", str(tmp_path / folder), "--reward", objective,
+        "--data", f"test={tmp_path / 'train.jsonl'}", "--out", str(tmp_path / f"ev-{folder}"), "--quiet",
     ])  # fmt: skip
     rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
-    want, got = rows(tmp_path / "run" / "rewards_test.jsonl"), rows(tmp_path / "ev" / "rewards_test.jsonl")
+    want = rows(tmp_path / "run" / "rewards_test.jsonl")
+    got = rows(tmp_path / f"ev-{folder}" / "rewards_test.jsonl")
     for w, g in zip(want, got, strict=True):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)
+    return res
+
+
+def test_the_export_is_the_merged_model_and_peft_loads_its_adapters(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm, meta = _train_and_export(tmp_path, "im_rm")
+    assert meta["lora"] == SPEC and meta["lora_adapter"] == "lora_adapter"
+    res = _eval_gives_the_runs_rewards(tmp_path, "hf", "im_rm")
+    assert res["ref"] == str(tmp_path / "base")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                     tmp_path / "hf" / "lora_adapter")  # fmt: skip
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-5)
+        assert not torch.allclose(peft(ids).logits, lm.model(ids).logits, atol=1e-3)  # (the adapters moved)
+    # rmgap export of the same run from the base model alone gives the same weights
+    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), "--model", str(tmp_path / "base")])
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")
+    for (k, a), b in zip(merged.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_path):
+    _, meta = _train_and_export(tmp_path, "ex_rm")
+    assert meta["loads_with"] == "AutoModelForSequenceClassification" and meta["lora_adapter"] is None
+    # rmgap export from the base model alone: the checkpoint's adapters merged into a fresh base (the
+    # trained model holds its adapters already, so only this path checks the merge)
+    export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), "--model", str(tmp_path / "base")])
+    _eval_gives_the_runs_rewards(tmp_path, "hf2", "ex_rm")
 
 
 @pytest.mark.parametrize(
