@@ -7,7 +7,7 @@ zero at the start and s = α/r. At B = 0 the loss's gradients are
 
 so the first step moves B alone, and the weight moves by ΔW = s · ΔB · A:
 
-    gradient descent:  ΔW = −η s² · G AᵀA          (the full step −ηG, projected onto A's row space)
+    gradient descent:  ΔW = −η s² · G AᵀA          (the full step −ηG, times AᵀA: A's row space only)
     Adam:              ΔW = −η s · adam(s G Aᵀ) A  (adam(g) = g / (|g| + ε), theory.adam)
 
 To first order the reward change of any response is ⟨∇_W r̄, ΔW⟩ summed over the adapted matrices,

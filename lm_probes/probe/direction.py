@@ -37,7 +37,9 @@ def step_direction(lm, cfg: TrainConfig, pairs: list[Pair], rewrites: bool = Fal
     """−∇ℓ at θ₀ for ``pairs`` under ``cfg`` (its reward type, options, freezing; RewardModel applies
     them to ``lm``); ``rewrites``: each pair's ``Pair.rewrite`` enters the consistency term."""
     cfg = replace(cfg, progress=False)
-    rm = RewardModel(lm, cfg, rt=cfg.check())
+    with torch.random.fork_rng():  # (LoRA's A drawn as the trainer draws it for this seed)
+        torch.manual_seed(cfg.seed)
+        rm = RewardModel(lm, cfg, rt=cfg.check())
 
     def encode(ps):
         return encode_pairs(lm.tokenizer, ps, chat_template=cfg.chat_template, too_long="raise")

@@ -326,12 +326,12 @@ def run_probe(
         raise ValueError("run_probe needs at least one evaluation pair")
     types = [get_reward_type(name) for name in cfg.rewards]
     requires_grad = [p.requires_grad for p in lm.model.parameters()]
-    if cfg.lora:  # adapters injected for the probe (A seeded by head_seed, B = 0) and removed after it
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.head_seed)
-            apply_lora(lm.model, parse_lora(cfg.lora))
-    cols, rewards0, gs, contributions = {}, {}, {}, {}
+    cols, rewards0, gs, contributions, applied = {}, {}, {}, {}, False
     try:
+        if cfg.lora:  # adapters injected for the probe (A seeded by head_seed, B = 0), removed after it
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.head_seed)
+                applied = bool(apply_lora(lm.model, parse_lora(cfg.lora)))
         run = _Run(lm, cfg, train, evals)
         if not run.ev_encs:
             raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
@@ -342,7 +342,7 @@ def run_probe(
             c, rewards0[rt.name], gs[rt.name], contributions[rt.name] = _columns(run, rt, head0)
             cols.update({f"{rt.name}_{k}": v for k, v in c.items()})
     finally:
-        if cfg.lora:
+        if applied:
             remove_lora(lm.model)
         for p, flag in zip(lm.model.parameters(), requires_grad, strict=True):
             p.requires_grad_(flag)

@@ -42,6 +42,19 @@ def same_config(recorded: dict, cfg) -> bool:
 DISPLAY = ("progress",)  # options that change what is printed, not what is computed
 
 
+def check_finished(summary: Path, cfg) -> None:
+    """Refuse, in one line, to count a finished run (its ``summary.json``) trained with another
+    configuration than ``cfg`` (another --lr, --epochs, --lora, ...) as this one."""
+    recorded = json.loads(Path(summary).read_text()).get("config", {})
+    if not same_config(recorded, cfg):
+        was = json.loads(json.dumps({**asdict(type(cfg)()), **recorded}))
+        now = json.loads(json.dumps(asdict(cfg)))
+        diff = sorted(k for k in now if k not in DISPLAY and was.get(k) != now[k])
+        raise ValueError(
+            f"{Path(summary).parent}: finished with another {', '.join(diff)}; refusing to resume"
+        )
+
+
 def digest(obj) -> str:
     """SHA-256 of a nest of dicts, lists, tensors, arrays and plain values: tensors by dtype, shape and
     bytes; dicts in their order (a checkpoint's contents, an encoded data set, a model's weights)."""

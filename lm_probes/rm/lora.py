@@ -16,6 +16,7 @@ the export all read W itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,12 @@ def parse_lora(text: str) -> LoraSpec:
         raise ValueError(
             f"--lora {text!r}: give r,alpha,targets, e.g. 8,16,q_proj+v_proj (r an integer)"
         ) from None
-    if r < 1 or not alpha > 0 or not targets:
-        raise ValueError(f"--lora {text!r}: r must be ≥ 1, alpha > 0, and at least one target module")
+    if r < 1 or not 0 < alpha < math.inf or not targets:
+        raise ValueError(
+            f"--lora {text!r}: r must be ≥ 1, alpha finite and > 0, and at least one target module"
+        )
+    if "all-linear" in targets and len(targets) > 1:
+        raise ValueError(f"--lora {text!r}: all-linear stands alone (it already names every linear layer)")
     if bad := [t for t in targets if t in NOT_TARGETS]:
         raise ValueError(
             f"--lora {text!r}: {bad[0]} is the output head or an embedding; LoRA here adapts the body only"
@@ -60,21 +65,32 @@ def parse_lora(text: str) -> LoraSpec:
 
 def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
     """Inject ``spec``'s adapters into ``model`` in place (peft), freeze every other parameter, → model.
-    A target no module matches is one line."""
+    A target no module matches, one that is the output head or an embedding, or a model that has
+    adapters already is one line (and the model is left as it was)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    if lora_layers(model):
+        raise ValueError(f"--lora {spec.text()}: the model has LoRA adapters already")
     targets = "all-linear" if spec.targets == ("all-linear",) else list(spec.targets)
     config = LoraConfig(
         r=spec.r, lora_alpha=spec.alpha, target_modules=targets, lora_dropout=0.0, bias="none"
     )
     if targets == "all-linear":  # (peft resolves it on a PeftModel only: the body's linear layers here)
+        from transformers.pytorch_utils import Conv1D
+
         head = model.get_output_embeddings()
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        names -= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
-        config.target_modules = sorted(names)
+        linear = [
+            n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head
+        ]
+        config.target_modules = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    model._rmgap_requires_grad = {id(p): p.requires_grad for p in model.parameters()}  # (remove_lora's)
+    ends = (model.get_input_embeddings(), model.get_output_embeddings())
     try:
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        if bad := [n for n, m in lora_layers(model).items() if m.get_base_layer() in ends]:
+            raise ValueError(f"{bad[0]} is the output head or an embedding; LoRA here adapts the body only")
     except ValueError as e:
+        remove_lora(model)
         why = " ".join(str(e).split())[:160]
         raise ValueError(f"--lora {spec.text()}: {why}") from None
     for name, p in model.named_parameters():
@@ -100,34 +116,37 @@ def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def merged_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of the base architecture with every adapter merged, W = W0 + (α/r)·B·A, under the
-    base model's names (``x.base_layer.weight`` → ``x.weight``; adapters left out): what an export
-    saves. The model itself is not changed."""
+    """The state dict of the base architecture with every adapter merged, W = W0 + (α/r)·B·A (peft's
+    own delta: transposed for Conv1D layers; in at least float32, then the weight's dtype), under the base
+    model's names (``x.base_layer.weight`` → ``x.weight``; adapters left out): what an export saves.
+    The model itself is not changed."""
     layers = lora_layers(model)
     out = {}
     for k, v in model.state_dict().items():
         if is_adapter(k):
             continue
-        name = k.replace(".base_layer.", ".")
         owner = k.rsplit(".base_layer.", 1)[0] if ".base_layer." in k else None
         if owner in layers and k.endswith(".base_layer.weight"):
             m = layers[owner]
-            scale = m.scaling[ADAPTER]
-            delta = m.lora_B[ADAPTER].weight @ m.lora_A[ADAPTER].weight
-            v = (v + scale * delta.to(v.dtype)).detach()
-        out[name] = v
+            with torch.no_grad():
+                wide = torch.promote_types(v.dtype, torch.float32)  # (bf16 → fp32; fp64 stays)
+                a, b = m.lora_A[ADAPTER].weight.to(wide), m.lora_B[ADAPTER].weight.to(wide)
+                delta = (b @ a).T if m.fan_in_fan_out else b @ a
+                v = (v.to(wide) + m.scaling[ADAPTER] * delta).to(v.dtype)
+        out[k.replace(".base_layer.", ".")] = v
     return out
 
 
 def remove_lora(model: torch.nn.Module) -> torch.nn.Module:
     """Put back the base module of every adapted layer (unmerged: the base weights as they were), and
-    re-enable gradients on the base parameters; → model."""
+    each base parameter's requires_grad as it was before apply_lora; → model."""
     for name in lora_layers(model):
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, child, getattr(owner, child).get_base_layer())
+    flags = model.__dict__.pop("_rmgap_requires_grad", {})
     for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(flags.get(id(p), True))
     if hasattr(model, "peft_config"):  # (what inject_adapter_in_model recorded on the model)
         del model.peft_config
     return model
@@ -140,7 +159,7 @@ def save_adapter(folder, model: torch.nn.Module, spec: LoraSpec, base: str | Non
     from peft.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import save_file
 
-    layers = sorted({n.rsplit(".", 1)[-1] for n in lora_layers(model)})
+    layers = sorted(lora_layers(model))  # (full names: exactly the modules whose adapters are saved)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,

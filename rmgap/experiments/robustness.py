@@ -228,6 +228,8 @@ def run_record(args, preset: dict, data: RobustnessData, model_info: dict) -> di
         "max_part_length": preset["max_part_length"],
         "split": data.split,
         "model": {k: model_info.get(k) for k in ("model", "file_sha256", "dtype", "n_parameters")},
+        # (only when given: run.json files written before --lora stay resumable)
+        **({"lora": flags.lora_text(args)} if getattr(args, "lora", None) else {}),
     }
 
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from lm_probes.data.pairs import DataError, Pair, encode_pairs, load_pairs, load_rows
 from lm_probes.data.splits import length_rule
-from lm_probes.rm.checkpoints import same_config
+from lm_probes.rm.checkpoints import check_finished, same_config
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import ACCURACY, current_names
 from lm_probes.rm.mitigations import get_mitigation
@@ -243,13 +243,14 @@ def run_shifts(lm_factory, args, preset: dict, seeds, objectives, mitigation=Non
         data = datas[seed] = shift_data(tok, args.train_set, preset, seed, max_len)
         for obj in objectives:
             d = cell_dir(args.out, seed, obj, len(seeds))
-            if args.resume and (d / "summary.json").exists():
-                say(f"seed {seed} {obj}: done before, read from {d}", flush=True)
-                continue
             cfg = cell_config(args, preset, obj, seed)
             train = data.train
             if mitigation is not None and obj == objectives[1]:
                 cfg, train = mitigation.config(cfg), mitigation.train_pairs(data.train)
+            if args.resume and (d / "summary.json").exists():
+                check_finished(d / "summary.json", cfg)
+                say(f"seed {seed} {obj}: done before, read from {d}", flush=True)
+                continue
             if args.explicit_from and obj == objectives[0]:
                 reuse_cell(cell_dir(args.explicit_from, seed, obj, len(seeds)), d, cfg, copy=main_process)
                 say(f"seed {seed} {obj}: copied from {args.explicit_from}", flush=True)

@@ -82,3 +82,13 @@ def test_a_bad_lora_spec_is_refused():
         ProbeConfig(lora="8")
     with pytest.raises(ValueError, match="output head or an embedding"):
         ProbeConfig(lora="8,16,lm_head")
+
+
+def test_a_refused_target_leaves_the_probed_model_as_it_was():
+    lm = make_tiny_lm()
+    before = list(lm.model.state_dict())
+    with pytest.raises(ValueError, match="--lora"):
+        run_probe(
+            lm, PROBE_TRAIN, PROBE_EVALS, ProbeConfig(lora="4,8,q_proj+input_layernorm", progress=False)
+        )
+    assert list(lm.model.state_dict()) == before and not lora_layers(lm.model)

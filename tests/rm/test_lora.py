@@ -181,3 +181,66 @@ def test_an_experiment_trains_lora_adapters_and_resumes_from_its_files(tmp_path)
     other = [*argv[:-1], "8,16,q_proj,v_proj", "--resume"]
     with pytest.raises(ValueError, match=r"another run|different configuration"):
         main(other, lm_factory=factory)
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).double().eval()
+
+
+@pytest.mark.parametrize("targets", ["c_attn", "all-linear"])
+def test_merged_state_transposes_conv1d_layers(targets):
+    """GPT-2's Conv1D stores W as (in, out) (peft's fan_in_fan_out): the merge follows peft's delta."""
+    model, ids = _tiny_gpt2(), torch.tensor([[1, 2, 3, 4, 5]])
+    apply_lora(model, parse_lora(f"2,4,{targets}"))
+    for k, v in adapter_state(model).items():
+        torch.nn.init.normal_(v) if ".lora_B." in k else None
+    with torch.no_grad():
+        want = model(ids).logits
+    plain = _tiny_gpt2()
+    plain.load_state_dict(merged_state(model))
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["4,8,q_proj+input_layernorm", "4,8,model.embed_tokens", "4,8,no_such_proj"])
+def test_a_refused_spec_leaves_the_model_as_it_was(spec):
+    lm = make_tiny_lm()
+    lm.model.model.norm.weight.requires_grad_(False)  # (a flag the refusal must not reset)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    with pytest.raises(ValueError, match="--lora"):
+        apply_lora(lm.model, parse_lora(spec))
+    assert list(lm.model.state_dict()) == list(before) and not hasattr(lm.model, "peft_config")
+    assert [p.requires_grad for p in lm.model.parameters()] == flags
+
+
+def test_adapters_twice_are_refused_and_removal_restores_each_flag():
+    lm = make_tiny_lm()
+    lm.model.model.norm.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    apply_lora(lm.model, parse_lora(SPEC))
+    with pytest.raises(ValueError, match="has LoRA adapters already"):
+        apply_lora(lm.model, parse_lora(SPEC))
+    remove_lora(lm.model)
+    assert [p.requires_grad for p in lm.model.parameters()] == flags
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"), [("4,inf,q_proj", "alpha finite"), ("4,8,all-linear+q_proj", "alone")]
+)
+def test_more_bad_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_lora(spec)
+
+
+def test_a_finished_cell_of_another_configuration_is_not_resumed(tmp_path):
+    from lm_probes.rm.checkpoints import check_finished
+
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {"objective": "im_rm", "lr": 1e-2}}))
+    check_finished(tmp_path / "summary.json", TrainConfig(lr=1e-2))  # (unrecorded fields: defaults)
+    with pytest.raises(ValueError, match="finished with another lora; refusing"):
+        check_finished(tmp_path / "summary.json", TrainConfig(lr=1e-2, lora=SPEC))

@@ -28,7 +28,7 @@ def test_first_lora_step_is_the_closed_form(optimizer):
     want = lora_weight_step(G.numpy(), A0.numpy(), s, lr, optimizer)
     np.testing.assert_allclose(moved, want, rtol=1e-10, atol=1e-14)
     assert torch.equal(A.detach(), A0)  # ∂ℓ/∂A = s Bᵀ G = 0 at B = 0: A does not move, under either
-    if optimizer == "sgd":  # −η s² G AᵀA: the full step projected onto A's row space
+    if optimizer == "sgd":  # −η s² G AᵀA: the full step times AᵀA (A's row space only)
         a = A0.numpy()
         np.testing.assert_allclose(want, -lr * s**2 * G.numpy() @ a.T @ a, rtol=1e-12)
         # with r = in and AᵀA = I/s² it is the full-parameter step
