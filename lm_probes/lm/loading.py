@@ -236,6 +236,8 @@ def _from_pretrained(cls, path, dtype: str, attention: str, quiet: bool, **kw):
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
     model = cls.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    if getattr(model, "use_kernels", False):  # transformers ≥ 5.25 loads with hub kernels on, and then
+        model.reset_kernels()  # every train()/eval() re-kernelizes, undoing the float64 norms below
     model.set_attn_implementation(register_attention() if attention == "eager" else "sdpa")
     return model, keep_rms_norms_in_dtype(model)
 
