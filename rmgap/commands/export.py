@@ -2,7 +2,9 @@
 (lm_probes.rm.export), as ``rmgap train --export`` saves it at the end of a run. RUN is any folder
 with a ``summary.json`` and a ``checkpoint.pt``: an ``rmgap train --out`` folder or one RM's cell of
 an experiment (persona, shifts, robustness, hamiltonian; ``rmgap mitigations`` deletes its
-checkpoints). The base model is the one the run was trained from, checked by its file's SHA-256.
+checkpoints). The base model is the one the run was trained from, checked by its file's SHA-256
+where it has one and by the digest of the run's initial weights (``summary.json`` → ``digests.model``;
+a LoRA run's adapters at their start included) where the dtypes match.
 
     rmgap export runs/shifts/im_rm --out hf/im_rm            # a SmolLM2 run: --model defaults to it
     rmgap export runs/mine/ex_rm --model BASE --out hf/ex_rm  # a run on another base model
@@ -44,6 +46,29 @@ def run_config(run: Path) -> tuple[dict, TrainConfig]:
     return summary, cfg
 
 
+def same_start(summary: dict, cfg: TrainConfig, lm) -> bool:
+    """Whether ``lm`` is the model the run started from: the digest of its weights (with a LoRA run's
+    adapters at their start, A drawn as the trainer drew it) against the run's ``digests.model``. True
+    where the run recorded none or was trained in another dtype (nothing to compare)."""
+    import torch
+
+    from lm_probes.rm.checkpoints import weights_digest
+    from lm_probes.rm.lora import apply_lora, parse_lora, remove_lora
+
+    want = (summary.get("digests") or {}).get("model")
+    if not want or (summary.get("model") or {}).get("dtype") != lm.info.get("dtype"):
+        return True
+    if not cfg.lora:
+        return weights_digest(lm.model) == want
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        apply_lora(lm.model, parse_lora(cfg.lora))
+    try:
+        return weights_digest(lm.model) == want
+    finally:
+        remove_lora(lm.model)
+
+
 def main(argv=None, lm=None) -> dict:
     """Export the run; ``lm`` (tests): the base model, instead of loading --model."""
     from lm_probes.rm.export import check_export
@@ -58,6 +83,11 @@ def main(argv=None, lm=None) -> dict:
         raise ValueError(
             f"--model {args.model}: file SHA-256 {given[:12]}…, but {args.run} was trained from "
             f"{summary['model'].get('model')} ({trained[:12]}…); give that base model"
+        )
+    if not same_start(summary, cfg, lm):
+        raise ValueError(
+            f"--model {args.model}: its weights are not those {args.run} started from (the run's "
+            "initial-weights digest differs); give that base model"
         )
     by = (
         summary.get("command")

@@ -138,6 +138,14 @@ def test_a_lora_ex_rm_exports_as_a_classifier_that_gives_the_runs_rewards(tmp_pa
     # trained model holds its adapters already, so only this path checks the merge)
     export_main([str(tmp_path / "run"), "--out", str(tmp_path / "hf2"), "--model", str(tmp_path / "base")])
     _eval_gives_the_runs_rewards(tmp_path, "hf2", "ex_rm")
+    # another base of the same shape (no file digest to tell them apart): refused by the run's θ0 digest
+    other = make_tiny_lm(dtype=torch.float32, tie=False, seed=1)
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="initial-weights digest differs"):
+        export_main(
+            [str(tmp_path / "run"), "--out", str(tmp_path / "hf3"), "--model", str(tmp_path / "other")]
+        )
 
 
 @pytest.mark.parametrize(
