@@ -53,20 +53,17 @@ def same_start(summary: dict, cfg: TrainConfig, lm) -> bool:
     import torch
 
     from lm_probes.rm.checkpoints import weights_digest
-    from lm_probes.rm.lora import apply_lora, parse_lora, remove_lora
+    from lm_probes.rm.lora import apply_lora, parse_lora
 
     want = (summary.get("digests") or {}).get("model")
     if not want or (summary.get("model") or {}).get("dtype") != lm.info.get("dtype"):
         return True
     if not cfg.lora:
         return weights_digest(lm.model) == want
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # (the adapters stay: the export loads the trained ones into them)
         torch.manual_seed(cfg.seed)
         apply_lora(lm.model, parse_lora(cfg.lora))
-    try:
-        return weights_digest(lm.model) == want
-    finally:
-        remove_lora(lm.model)
+    return weights_digest(lm.model) == want
 
 
 def main(argv=None, lm=None) -> dict:
