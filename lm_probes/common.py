@@ -140,7 +140,10 @@ def train_flops(
     """Useful FLOPs of one training pass over ``tokens`` tokens: 6 · N_body per token (forward +
     backward), plus, for objectives that read the LM's log-probs (IM-RMs), 6 · N_head per response
     position and (``reference``) 2 · (both) for the one reference pass. EX-RMs never form logits.
-    Attention-score FLOPs are left out (see :func:`attention_flops`)."""
+    Attention-score FLOPs are left out (see :func:`attention_flops`). Every sequence counts whole:
+    where the scorer runs a prompt once for several responses (lm_probes.lm.scoring's cached mode,
+    chosen when a micro-batch's pairs share prompts) fewer FLOPs run than this counts, which the
+    benchmarks measure (benchmarks/_limit.py, ``flop_check``)."""
     if objective.startswith("ex_rm"):
         return 6.0 * n_body * tokens
     pass_flops = n_body * tokens + n_head * response_tokens

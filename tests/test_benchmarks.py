@@ -19,3 +19,54 @@ def test_the_1b_shaped_probe_benchmark_runs_at_its_small_shape(tmp_path):
     assert out["n_parameters"] > 128256 * 64  # the 1B vocabulary, at a small width
     assert min(out["pearson_first_order"].values()) > 0.99 and out["peak_gib"] > 0
     assert set(out["meets"]) == {"seconds", "peak_gib", "pearson_first_order"}
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_limit_counts_the_products_that_ran_inside_the_timed_ranges():
+    """benchmarks/_limit.py: the profiled products are exactly those of the labelled range, with their
+    FLOPs (a linear layer's forward and both backward products; the untimed one left out)."""
+    import torch
+    from torch.profiler import record_function
+
+    limit = _load("_limit")
+    w = torch.randn(48, 32, requires_grad=True)
+    x, z = torch.randn(16, 32, requires_grad=True), torch.randn(5, 7)
+
+    def work():
+        z @ z.T  # outside the timed range
+        with record_function("timed"):
+            (x @ w.T).sum().backward()
+
+    gemms = limit.profile_gemms(work, within=("timed",))
+    flops = sum(limit.gemm_flops(op, shapes) for op, shapes in gemms)
+    assert len(gemms) == 3 and flops == 3 * 2 * 16 * 32 * 48
+    lim = limit.replay_limit(gemms, repeat=2)
+    assert lim["flops"] == flops and lim["seconds"] > 0
+    share = limit.share_of_limit(2 * lim["seconds"], lim, formula_flops=flops)
+    assert share["of_limit"] == 0.5 and share["flop_check"] == 1.0 and not share["limit_beaten"]
+
+
+def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
+    """benchmarks/dynamics_engine.py's limit replays the route's products: their FLOPs are the route's
+    formula, for both routes."""
+    bench = _load("dynamics_engine")
+    for k, d in ((128, 2048), (512, 64)):  # rho route, gradient route
+        prods = bench.products(k, 2 * k, 32_000, d, bench.np.float64)
+        flops = sum(2.0 * m * kk * n * c for m, kk, n, c, _ in prods)
+        assert flops == bench.route_flops(k, 2 * k, 32_000, d)
+
+
+def test_the_1b_shaped_training_benchmark_runs_at_its_small_shape(tmp_path):
+    """(The formula / profiled FLOP ratio exceeds 1 where a micro-batch's pairs share a prompt: the
+    trainer runs it once for all their responses, lm_probes.lm.scoring, while the formula counts every
+    sequence whole.)"""
+    out = _load("train_1b").main(["--shape", "tiny", "--steps", "1", "--micro-batch", "2"])
+    assert set(out["rows"]) == {"im_rm", "ex_rm"}
+    for r in out["rows"].values():
+        assert r["tokens"] > 0 and r["of_limit"] > 0 and r["flop_check"] >= 0.9

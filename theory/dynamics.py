@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from theory._vocab import Rows, auto_chunk
+
 __all__ = [
     "RhoTerms",
     "TokenStates",
@@ -44,8 +46,6 @@ __all__ = [
     "rho",
     "rho_terms",
 ]
-
-_CHUNK_BYTES = 32 * 2**20  # target size of one (rows × vocab chunk) block
 
 
 @dataclass(frozen=True)
@@ -111,68 +111,30 @@ def _check_compatible(*states: TokenStates) -> None:
             raise ValueError(f"hidden sizes differ ({d} vs {s.hidden_size})")
 
 
-def _auto_chunk(rows: int, vocab: int, dtype) -> int:
-    width = _CHUNK_BYTES // (max(rows, 1) * np.dtype(dtype).itemsize)
-    return int(min(vocab, max(1024, width)))
-
-
 def choose_route(n_eval_tokens: int, n_train_tokens: int, hidden_size: int) -> str:
     """'rho' when K·L ≤ (K + L)·D (ρ matrix cheaper than V×D gradients), else 'gradient'."""
     k, ell, d = n_eval_tokens, n_train_tokens, hidden_size
     return "rho" if k * ell <= (k + ell) * d else "gradient"
 
 
-class _Rows:
-    """Logit rows stacked from several (K_i, V) blocks without copying them: only vocabulary
-    chunks are ever concatenated, so stacking y+ and y− (or many evaluation sequences) costs no
-    K×V copy."""
-
-    def __init__(self, blocks: Sequence[np.ndarray]):
-        self.blocks = list(blocks)
-        self.n = sum(b.shape[0] for b in self.blocks)
-        self.vocab = self.blocks[0].shape[1]
-
-    def row_max(self, dtype) -> np.ndarray:
-        return np.concatenate([b.max(axis=1) for b in self.blocks]).astype(dtype)
-
-    def exp_chunk(self, c0: int, c1: int, shift: np.ndarray, dtype) -> np.ndarray:
-        """exp(logits[:, c0:c1] − shift[:, None]) as a fresh (n, c1 − c0) array."""
-        if len(self.blocks) == 1:
-            e = self.blocks[0][:, c0:c1].astype(dtype)
-        else:
-            e = np.concatenate([b[:, c0:c1] for b in self.blocks]).astype(dtype, copy=False)
-        e -= shift[:, None]
-        return np.exp(e, out=e)
-
-    def gather(self, cols: np.ndarray, dtype) -> np.ndarray:
-        """logits[:, cols] as (n, len(cols))."""
-        return np.concatenate([b[:, cols] for b in self.blocks]).astype(dtype, copy=False)
-
-    def logsumexp(self, chunk: int, dtype) -> np.ndarray:
-        m = self.row_max(dtype)
-        s = np.zeros(self.n, dtype=dtype)
-        for c0 in range(0, self.vocab, chunk):
-            s += self.exp_chunk(c0, c0 + chunk, m, dtype).sum(axis=1)
-        return m + np.log(s)
-
-
-def _rho_parts(tok_a, rows_a: _Rows, tok_b, rows_b: _Rows, chunk, dtype):
+def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
     """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (module docstring).
 
     One pass over the vocabulary: exp(logit − row max) is accumulated unnormalised into ⟨·,·⟩ and
     the row sums, and divided by both row sums at the end."""
     v = rows_a.vocab
-    chunk = chunk or _auto_chunk(rows_a.n + rows_b.n, v, dtype)
+    chunk = chunk or auto_chunk(rows_a.n + rows_b.n, v, dtype)
     ma, mb = rows_a.row_max(dtype), rows_b.row_max(dtype)
     sa = np.zeros(rows_a.n, dtype=dtype)
     sb = np.zeros(rows_b.n, dtype=dtype)
     inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
+    buf_a = np.empty((rows_a.n, min(chunk, v)), dtype=dtype)
+    buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
     for c0 in range(0, v, chunk):
-        ea = rows_a.exp_chunk(c0, c0 + chunk, ma, dtype)  # (Ka, c)
-        eb = rows_b.exp_chunk(c0, c0 + chunk, mb, dtype)  # (Kb, c)
-        sa += ea.sum(axis=1)
-        sb += eb.sum(axis=1)
-        inner += ea @ eb.T
+        w = min(v, c0 + chunk) - c0
+        sa += rows_a.exp_into(c0, c0 + chunk, ma, buf_a)  # buf_a[:, :w] = ẽ_a (Ka, w)
+        sb += rows_b.exp_into(c0, c0 + chunk, mb, buf_b)  # (Kb, w)
+        inner += buf_a[:, :w] @ buf_b[:, :w].T
     inner /= sa[:, None] * sb[None, :]
     lsa, lsb = ma + np.log(sa), mb + np.log(sb)
     p_a_at_b = np.exp(rows_a.gather(tok_b, dtype) - lsa[:, None])  # (Ka, Kb): p_k[v_l]
@@ -210,7 +172,7 @@ def rho_terms(
         raise ValueError(f"logits must be (K, V) and (L, V) with the same V; got {lb.shape} and {lg.shape}")
     if tb.shape != (lb.shape[0],) or t.shape != (lg.shape[0],):
         raise ValueError(f"tokens {tb.shape}/{t.shape} do not match logits rows {lb.shape[0]}/{lg.shape[0]}")
-    return RhoTerms(*_rho_parts(tb, _Rows([lb]), t, _Rows([lg]), vocab_chunk, dtype))
+    return RhoTerms(*_rho_parts(tb, Rows([lb]), t, Rows([lg]), vocab_chunk, dtype))
 
 
 def rho(
@@ -238,7 +200,7 @@ def _per_token_rho_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w,
 
 def _per_token_gradient_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype):
     v = bar_rows.vocab
-    chunk = chunk or _auto_chunk(bar_rows.n + tr_rows.n, v, dtype)
+    chunk = chunk or auto_chunk(bar_rows.n + tr_rows.n, v, dtype)
     hb = bar_hid.astype(dtype, copy=False)  # (K, D)
     wh = w[:, None] * tr_hid.astype(dtype, copy=False)  # (L, D)  w_l h_l
     lse_tr = tr_rows.logsumexp(chunk, dtype)  # training side normalised up front (L is small)
@@ -246,15 +208,16 @@ def _per_token_gradient_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_row
     s_bar = np.zeros(bar_rows.n, dtype=dtype)
     p_t = np.zeros_like(hb)  # (K, D) Σ_chunks ẽ_{k,c} T_c   (ẽ = exp(logit − row max))
     t_at_bar = np.zeros_like(hb)  # (K, D) T[ȳ_k]
+    buf_q = np.empty((tr_rows.n, min(chunk, v)), dtype=dtype)
+    buf_e = np.empty((bar_rows.n, min(chunk, v)), dtype=dtype)
     for c0 in range(0, v, chunk):
         c1 = min(v, c0 + chunk)
-        q = tr_rows.exp_chunk(c0, c1, lse_tr, dtype)  # (L, c) probabilities
-        t = -(q.T @ wh)  # (c, D): T_c = Σ_l w_l (e_{v_l} − q_l)_c h_lᵀ, the −q part ...
+        tr_rows.exp_into(c0, c1, lse_tr, buf_q)  # (L, c) probabilities
+        t = -(buf_q[:, : c1 - c0].T @ wh)  # (c, D): T_c = Σ_l w_l (e_{v_l} − q_l)_c h_lᵀ, the −q part ...
         inside = (tr_tok >= c0) & (tr_tok < c1)
         np.add.at(t, tr_tok[inside] - c0, wh[inside])  # ... plus the one-hot part
-        e = bar_rows.exp_chunk(c0, c1, m_bar, dtype)  # (K, c)
-        s_bar += e.sum(axis=1)
-        p_t += e @ t
+        s_bar += bar_rows.exp_into(c0, c1, m_bar, buf_e)  # (K, c)
+        p_t += buf_e[:, : c1 - c0] @ t
         rows = np.nonzero((bar_tok >= c0) & (bar_tok < c1))[0]
         t_at_bar[rows] = t[bar_tok[rows] - c0]
     return np.einsum("kd,kd->k", t_at_bar - p_t / s_bar[:, None], hb)
@@ -273,7 +236,7 @@ def _per_token(bars: Sequence[TokenStates], train: Sequence[tuple[TokenStates, f
     fn = {"rho": _per_token_rho_route, "gradient": _per_token_gradient_route}.get(route)
     if fn is None:
         raise ValueError(f"route must be 'auto', 'rho' or 'gradient', got {route!r}")
-    bar_rows, tr_rows = _Rows([b.logits for b in bars]), _Rows([s.logits for s, _ in train])
+    bar_rows, tr_rows = Rows([b.logits for b in bars]), Rows([s.logits for s, _ in train])
     return fn(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from lm_probes.common import progress, tune_malloc, write_text
 from lm_probes.data.pairs import EncodedPairs, Pair, encode_pairs
@@ -39,6 +40,9 @@ from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
 from lm_probes.rm.rewards import RewardType, get_reward_type
+
+# the parts of a run that train_seconds and reference_seconds time, as torch.profiler ranges
+TIMED_LABELS = ("rmgap.reference", "rmgap.train_epoch")
 
 
 def length_buckets(
@@ -212,7 +216,8 @@ def train_reward_model(
     resuming = bool(resume and ckpt and ckpt.exists())
     t_ref = time.perf_counter()  # before any update: π_ref is the initial model
     if not resuming or cfg.token_dropout:  # (a checkpoint holds the tables, not the per-token terms)
-        rm.fill_reference([e for pr in [*data.train, *(w for w in data.rewrites or [] if w)] for e in pr])
+        with record_function(TIMED_LABELS[0]):  # (labels for profilers: benchmarks/_limit.py)
+            rm.fill_reference([e for pr in [*data.train, *(w for w in data.rewrites or [] if w)] for e in pr])
     reference_s = time.perf_counter() - t_ref
     if not resuming:
         rm.fill_eval_reference(data.evals)
@@ -240,7 +245,8 @@ def train_reward_model(
     final, t0, train_s = None, time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        train_loss = _train_epoch(rm, wrapped, opt, data, cfg, epoch, runtime)
+        with record_function(TIMED_LABELS[1]):
+            train_loss = _train_epoch(rm, wrapped, opt, data, cfg, epoch, runtime)
         train_s += time.perf_counter() - t_epoch
         if ckpt:  # before the evaluation: a run stopped there keeps its weights (the main process writes)
             save_checkpoint(ckpt, rm, opt, history, epoch, train_loss, runtime.is_main, identity)

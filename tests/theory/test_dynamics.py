@@ -184,6 +184,28 @@ def test_batch_and_contributions_agree_with_single_calls():
     assert np.isclose(c_plus.sum() - c_minus.sum(), single[3], rtol=1e-12)
 
 
+@pytest.mark.parametrize("route", ["rho", "gradient"])
+def test_threaded_vocabulary_streaming_is_exact_and_thread_count_free(route, monkeypatch):
+    """The exponentials are split by rows between threads, across the stacked blocks of several
+    evaluation sequences (theory._vocab.Rows): the batch equals autograd's gradient inner products,
+    bitwise the same for 1, 2 and 3 threads."""
+    import theory._vocab as vocab
+
+    monkeypatch.setattr(vocab, "_MIN_PARALLEL", 0)  # thread even these small blocks
+    W, rng = make_model(V=50, D=6, seed=7)
+    plus, minus = states(W, rng, 3), states(W, rng, 5)
+    bars = [states(W, rng, k) for k in (2, 5, 1, 4)]
+    gp, gm = torch_grad(W, plus), torch_grad(W, minus)
+    want = [0.1**2 * 0.5 * ((torch_grad(W, b) * (gp - gm)).sum()) for b in bars]
+    got = {}
+    for n in ("1", "2", "3"):
+        monkeypatch.setenv("RMGAP_THREADS", n)
+        kw = dict(beta=0.1, lr=1.0, g=0.5, route=route, vocab_chunk=7)
+        got[n] = im_reward_change_batch(bars, plus, minus, **kw)
+        np.testing.assert_allclose(got[n], want, rtol=1e-10)
+    assert np.array_equal(got["1"], got["2"]) and np.array_equal(got["1"], got["3"])
+
+
 def test_dense_gradient_matches_autograd():
     W, rng = make_model(V=25, D=4, seed=3)
     s = states(W, rng, 5)

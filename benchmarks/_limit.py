@@ -1,0 +1,144 @@
+"""The machine's limit for a piece of work, measured so that no benchmark can beat it: the work's own
+matrix products, at the shapes it runs them, each timed alone (best of several runs), summed.
+
+    gemms = profile_gemms(lambda: step(batch))          # torch: every mm/addmm/bmm the work ran
+    lim = replay_limit(gemms, repeat=5)                  # Σ count · best time of each shape alone
+    ratio = lim["seconds"] / work_seconds                # ≤ 1: the work runs these products and more
+
+Why not a square n×n matmul: its rate depends on n and on the moment it is measured. Measured once
+at start-up, it let training report 118–133 % "of the matmul rate" (issue 26). The products a step
+really runs (skinny activations × weights, attention's batched products) go at their own rates,
+and the step's time holds them all plus everything else, so the share of the step's time that
+these products alone would take is at most 1, up to timing noise between the best-of runs; a
+ratio above 1 is reported as the limit beaten, never clipped. The FLOPs the products do (counted
+by torch's profiler) are returned to check the FLOP formulas the benchmarks report rates with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+ROUND = 8  # at most this many calls of one product back to back per timed round
+
+
+def profile_gemms(fn, within: tuple[str, ...] = ()) -> list[tuple]:
+    """Run ``fn`` once under torch's profiler; the matrix products it ran, one (op, (shape_a, shape_b))
+    per call: the two operands' shapes as the profiler records them (addmm's bias left out).
+    ``within``: keep only the products that started inside a ``torch.profiler.record_function`` range
+    of one of these names (the trainer labels its timed parts so)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    events = prof.events()
+    ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name in within]
+    out = []
+    for e in events:
+        if e.name in GEMM_OPS and (not within or any(a <= e.time_range.start <= b for a, b in ranges)):
+            shapes = tuple(tuple(s) for s in e.input_shapes if len(s) >= 2)[-2:]
+            out.append((e.name, shapes))
+    return out
+
+
+def gemm_flops(op: str, shapes) -> float:
+    """2·m·k·n (times the batch for bmm) of one product."""
+    a, b = shapes
+    batch = a[0] if op in ("aten::bmm", "aten::baddbmm") else 1
+    return 2.0 * batch * a[-2] * a[-1] * b[-1]
+
+
+def _best(fn, repeat: int, calls: int = 1) -> float:
+    """Best time per call of ``fn`` over ``repeat`` rounds of ``calls`` back-to-back calls (as the
+    work runs its products: threads stay awake between them), after one warm-up round."""
+    for _ in range(calls):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
+def replay_limit(gemms, repeat: int = 5, dtype=None) -> dict:
+    """Σ over the distinct products of (count × best-of-``repeat`` time per call of that product alone,
+    in rounds of up to ROUND calls), with torch on fresh contiguous operands of the same shapes and
+    dtype; and their FLOPs."""
+    import torch
+
+    dtype = dtype or torch.get_default_dtype()
+    counts = Counter(gemms)
+    seconds = flops = 0.0
+    for (op, (sa, sb)), n in counts.items():
+        a, b = torch.randn(sa, dtype=dtype), torch.randn(sb, dtype=dtype)
+        mm = torch.bmm if len(sa) == 3 else torch.mm
+        seconds += n * _best(lambda mm=mm, a=a, b=b: mm(a, b), repeat, min(n, ROUND))
+        flops += n * gemm_flops(op, (sa, sb))
+    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9, "distinct": len(counts)}
+
+
+def numpy_replay_limit(products, repeat: int = 5, dtype=None) -> dict:
+    """The same for numpy products given as (m, k, n, count, layout): a (m, k) times b (k, n), with
+    layout "nn" (``a @ b``), "nt" (``a @ b.T``, b stored (n, k)) or "tn" (``a.T @ b``, a stored
+    (k, m)), as the work calls them."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    seconds = flops = 0.0
+    for m, k, n, count, layout in products:
+        a = rng.standard_normal((k, m) if layout == "tn" else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if layout == "nt" else (k, n)).astype(dtype)
+        fn = {"nn": lambda a=a, b=b: a @ b, "nt": lambda a=a, b=b: a @ b.T, "tn": lambda a=a, b=b: a.T @ b}
+        seconds += count * _best(fn[layout], repeat, min(count, ROUND))
+        flops += count * 2.0 * m * k * n
+    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9}
+
+
+def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None = None) -> dict:
+    """The work against its limit: ``of_limit`` = limit seconds / work seconds (≤ 1 unless timing noise
+    beat the best-of runs, then ``limit_beaten``), the achieved and limit GFLOP/s, and the formula's
+    FLOPs over the products' counted ones (``flop_check``; 1 when the formula counts what ran)."""
+    out = {
+        "work_seconds": work_seconds,
+        "limit_seconds": limit["seconds"],
+        "limit_gflops": limit["gflops"],
+        "gemm_flops": limit["flops"],
+        "of_limit": limit["seconds"] / work_seconds,
+    }
+    out["limit_beaten"] = out["of_limit"] > 1.0
+    if formula_flops is not None:
+        out["formula_gflops"] = formula_flops / work_seconds / 1e9
+        out["flop_check"] = formula_flops / limit["flops"]
+    return out
+
+
+def training_steps(rm, batches, lr: float, repeat: int = 5) -> dict:
+    """Adam steps of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs,
+    each step a forward, backward and Adam update as the trainer takes them: ``batches[0]`` warms up,
+    the rest are timed; then the same batches' matrix products (profiled on a second pass: the same
+    shapes) are replayed alone for the limit. Returns the seconds, the tokens, and the limit."""
+    import resource
+
+    import torch
+
+    opt = torch.optim.Adam(rm.trainable(), lr=lr)
+    rm.model.train()
+
+    def step(b):
+        rm.batch_loss(b).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])  # warm-up
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = 0.0
+    for b in batches[1:]:
+        t0 = time.perf_counter()
+        step(b)
+        seconds += time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    gemms = profile_gemms(lambda: [step(b) for b in batches[1:]])
+    return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}

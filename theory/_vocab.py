@@ -1,0 +1,102 @@
+"""Streaming over the vocabulary for theory.dynamics: logit rows stacked from several (K_i, V) blocks
+without copying them, exponentials written into one reused buffer, the element-wise work spread over
+the machine's cores (numpy's ufuncs release the GIL; its exp is single-threaded otherwise).
+
+Every row is handled whole by one thread, so results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+CHUNK_BYTES = 32 * 2**20  # target size of one (rows × vocab chunk) block
+_MIN_PARALLEL = 1 << 16  # elements below which one thread does the work
+_POOL: list = []  # the lazily made thread pool
+
+
+def threads() -> int:
+    """Cores this process may use (``RMGAP_THREADS`` overrides)."""
+    env = os.environ.get("RMGAP_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if not _POOL or _POOL[0]._max_workers < n:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="rmgap-vocab")]
+    return _POOL[0]
+
+
+def auto_chunk(rows: int, vocab: int, dtype) -> int:
+    width = CHUNK_BYTES // (max(rows, 1) * np.dtype(dtype).itemsize)
+    return int(min(vocab, max(1024, width)))
+
+
+class Rows:
+    """Logit rows stacked from several (K_i, V) blocks without copying them: only vocabulary chunks
+    are ever written out, so stacking y+ and y− (or many evaluation sequences) costs no K×V copy."""
+
+    def __init__(self, blocks: Sequence[np.ndarray]):
+        self.blocks = list(blocks)
+        self.n = sum(b.shape[0] for b in self.blocks)
+        self.vocab = self.blocks[0].shape[1]
+        self.starts = np.cumsum([0] + [b.shape[0] for b in self.blocks])
+
+    def _pieces(self, r0: int, r1: int):
+        """(block, block rows, stacked rows) covering stacked rows r0:r1."""
+        for b, s in zip(self.blocks, self.starts[:-1], strict=True):
+            lo, hi = max(r0, s), min(r1, s + b.shape[0])
+            if lo < hi:
+                yield b, slice(lo - s, hi - s), slice(lo, hi)
+
+    def _each(self, fn, width: int) -> None:
+        """fn(r0, r1) over row ranges that split the rows between the cores."""
+        n_threads = min(threads(), self.n)
+        if n_threads <= 1 or self.n * width < _MIN_PARALLEL:
+            fn(0, self.n)
+            return
+        bounds = np.linspace(0, self.n, n_threads + 1).astype(int)
+        list(_pool(n_threads).map(fn, bounds[:-1], bounds[1:]))
+
+    def row_max(self, dtype) -> np.ndarray:
+        out = np.empty(self.n, dtype=dtype)
+
+        def fn(r0, r1):
+            for b, br, sr in self._pieces(r0, r1):
+                out[sr] = b[br].max(axis=1)
+
+        self._each(fn, self.vocab)
+        return out
+
+    def exp_into(self, c0: int, c1: int, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[:n, :c1 − c0] = exp(logits[:, c0:c1] − shift[:, None]) in out's dtype; returns the
+        (n,) row sums of what it wrote."""
+        w = min(c1, self.vocab) - c0
+        sums = np.empty(self.n, dtype=out.dtype)
+
+        def fn(r0, r1):
+            for b, br, sr in self._pieces(r0, r1):
+                e = out[sr, :w]
+                np.subtract(b[br, c0 : c0 + w], shift[sr, None], out=e, casting="unsafe")
+                np.exp(e, out=e)
+                sums[sr] = e.sum(axis=1)
+
+        self._each(fn, w)
+        return sums
+
+    def gather(self, cols: np.ndarray, dtype) -> np.ndarray:
+        """logits[:, cols] as (n, len(cols))."""
+        return np.concatenate([b[:, cols] for b in self.blocks]).astype(dtype, copy=False)
+
+    def logsumexp(self, chunk: int, dtype) -> np.ndarray:
+        m = self.row_max(dtype)
+        s = np.zeros(self.n, dtype=dtype)
+        buf = np.empty((self.n, min(chunk, self.vocab)), dtype=dtype)
+        for c0 in range(0, self.vocab, chunk):
+            s += self.exp_into(c0, c0 + chunk, m, buf)
+        return m + np.log(s)
