@@ -89,6 +89,28 @@ class Rows:
         self._each(fn, w)
         return sums
 
+    def exp_online(self, c0: int, c1: int, m: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The running-max form of :meth:`exp_into` (one read of the logits, no separate max pass):
+        ``m`` (n,) is the row max over the columns seen so far (−inf before the first chunk) and is
+        raised in place to include c0:c1; out[:n, :w] = exp(logits[:, c0:c1] − m). Returns the row
+        sums of what it wrote and ``scale`` = exp(m_before − m_after), the factor that brings sums
+        accumulated under the old m to the new one."""
+        w = min(c1, self.vocab) - c0
+        sums, scale = np.empty(self.n, dtype=out.dtype), np.empty(self.n, dtype=out.dtype)
+
+        def fn(r0, r1):
+            for b, br, sr in self._pieces(r0, r1):
+                e, x = out[sr, :w], b[br, c0 : c0 + w]
+                new = np.maximum(m[sr], x.max(axis=1))
+                scale[sr] = np.exp(m[sr] - new)
+                m[sr] = new
+                np.subtract(x, new[:, None], out=e, casting="unsafe")
+                np.exp(e, out=e)
+                sums[sr] = e.sum(axis=1)
+
+        self._each(fn, w)
+        return sums, scale
+
     def gather(self, cols: np.ndarray, dtype) -> np.ndarray:
         """logits[:, cols] as (n, len(cols))."""
         return np.concatenate([b[:, cols] for b in self.blocks]).astype(dtype, copy=False)

@@ -120,11 +120,12 @@ def choose_route(n_eval_tokens: int, n_train_tokens: int, hidden_size: int) -> s
 def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
     """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (module docstring).
 
-    One pass over the vocabulary: exp(logit − row max) is accumulated unnormalised into ⟨·,·⟩ and
-    the row sums, and divided by both row sums at the end."""
+    One pass over the vocabulary, reading each logit once: exp(logit − running row max) is
+    accumulated unnormalised into ⟨·,·⟩ and the row sums (rescaled when a row's max rises), and
+    divided by both row sums at the end."""
     v = rows_a.vocab
     chunk = chunk or auto_chunk(rows_a.n + rows_b.n, v, dtype)
-    ma, mb = rows_a.row_max(dtype), rows_b.row_max(dtype)
+    ma, mb = np.full(rows_a.n, -np.inf, dtype=dtype), np.full(rows_b.n, -np.inf, dtype=dtype)
     sa = np.zeros(rows_a.n, dtype=dtype)
     sb = np.zeros(rows_b.n, dtype=dtype)
     inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
@@ -132,8 +133,12 @@ def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
     buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
     for c0 in range(0, v, chunk):
         w = min(v, c0 + chunk) - c0
-        sa += rows_a.exp_into(c0, c0 + chunk, ma, buf_a)  # buf_a[:, :w] = ẽ_a (Ka, w)
-        sb += rows_b.exp_into(c0, c0 + chunk, mb, buf_b)  # (Kb, w)
+        ea_sum, fa = rows_a.exp_online(c0, c0 + chunk, ma, buf_a)  # buf_a[:, :w] = ẽ_a (Ka, w)
+        eb_sum, fb = rows_b.exp_online(c0, c0 + chunk, mb, buf_b)  # (Kb, w); ma, mb raised
+        if c0 and not (np.all(fa == 1.0) and np.all(fb == 1.0)):  # a row max rose: rescale
+            inner *= fa[:, None] * fb[None, :]
+        sa = sa * fa + ea_sum
+        sb = sb * fb + eb_sum
         inner += buf_a[:, :w] @ buf_b[:, :w].T
     inner /= sa[:, None] * sb[None, :]
     lsa, lsb = ma + np.log(sa), mb + np.log(sb)
