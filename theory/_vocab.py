@@ -15,6 +15,7 @@ import numpy as np
 
 CHUNK_BYTES = 32 * 2**20  # target size of one (rows × vocab chunk) block
 _MIN_PARALLEL = 1 << 16  # elements below which one thread does the work
+_BLOCK_BYTES = 256 * 2**10  # rows of a chunk handled together: max, subtract, exp, sum stay in cache
 _POOL: list = []  # the lazily made thread pool
 
 
@@ -47,12 +48,15 @@ class Rows:
         self.vocab = self.blocks[0].shape[1]
         self.starts = np.cumsum([0] + [b.shape[0] for b in self.blocks])
 
-    def _pieces(self, r0: int, r1: int):
-        """(block, block rows, stacked rows) covering stacked rows r0:r1."""
+    def _pieces(self, r0: int, r1: int, width: int = 0):
+        """(block, block rows, stacked rows) covering stacked rows r0:r1, in runs of rows that keep a
+        (rows × ``width``) float64 slice within _BLOCK_BYTES (whole blocks when width is 0)."""
+        step = max(1, _BLOCK_BYTES // (8 * width)) if width else None
         for b, s in zip(self.blocks, self.starts[:-1], strict=True):
             lo, hi = max(r0, s), min(r1, s + b.shape[0])
-            if lo < hi:
-                yield b, slice(lo - s, hi - s), slice(lo, hi)
+            for a in range(lo, hi, step or max(hi - lo, 1)):
+                z = min(hi, a + step) if step else hi
+                yield b, slice(a - s, z - s), slice(a, z)
 
     def _each(self, fn, width: int) -> None:
         """fn(r0, r1) over row ranges that split the rows between the cores."""
@@ -73,17 +77,21 @@ class Rows:
         self._each(fn, self.vocab)
         return out
 
-    def exp_into(self, c0: int, c1: int, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out[:n, :c1 − c0] = exp(logits[:, c0:c1] − shift[:, None]) in out's dtype; returns the
-        (n,) row sums of what it wrote."""
+    def exp_into(self, c0: int, c1: int, shift: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+        """out[:n, :c1 − c0] = exp(logits[:, c0:c1] − shift[:, None]) (no shift: None), computed in
+        out's dtype; returns the (n,) row sums of what it wrote."""
         w = min(c1, self.vocab) - c0
         sums = np.empty(self.n, dtype=out.dtype)
 
         def fn(r0, r1):
-            for b, br, sr in self._pieces(r0, r1):
+            for b, br, sr in self._pieces(r0, r1, w):
                 e = out[sr, :w]
-                np.subtract(b[br, c0 : c0 + w], shift[sr, None], out=e, casting="unsafe")
-                np.exp(e, out=e)
+                if shift is None:  # (may overflow: the caller checks; errstate is per thread)
+                    with np.errstate(over="ignore", under="ignore"):
+                        np.exp(b[br, c0 : c0 + w], out=e, dtype=e.dtype, casting="unsafe")
+                else:
+                    np.subtract(b[br, c0 : c0 + w], shift[sr, None], out=e, casting="unsafe")
+                    np.exp(e, out=e)
                 sums[sr] = e.sum(axis=1)
 
         self._each(fn, w)
@@ -99,7 +107,7 @@ class Rows:
         sums, scale = np.empty(self.n, dtype=out.dtype), np.empty(self.n, dtype=out.dtype)
 
         def fn(r0, r1):
-            for b, br, sr in self._pieces(r0, r1):
+            for b, br, sr in self._pieces(r0, r1, w):
                 e, x = out[sr, :w], b[br, c0 : c0 + w]
                 new = np.maximum(m[sr], x.max(axis=1))
                 scale[sr] = np.exp(m[sr] - new)

@@ -117,17 +117,36 @@ def choose_route(n_eval_tokens: int, n_train_tokens: int, hidden_size: int) -> s
     return "rho" if k * ell <= (k + ell) * d else "gradient"
 
 
-def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
-    """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (module docstring).
-
-    One pass over the vocabulary, reading each logit once: exp(logit − running row max) is
-    accumulated unnormalised into ⟨·,·⟩ and the row sums (rescaled when a row's max rises), and
-    divided by both row sums at the end."""
+def _inner_direct(rows_a: Rows, rows_b: Rows, chunk: int, dtype):
+    """The common case in one read of each logit and no max: ẽ = exp(logit) unshifted, accumulated
+    into ⟨ẽ_a, ẽ_b⟩ and the row sums. None when a row sum or a product of two could leave the
+    dtype's normal range (logits beyond ≈ ±300 in float64): then :func:`_inner_online` runs."""
     v = rows_a.vocab
-    chunk = chunk or auto_chunk(rows_a.n + rows_b.n, v, dtype)
+    sa, sb = np.zeros(rows_a.n, dtype=dtype), np.zeros(rows_b.n, dtype=dtype)
+    inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
+    buf_a = np.empty((rows_a.n, min(chunk, v)), dtype=dtype)
+    buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        for c0 in range(0, v, chunk):
+            w = min(v, c0 + chunk) - c0
+            sa += rows_a.exp_into(c0, c0 + chunk, None, buf_a)  # buf_a[:, :w] = exp(logits) (Ka, w)
+            sb += rows_b.exp_into(c0, c0 + chunk, None, buf_b)
+            inner += buf_a[:, :w] @ buf_b[:, :w].T
+        lsa, lsb = np.log(sa), np.log(sb)
+    fi = np.finfo(dtype)
+    lo, hi = np.log(fi.tiny) + 60.0, np.log(fi.max) - 10.0  # (margins: ≥ 60 nats of precision kept)
+    if not (np.isfinite(lsa).all() and np.isfinite(lsb).all()):  # (±inf sums: their bounds are nan)
+        return None
+    if lsa.min() + lsb.min() < lo or lsa.max() + lsb.max() > hi:
+        return None
+    return inner / (sa[:, None] * sb[None, :]), lsa, lsb
+
+
+def _inner_online(rows_a: Rows, rows_b: Rows, chunk: int, dtype):
+    """Any logits: exp(logit − running row max), the sums and ⟨·,·⟩ rescaled when a row's max rises."""
+    v = rows_a.vocab
     ma, mb = np.full(rows_a.n, -np.inf, dtype=dtype), np.full(rows_b.n, -np.inf, dtype=dtype)
-    sa = np.zeros(rows_a.n, dtype=dtype)
-    sb = np.zeros(rows_b.n, dtype=dtype)
+    sa, sb = np.zeros(rows_a.n, dtype=dtype), np.zeros(rows_b.n, dtype=dtype)
     inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
     buf_a = np.empty((rows_a.n, min(chunk, v)), dtype=dtype)
     buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
@@ -140,8 +159,17 @@ def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
         sa = sa * fa + ea_sum
         sb = sb * fb + eb_sum
         inner += buf_a[:, :w] @ buf_b[:, :w].T
-    inner /= sa[:, None] * sb[None, :]
-    lsa, lsb = ma + np.log(sa), mb + np.log(sb)
+    return inner / (sa[:, None] * sb[None, :]), ma + np.log(sa), mb + np.log(sb)
+
+
+def _rho_parts(tok_a, rows_a: Rows, tok_b, rows_b: Rows, chunk, dtype):
+    """The four (Ka, Kb) terms of ρ: match, p_a[tok_b], q_b[tok_a], ⟨p_a, q_b⟩ (module docstring).
+
+    One pass over the vocabulary, reading each logit once: exponentials are accumulated
+    unnormalised into ⟨·,·⟩ and the row sums and divided by both row sums at the end."""
+    chunk = chunk or auto_chunk(rows_a.n + rows_b.n, rows_a.vocab, dtype)
+    found = _inner_direct(rows_a, rows_b, chunk, dtype)
+    inner, lsa, lsb = found if found is not None else _inner_online(rows_a, rows_b, chunk, dtype)
     p_a_at_b = np.exp(rows_a.gather(tok_b, dtype) - lsa[:, None])  # (Ka, Kb): p_k[v_l]
     q_b_at_a = np.exp(rows_b.gather(tok_a, dtype) - lsb[:, None]).T  # (Ka, Kb): q_l[ȳ_k]
     match = (tok_a[:, None] == tok_b[None, :]).astype(dtype)

@@ -43,7 +43,7 @@ def rho_case(draw, max_v=12):
     V = draw(st.integers(2, max_v))
     K = draw(st.integers(1, 5))
     L = draw(st.integers(1, 5))
-    scale = draw(st.sampled_from([0.1, 1.0, 10.0, 200.0]))
+    scale = draw(st.sampled_from([0.1, 1.0, 10.0, 200.0, 1000.0]))  # (1000: past the unshifted route)
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     tb = rng.integers(0, V, K)
@@ -204,6 +204,22 @@ def test_threaded_vocabulary_streaming_is_exact_and_thread_count_free(route, mon
         got[n] = im_reward_change_batch(bars, plus, minus, **kw)
         np.testing.assert_allclose(got[n], want, rtol=1e-10)
     assert np.array_equal(got["1"], got["2"]) and np.array_equal(got["1"], got["3"])
+
+
+@pytest.mark.parametrize("scale", [1.0, 400.0])
+def test_float32_logits_are_computed_in_the_engines_dtype(scale):
+    """float32 logits (a float32 model's) with the float64 engine: every exponential in float64, so the
+    result equals the one from the same logits held in float64 (to rounding); at scale 400 the
+    unshifted route would overflow (e^800) and the running-max route takes over."""
+    W, rng = make_model(V=60, D=5, seed=11)
+    trip = [states(W, rng, k, scale=scale) for k in (4, 3, 5)]
+    f32 = [TokenStates(s.tokens, s.hidden, s.logits.astype(np.float32)) for s in trip]
+    f64 = [TokenStates(s.tokens, s.hidden, s.logits.astype(np.float32).astype(np.float64)) for s in f32]
+    kw = dict(beta=0.2, lr=1.0, g=0.5, route="rho", vocab_chunk=16)
+    want = im_reward_change(*f64, **kw)
+    assert abs(im_reward_change(*f32, **kw) - want) <= 1e-12 * abs(want)
+    if scale > 1:  # the truth, from autograd on the float64 logits' own W: finite and right
+        assert np.isfinite(want)
 
 
 def test_dense_gradient_matches_autograd():
