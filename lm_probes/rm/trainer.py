@@ -149,6 +149,7 @@ def _resume(ckpt: Path, rm: RewardModel, opt, data: _Encoded, run: dict) -> tupl
     return history, start_epoch, pending_loss
 
 
+@record_function(TIMED_LABELS[1])  # (a profiler range, per call)
 def _train_epoch(
     rm: RewardModel, wrapped, opt, data: _Encoded, cfg: TrainConfig, epoch: int, runtime: Runtime
 ) -> float:
@@ -245,8 +246,7 @@ def train_reward_model(
     final, t0, train_s = None, time.perf_counter(), 0.0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        with record_function(TIMED_LABELS[1]):
-            train_loss = _train_epoch(rm, wrapped, opt, data, cfg, epoch, runtime)
+        train_loss = _train_epoch(rm, wrapped, opt, data, cfg, epoch, runtime)
         train_s += time.perf_counter() - t_epoch
         if ckpt:  # before the evaluation: a run stopped there keeps its weights (the main process writes)
             save_checkpoint(ckpt, rm, opt, history, epoch, train_loss, runtime.is_main, identity)
