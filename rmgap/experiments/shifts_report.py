@@ -60,19 +60,19 @@ def _seen(e: dict) -> str:
 def table_markdown(res: dict) -> str:
     """table.md: evaluation sets grouped by shift type, win rates, rewrite quality, a few flips."""
     cfg = res["config"]
-    im = second_label(cfg)
-    model = res["models"]["ex_rm"].get("model", "?")
+    ex, im = first_label(cfg), second_label(cfg)
+    model = next(iter(res["models"].values())).get("model", "?")
     lines = [
         f"# Token-level vs domain shifts: trained on {cfg['train_set']}, {model}, preset {cfg['preset']}, "
         f"seeds {cfg['seeds']}",
         "",
         f"Command: `{cfg['command']}`. Accuracy counts ties as ½; margin = mean |r+ − r−| / (std of the "
-        "set's rewards + 1e-8); Δ = EX − IM accuracy with its 95 % paired-bootstrap CI over the pairs; "
-        f"winner: EX-RM ({im}) when the CI lies above (below) 0, else tie; 'plain': higher accuracy wins; "
+        f"set's rewards + 1e-8); Δ = {ex} − {im} accuracy with its 95 % paired-bootstrap CI over the pairs; "
+        f"winner: {ex} ({im}) when the CI lies above (below) 0, else tie; 'plain': higher accuracy wins; "
         "n* = pairs at which the observed Δ would be significant.",
         "",
-        f"| shift | evaluation set | pairs (kept / dropped > 512) | EX-RM acc | {im} acc | EX margin "
-        f"| {im} margin | Δ (EX − {im}) | 95 % CI | winner | plain | n* "
+        f"| shift | evaluation set | pairs (kept / dropped > 512) | {ex} acc | {im} acc | {ex} margin "
+        f"| {im} margin | Δ ({ex} − {im}) | 95 % CI | winner | plain | n* "
         "| seen in training (prompt / + chosen) |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
@@ -88,7 +88,7 @@ def table_markdown(res: dict) -> str:
                 f"| {e['pairs_needed']} | {_seen(e)} |"
             )
     lines += ["", "## Win rates (fraction of evaluation sets)", ""]
-    lines += [f"| shift | rule | EX-RM wins | tie | {im} wins | sets |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| shift | rule | {ex} wins | tie | {im} wins | sets |", "|---|---|---:|---:|---:|---:|"]
     for shift in ("token_level", "domain"):
         for rule, key in (("CI", "win_rate"), ("plain", "win_rate_plain")):
             w = res[key][shift]
@@ -99,7 +99,7 @@ def table_markdown(res: dict) -> str:
         "",
         "Mean accuracy by shift type: "
         + "; ".join(
-            f"{t} EX {v['ex_rm']:.3f} / {im} {v['im_rm']:.3f}" for t, v in res["mean_accuracy"].items()
+            f"{t} {ex} {v['ex_rm']:.3f} / {im} {v['im_rm']:.3f}" for t, v in res["mean_accuracy"].items()
         ),
         "",
     ]
@@ -125,7 +125,7 @@ def table_markdown(res: dict) -> str:
     fl = res["flips"]
     lines += [
         "",
-        f"## Why a pair flips ({im} wrong, EX-RM right, under a token-level shift; all in flips.jsonl)",
+        f"## Why a pair flips ({im} wrong, {ex} right, under a token-level shift; all in flips.jsonl)",
         "",
         f"Flipped pairs per set: {fl['n']}; the {im} had the same pair right before the rewrite in "
         f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token IM rewards β(ln π_θ − ln π_ref)"
@@ -143,10 +143,20 @@ def table_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_label(cfg: dict) -> str:
+    """What the first (explicit) RM of a run is called: the EX-RM, or the reward type run in its place
+    (``--objectives ex_rm_mean,...``)."""
+    ex = (cfg.get("objectives") or ["ex_rm"])[0]
+    return NAMES.get(ex, ex)
+
+
 def second_label(cfg: dict) -> str:
-    """What the second RM of a run is called: the IM-RM, or the hybrid RM (EX head + IM reward on one
-    backbone) that --mitigation hybrid puts in its place."""
-    return "hybrid RM" if cfg.get("mitigation") == "hybrid" else "IM-RM"
+    """What the second RM of a run is called: the IM-RM, the hybrid RM (EX head + IM reward on one
+    backbone) that --mitigation hybrid puts in its place, or another reward type (``--objectives``)."""
+    if cfg.get("mitigation") == "hybrid":
+        return "hybrid RM"
+    im = (cfg.get("objectives") or ["", "im_rm"])[1]
+    return NAMES.get(im, im)
 
 
 def mitigation_markdown(eff: dict, name: str) -> list[str]:
@@ -179,9 +189,11 @@ def _tokens(top) -> str:
     return ", ".join(f"`{t!r}` {v:+.4f}" for t, v, _ in top[:5])
 
 
-def win_rate_figure(win: dict, win_plain: dict, eval_: dict | None = None, title: str = ""):
+def win_rate_figure(
+    win: dict, win_plain: dict, eval_: dict | None = None, title: str = "", names=("EX-RM", "IM-RM")
+):
     """Stacked EX win / tie / IM win bars per shift type (CI rule and plain rule) and, given the
-    evaluation sets, each set's Δ accuracy with its CI."""
+    evaluation sets, each set's Δ accuracy with its CI; ``names``: the two RMs' labels."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2 if eval_ else 1, figsize=(12 if eval_ else 6, 4), squeeze=False)
     ax = axes[0, 0]
@@ -193,7 +205,7 @@ def win_rate_figure(win: dict, win_plain: dict, eval_: dict | None = None, title
     bars = np.nan_to_num(np.array(bars))
     left = np.zeros(len(bars))
     for k, (name, color) in enumerate(
-        (("EX-RM wins", "tab:blue"), ("tie", "0.75"), ("IM-RM wins", "tab:red"))
+        ((f"{names[0]} wins", "tab:blue"), ("tie", "0.75"), (f"{names[1]} wins", "tab:red"))
     ):
         ax.barh(labels, bars[:, k], left=left, color=color, label=name)
         left += bars[:, k]
@@ -212,7 +224,8 @@ def win_rate_figure(win: dict, win_plain: dict, eval_: dict | None = None, title
         ax.axvline(0, color="0.5", lw=0.8)
         ax.set_yticks(range(len(items)), [f"{n} ({e['shift']})" for n, e in items], fontsize=8)
         ax.invert_yaxis()
-        ax.set(xlabel="EX − IM accuracy (95 % paired-bootstrap CI)", title="per evaluation set")
+        xlabel = f"{names[0]} − {names[1]} accuracy (95 % paired-bootstrap CI)"
+        ax.set(xlabel=xlabel, title="per evaluation set")
     fig.tight_layout()
     return fig
 
@@ -226,7 +239,8 @@ def write_results(res: dict, out: Path) -> None:
     write_jsonl(out / "flips.jsonl", res["flips"]["rows"])
     write_text(out / "table.md", res["markdown"])
     title = f"trained on {res['config']['train_set']}"
-    fig = win_rate_figure(res["win_rate"], res["win_rate_plain"], res["eval"], title)
+    names = (first_label(res["config"]), second_label(res["config"]))
+    fig = win_rate_figure(res["win_rate"], res["win_rate_plain"], res["eval"], title, names)
     save_figure(fig, out / "win_rates.png")
 
 

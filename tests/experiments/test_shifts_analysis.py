@@ -123,3 +123,20 @@ def test_flips_are_counted_from_the_rewards_also_for_a_type_without_token_terms(
     rows = flips(ex, {**im, "tokens": {}}, {"para": "token_level"})
     assert [(r["where"], r["chosen_top"]) for r in rows] == [("s:1", None)]
     assert second_label({"mitigation": "hybrid"}) == "hybrid RM" and second_label({}) == "IM-RM"
+
+
+def test_a_run_of_other_reward_types_is_reported_under_their_names():
+    """``rmgap shifts --objectives ex_rm_mean,im_rm_no_ref`` (the paper's alternatives): the report
+    reads the model from whichever RM ran and names both columns by their reward types."""
+    from rmgap.experiments.shifts_report import first_label, second_label, table_markdown
+
+    cfg = {"objectives": ["ex_rm_mean", "im_rm_no_ref"], "train_set": "ultrafeedback", "preset": "cpu",
+           "seeds": [0], "command": "rmgap shifts --objectives ex_rm_mean,im_rm_no_ref"}  # fmt: skip
+    assert (first_label(cfg), second_label(cfg)) == ("ex_rm_mean", "im_rm_no_ref")
+    assert (first_label({}), second_label({})) == ("EX-RM", "IM-RM")
+    win = {t: {"ex_rm": 0.0, "tie": 1.0, "im_rm": 0.0, "n": 1} for t in ("token_level", "domain")}
+    res = {"config": cfg, "models": {"ex_rm_mean": {"model": "M"}, "im_rm_no_ref": {"model": "M"}},
+           "eval": {}, "win_rate": win, "win_rate_plain": win, "mean_accuracy": {}, "rewrite_quality": {},
+           "flips": {"n": {}, "im_rm_correct_before_rewrite": 0, "rows": []}}  # fmt: skip
+    md = table_markdown(res)
+    assert "| ex_rm_mean acc | im_rm_no_ref acc |" in md and "EX-RM" not in md
