@@ -115,11 +115,12 @@ def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None
     return out
 
 
-def training_steps(rm, batches, lr: float, repeat: int = 5) -> dict:
+def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
     """Adam steps of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs,
     each step a forward, backward and Adam update as the trainer takes them: ``batches[0]`` warms up,
     the rest are timed; then the same batches' matrix products (profiled on a second pass: the same
-    shapes) are replayed alone for the limit. Returns the seconds, the tokens, and the limit."""
+    shapes) are replayed alone for the limit. Returns the seconds, the page faults and the limit;
+    ``timed(seconds)`` is called before the profiling pass (to keep the time should that pass fail)."""
     import resource
 
     import torch
@@ -140,5 +141,7 @@ def training_steps(rm, batches, lr: float, repeat: int = 5) -> dict:
         step(b)
         seconds += time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    if timed:
+        timed(seconds)
     gemms = profile_gemms(lambda: [step(b) for b in batches[1:]])
     return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}

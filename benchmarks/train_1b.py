@@ -32,7 +32,7 @@ from probe_1b import SHAPES, build, peak_gib
 TARGET = 0.50  # of the limit
 
 
-def run_objective(lm, objective: str, pairs, micro: int, steps: int) -> dict:
+def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None) -> dict:
     from lm_probes.common import attention_flops, train_flops
     from lm_probes.data.pairs import encode_pairs
     from lm_probes.rm.config import TrainConfig
@@ -44,11 +44,12 @@ def run_objective(lm, objective: str, pairs, micro: int, steps: int) -> dict:
     order = length_buckets(encs, micro, np.random.default_rng([0, 1]))[: steps + 1]
     batches = [[encs[i] for i in b] for b in order]
     rm.fill_reference([e for b in batches for p in b for e in p])
-    run = training_steps(rm, batches, lr=1e-6)
     seq = [e for b in batches[1:] for p in b for e in p]
+    tokens = sum(len(e.input_ids) for e in seq)
+    run = training_steps(rm, batches, lr=1e-6, timed=timed and (lambda sec: timed(objective, tokens, sec)))
     n_head = lm.model.get_output_embeddings().weight.numel()
     n_body = lm.info["n_parameters"] - n_head  # (tied head: the embedding is the head)
-    tokens, resp = sum(len(e.input_ids) for e in seq), sum(e.response_len for e in seq)
+    resp = sum(e.response_len for e in seq)
     cfg = lm.model.config
     flops = train_flops(objective, n_body, n_head, tokens, resp, reference=False)
     flops += attention_flops([len(e.input_ids) for e in seq], cfg.num_hidden_layers, cfg.hidden_size)
@@ -73,8 +74,17 @@ def main(argv=None) -> dict:
     n = lm.info["n_parameters"]
     print(f"{lm.info['model']}: {n / 1e9:.3f} B parameters, {torch.get_num_threads()} threads")
     rows = {}
+
+    def timed(obj, tokens, sec):  # (kept in the JSON before the profiling pass, which may run out of memory)
+        rows[obj] = {"tokens": tokens, "work_seconds": sec, "tokens_per_s": tokens / sec, "limit": None}
+        print(f"  {obj}: {tokens} tokens in {sec:.1f} s = {tokens / sec:.1f} tok/s (timed steps)", flush=True)
+        if args.json:
+            from lm_probes.common import write_json
+
+            write_json(args.json, {"shape": args.shape, "rows": rows, "partial": True})
+
     for obj in ("im_rm", "ex_rm"):
-        r = rows[obj] = run_objective(lm, obj, pairs, args.micro_batch, args.steps)
+        r = rows[obj] = run_objective(lm, obj, pairs, args.micro_batch, args.steps, timed)
         print(
             f"  {obj}: {r['tokens']} tokens in {r['work_seconds']:.1f} s = {r['tokens_per_s']:.1f} tok/s, "
             f"{r['formula_gflops']:.1f} GFLOP/s; its matrix products alone take {100 * r['of_limit']:.0f} % "
