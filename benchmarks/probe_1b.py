@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
         "pearson_head_only": {n: s["head_only"][n]["pearson"] for n in ("im_rm", "ex_rm")},
         "lr": args.lr,
         "targets": TARGETS,
-        "command": "python benchmarks/probe_1b.py " + " ".join(argv or []),
+        "command": "python benchmarks/probe_1b.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     out["meets"] = {
         "seconds": seconds <= TARGETS["seconds"],
