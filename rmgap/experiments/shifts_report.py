@@ -61,6 +61,7 @@ def table_markdown(res: dict) -> str:
     """table.md: evaluation sets grouped by shift type, win rates, rewrite quality, a few flips."""
     cfg = res["config"]
     ex, im = first_label(cfg), second_label(cfg)
+    who = {} if (ex, im) == ("EX-RM", "IM-RM") else {"ex_rm": ex, "im_rm": im}  # (winner slots, named)
     model = next(iter(res["models"].values())).get("model", "?")
     lines = [
         f"# Token-level vs domain shifts: trained on {cfg['train_set']}, {model}, preset {cfg['preset']}, "
@@ -84,7 +85,8 @@ def table_markdown(res: dict) -> str:
             lines.append(
                 f"| {shift} | {name} | {kept} | {e['ex_rm']['accuracy']:.3f} | {e['im_rm']['accuracy']:.3f} "
                 f"| {e['ex_rm']['normalized_abs_margin']:.3f} | {e['im_rm']['normalized_abs_margin']:.3f} "
-                f"| {e['diff']:+.3f} | {_fmt_ci(e['diff_ci95'])} | {e['winner']} | {e['winner_plain']} "
+                f"| {e['diff']:+.3f} | {_fmt_ci(e['diff_ci95'])} | {who.get(e['winner'], e['winner'])} "
+                f"| {who.get(e['winner_plain'], e['winner_plain'])} "
                 f"| {e['pairs_needed']} | {_seen(e)} |"
             )
     lines += ["", "## Win rates (fraction of evaluation sets)", ""]

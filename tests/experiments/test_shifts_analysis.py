@@ -136,7 +136,12 @@ def test_a_run_of_other_reward_types_is_reported_under_their_names():
     assert (first_label({}), second_label({})) == ("EX-RM", "IM-RM")
     win = {t: {"ex_rm": 0.0, "tie": 1.0, "im_rm": 0.0, "n": 1} for t in ("token_level", "domain")}
     res = {"config": cfg, "models": {"ex_rm_mean": {"model": "M"}, "im_rm_no_ref": {"model": "M"}},
-           "eval": {}, "win_rate": win, "win_rate_plain": win, "mean_accuracy": {}, "rewrite_quality": {},
+           "eval": {"para": {"shift": "token_level", "ex_rm": {"accuracy": 0.6, "normalized_abs_margin": 1.0},
+                             "im_rm": {"accuracy": 0.4, "normalized_abs_margin": 1.0}, "diff": 0.2,
+                             "diff_ci95": [0.1, 0.3], "winner": "ex_rm", "winner_plain": "ex_rm",
+                             "pairs_needed": 10, "n_pairs": 100, "n_available": 100, "dropped_too_long": 0}},
+           "win_rate": win, "win_rate_plain": win, "mean_accuracy": {}, "rewrite_quality": {},
            "flips": {"n": {}, "im_rm_correct_before_rewrite": 0, "rows": []}}  # fmt: skip
     md = table_markdown(res)
     assert "| ex_rm_mean acc | im_rm_no_ref acc |" in md and "EX-RM" not in md
+    assert "| ex_rm_mean | ex_rm_mean |" in md  # the winner columns name the reward type
