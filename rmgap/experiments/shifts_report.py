@@ -59,8 +59,7 @@ def _seen(e: dict) -> str:
 
 def table_markdown(res: dict) -> str:
     """table.md: evaluation sets grouped by shift type, win rates, rewrite quality, a few flips."""
-    cfg = res["config"]
-    ex, im = first_label(cfg), second_label(cfg)
+    cfg, ex, im = res["config"], first_label(res["config"]), second_label(res["config"])
     who = {} if (ex, im) == ("EX-RM", "IM-RM") else {"ex_rm": ex, "im_rm": im}  # (winner slots, named)
     model = next(iter(res["models"].values())).get("model", "?")
     lines = [
