@@ -145,3 +145,30 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
         timed(seconds)
     gemms = profile_gemms(lambda: [step(b) for b in batches[1:]])
     return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}
+
+
+def bucketed_batches(rm, encs, micro: int, steps: int) -> list:
+    """The first ``steps`` + 1 training micro-batches as the trainer buckets them (by length, seeded),
+    with ``rm``'s reference log-probs filled for them (the trainer's one reference pass, untimed)."""
+    import numpy as np
+
+    from lm_probes.rm.trainer import length_buckets
+
+    order = length_buckets(encs, micro, np.random.default_rng([0, 1]))[: steps + 1]
+    batches = [[encs[i] for i in b] for b in order]
+    rm.fill_reference([e for b in batches for p in b for e in p])
+    return batches
+
+
+def step_flops(lm, objective: str, seq) -> tuple[float, float]:
+    """(lm_probes.common.train_flops, attention_flops) of training steps over the encodings ``seq``
+    (no reference pass): N_body excludes the output head and, when untied, the input embedding."""
+    from lm_probes.common import attention_flops, train_flops
+
+    n_head = lm.model.get_output_embeddings().weight.numel()
+    n_emb = lm.model.get_input_embeddings().weight.numel()
+    n_body = lm.info["n_parameters"] - n_head - (0 if lm.info["tied_head"] else n_emb)
+    tokens, resp = sum(len(e.input_ids) for e in seq), sum(e.response_len for e in seq)
+    cfg = lm.model.config
+    att = attention_flops([len(e.input_ids) for e in seq], cfg.num_hidden_layers, cfg.hidden_size)
+    return train_flops(objective, n_body, n_head, tokens, resp, reference=False), att

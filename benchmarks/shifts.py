@@ -34,18 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm_probes import scoring
-from lm_probes.common import attention_flops, matmul_rate, train_flops, tune_malloc, write_json
+from lm_probes.common import matmul_rate, tune_malloc, write_json
 from lm_probes.data.pairs import encode_pairs
+from lm_probes.lm import scoring
 from lm_probes.lm.loading import load_lm
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.evaluation import evaluate_sets
 from lm_probes.rm.reward_model import RewardModel
-from lm_probes.rm.trainer import length_buckets
 from rmgap.experiments.shifts import PRESETS, UF_FAMILY, shift_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import share_of_limit, training_steps
+from _limit import bucketed_batches, share_of_limit, step_flops, training_steps
 
 
 def _timed(fn) -> float:
@@ -100,19 +99,11 @@ def training(lm, objective: str, n_steps: int) -> dict:
     rm = RewardModel(lm, TrainConfig(objective=objective, lr=1e-5, progress=False))
     micro = PRESETS["cpu"]["train"]["micro_batch"]
     encs = encode_pairs(lm.tokenizer, data.train, max_part_length=512).encodings
-    order = length_buckets(encs, micro, np.random.default_rng([0, 1]))[: n_steps + 1]
-    batches = [[encs[i] for i in b] for b in order]
-    rm.fill_reference([e for b in batches for p in b for e in p])
+    batches = bucketed_batches(rm, encs, micro, n_steps)
     run = training_steps(rm, batches, lr=1e-5)
     sec, seq = run["seconds"], [e for b in batches[1:] for p in b for e in p]
-    info = lm.info
-    n_head = lm.model.get_output_embeddings().weight.numel()
-    n_body = info["n_parameters"] - n_head - (0 if info["tied_head"] else n_head)
     tokens = sum(len(e.input_ids) for e in seq)
-    resp = sum(e.response_len for e in seq)
-    flops = train_flops(objective, n_body, n_head, tokens, resp, reference=False)  # (not timed here)
-    cfg_m = lm.model.config
-    att = attention_flops([len(e.input_ids) for e in seq], cfg_m.num_hidden_layers, cfg_m.hidden_size)
+    flops, att = step_flops(lm, objective, seq)
     return {
         "objective": objective,
         "sequences": len(seq),

@@ -22,37 +22,26 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import share_of_limit, training_steps
+from _limit import bucketed_batches, share_of_limit, step_flops, training_steps
 from probe_1b import SHAPES, build, peak_gib
 
 TARGET = 0.50  # of the limit
 
 
 def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None) -> dict:
-    from lm_probes.common import attention_flops, train_flops
     from lm_probes.data.pairs import encode_pairs
     from lm_probes.rm.config import TrainConfig
     from lm_probes.rm.reward_model import RewardModel
-    from lm_probes.rm.trainer import length_buckets
 
     rm = RewardModel(lm, TrainConfig(objective=objective, lr=1e-6, progress=False))
-    encs = encode_pairs(lm.tokenizer, pairs).encodings
-    order = length_buckets(encs, micro, np.random.default_rng([0, 1]))[: steps + 1]
-    batches = [[encs[i] for i in b] for b in order]
-    rm.fill_reference([e for b in batches for p in b for e in p])
+    batches = bucketed_batches(rm, encode_pairs(lm.tokenizer, pairs).encodings, micro, steps)
     seq = [e for b in batches[1:] for p in b for e in p]
     tokens = sum(len(e.input_ids) for e in seq)
     run = training_steps(rm, batches, lr=1e-6, timed=timed and (lambda sec: timed(objective, tokens, sec)))
-    n_head = lm.model.get_output_embeddings().weight.numel()
-    n_body = lm.info["n_parameters"] - n_head  # (tied head: the embedding is the head)
-    resp = sum(e.response_len for e in seq)
-    cfg = lm.model.config
-    flops = train_flops(objective, n_body, n_head, tokens, resp, reference=False)
-    flops += attention_flops([len(e.input_ids) for e in seq], cfg.num_hidden_layers, cfg.hidden_size)
+    flops = sum(step_flops(lm, objective, seq))
     out = {"objective": objective, "steps": steps, "sequences": len(seq), "tokens": tokens}
     out |= {"tokens_per_s": tokens / run["seconds"], **share_of_limit(run["seconds"], run["limit"], flops)}
     for p in rm.model.parameters():  # free the gradients before the next objective
