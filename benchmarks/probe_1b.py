@@ -12,17 +12,20 @@ EX-RM, every column (fixed state, head-only step, exact first order, full step).
 
 Reported: wall time of the probe (model building excluded, and reported apart), peak resident memory
 of the process (ru_maxrss: model, gradients, tangents and activations together), the probe's own
-per-stage timings, and Pearson of the exact first order and of the head-only prediction against the
-observed steps. Targets (issue 26): ≤ 20 min and ≤ 20 GiB on 2 cores; Pearson ≥ 0.99 for first order.
+per-stage timings and each stage's peak (sampled every 0.1 s: which stage sets the peak), and Pearson
+of the exact first order and of the head-only prediction against the observed steps. Targets
+(issue 26): ≤ 20 min and ≤ 20 GiB on 2 cores; Pearson ≥ 0.99 for first order.
 With ``--device cuda`` (benchmarks/gpu_run.sh) the peak is torch's peak allocation on the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,7 +73,40 @@ def peak_gib(device: str = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+class PhasePeaks:
+    """The highest memory seen in each of a Timer's phases: a thread reads the process's resident set
+    (/proc/self/statm; on CUDA torch's current allocation) every ``every`` seconds and files it under
+    ``timer.current`` ("between phases" outside them). A sample, so a spike shorter than ``every`` can
+    be missed; ``peak_gib`` (ru_maxrss or torch's peak) is the exact maximum."""
+
+    def __init__(self, timer, device: str = "cpu", every: float = 0.1):
+        self.timer, self.device, self.every = timer, device, every
+        self.gib: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now_gib(self) -> float:
+        if self.device.startswith("cuda"):
+            return torch.cuda.memory_allocated(self.device) / 2**30
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            phase = self.timer.current or "between phases"
+            self.gib[phase] = max(self.gib.get(phase, 0.0), self.now_gib())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def main(argv=None) -> dict:
+    from lm_probes.common import Timer
     from lm_probes.data.persona import persona_probe_set
     from lm_probes.probe.one_step import ProbeConfig, run_probe
 
@@ -86,8 +122,9 @@ def main(argv=None) -> dict:
     build_s, build_gib = time.perf_counter() - t0, peak_gib(args.device)
     data = persona_probe_set(n_eval_statements=args.eval_statements, n_margin_statements=0)
     cfg = ProbeConfig(lr=args.lr, progress=False)
-    t0 = time.perf_counter()
-    res = run_probe(lm, data["train"], data["eval"], cfg)
+    t0, timer = time.perf_counter(), Timer()
+    with PhasePeaks(timer, args.device) as peaks:
+        res = run_probe(lm, data["train"], data["eval"], cfg, timer=timer)
     seconds, s = time.perf_counter() - t0, res["summary"]
     full = s["full"]
     out = {
@@ -102,6 +139,7 @@ def main(argv=None) -> dict:
         "peak_gib": peak_gib(args.device),
         "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
         "timings": s["timings"],
+        "peak_gib_by_phase": peaks.gib,
         "pearson_first_order": {n: full[n]["first_order"]["pearson"] for n in ("im_rm", "ex_rm")},
         "pearson_head_only": {n: s["head_only"][n]["pearson"] for n in ("im_rm", "ex_rm")},
         "lr": args.lr,
@@ -121,7 +159,7 @@ def main(argv=None) -> dict:
         f"  build {build_s:.0f} s (peak {build_gib:.1f} GiB); probe of {out['n_eval_responses']} responses:"
     )
     for k, v in s["timings"].items():
-        print(f"    {k:<34} {v:8.1f} s")
+        print(f"    {k:<34} {v:8.1f} s   peak {peaks.gib.get(k, float('nan')):5.1f} GiB (sampled)")
     t_max, m_max = TARGETS["seconds"], TARGETS["peak_gib"]
     print(f"  probe {seconds / 60:.1f} min / {t_max / 60:.0f} min target = {seconds / t_max:.2f}")
     print(f"  peak {out['peak_gib']:.1f} GiB / {m_max:.0f} GiB target = {out['peak_gib'] / m_max:.2f}")

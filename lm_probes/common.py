@@ -32,18 +32,21 @@ def progress(iterable, desc: str, *, enabled: bool = True, total: int | None = N
 
 
 class Timer:
-    """Accumulates wall time per phase: ``with timer("model"): ...``; read ``timer.seconds``."""
+    """Accumulates wall time per phase: ``with timer("model"): ...``; read ``timer.seconds``, and
+    ``timer.current`` for the phase in progress (None between phases: what a memory sampler reads)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.current: str | None = None
 
     @contextmanager
     def __call__(self, name: str):
-        t0 = time.perf_counter()
+        t0, outer, self.current = time.perf_counter(), self.current, name
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.current = outer
 
 
 def jsonable(x):

@@ -19,6 +19,30 @@ def test_the_1b_shaped_probe_benchmark_runs_at_its_small_shape(tmp_path):
     assert out["n_parameters"] > 128256 * 64  # the 1B vocabulary, at a small width
     assert min(out["pearson_first_order"].values()) > 0.99 and out["peak_gib"] > 0
     assert set(out["meets"]) == {"seconds", "peak_gib", "pearson_first_order"}
+    assert set(out["peak_gib_by_phase"]) <= {*out["timings"], "between phases"}
+
+
+def test_phase_peaks_files_memory_under_the_phase_in_progress():
+    """probe_1b.PhasePeaks: a sample lands under Timer.current (nested phases restore the outer one)."""
+    import time
+
+    import numpy as np
+
+    from lm_probes.common import Timer
+
+    bench, timer = _load("probe_1b"), Timer()
+    with bench.PhasePeaks(timer, every=0.01) as peaks:
+        with timer("small"):
+            time.sleep(0.1)
+        with timer("big"):
+            x = np.ones(2**27)  # 1 GiB, resident
+            with timer("inner"):
+                time.sleep(0.1)
+            assert timer.current == "big"
+            time.sleep(0.1)
+            del x
+    assert timer.current is None
+    assert peaks.gib["big"] > peaks.gib["small"] + 0.9 and set(peaks.gib) >= {"small", "big", "inner"}
 
 
 def _load(name):

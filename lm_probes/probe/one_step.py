@@ -83,9 +83,9 @@ OPTIMIZERS = ("sgd", "adam")
 class _Run:
     """One probe run's shared state: the model, its encodings and states at θ0, the timer."""
 
-    def __init__(self, lm: LoadedLM, cfg: ProbeConfig, train: list[Pair], evals: list[Pair]):
+    def __init__(self, lm: LoadedLM, cfg: ProbeConfig, train: list[Pair], evals: list[Pair], timer=None):
         self.lm, self.cfg, self.model = lm, cfg, lm.model
-        self.pad, self.T = pad_id_of(lm.tokenizer), Timer()
+        self.pad, self.T = pad_id_of(lm.tokenizer), timer or Timer()
         with self.T("tokenise"):
             tr = self.encode(train)
             if tr.dropped["identical"]:
@@ -277,16 +277,27 @@ def _full(run: _Run, rt, head0, r0: np.ndarray) -> dict[str, np.ndarray]:
         for p in params:
             p.requires_grad_(False)
     steps = [run.cfg.step(gr) for gr in grads]  # Δθ / (−η): the gradient, or Adam's g / (|g| + ε)
-    tangents = {nm: -st for (nm, _), st in zip(named, steps[: len(params)], strict=True)}
-    s_head = steps[-1] if u is not None else None
+    del grads  # (memory: one parameter-sized buffer lives from here on, the step's; the 1B probe's peak)
+    s_head = steps.pop() if u is not None else None
     cols = {}
-    with run.T("model: first-order JVP"):
-        cols["first_order"] = run.first_order(rt, tangents, head0, None if u is None else -s_head)
+    with run.T("model: first-order JVP"):  # along +step, negated: the JVP is linear in its tangent
+        tangents = {nm: st for (nm, _), st in zip(named, steps, strict=True)}
+        cols["first_order"] = -run.first_order(rt, tangents, head0, s_head)
+        del tangents
     with run.T("model: full-parameter step"), torch.no_grad():
-        stepped = {f"model.{nm}": p - run.cfg.lr * st for (nm, p), st in zip(named, steps, strict=False)}
         u1 = None if u is None else head0 - run.cfg.lr * s_head
+        lr = run.cfg.lr
+        stepped = {f"model.{nm}": _stepped(p, st, lr) for (nm, p), st in zip(named, steps, strict=True)}
+        del steps
         cols["full"] = run.rewards_after(rt, u1, f"full {rt.name} step", stepped) - r0
     return cols
+
+
+def _stepped(p: torch.Tensor, step: torch.Tensor, lr: float) -> torch.Tensor:
+    """p − lr·step, written over ``step``'s own memory where it has p's layout (no new buffer)."""
+    if step.shape == p.shape and step.dtype == p.dtype and step.is_contiguous():
+        return step.mul_(-lr).add_(p)
+    return p - lr * step
 
 
 def _columns(run: _Run, rt, head0) -> tuple[dict, np.ndarray, list, list]:
@@ -318,8 +329,10 @@ def run_probe(
     evals: list[Pair],
     cfg: ProbeConfig = ProbeConfig(),
     margin: list[Pair] | None = None,
+    timer: Timer | None = None,
 ) -> dict:
-    """Run the probe → {"records": [per evaluation response], "summary": {...}, "contributions": [...]}."""
+    """Run the probe → {"records": [per evaluation response], "summary": {...}, "contributions": [...]}.
+    ``timer``: a Timer to time the phases with (its ``current`` names the phase in progress)."""
     if not train:
         raise ValueError("run_probe needs at least one training triple")
     if not evals:
@@ -332,7 +345,7 @@ def run_probe(
             with torch.random.fork_rng():
                 torch.manual_seed(cfg.head_seed)
                 applied = bool(apply_lora(lm.model, parse_lora(cfg.lora)))
-        run = _Run(lm, cfg, train, evals)
+        run = _Run(lm, cfg, train, evals, timer)
         if not run.ev_encs:
             raise DataError(f"every evaluation pair has identical responses ({run.dropped[0]})")
         for p in lm.model.parameters():
