@@ -42,6 +42,28 @@ def profile_gemms(fn, within: tuple[str, ...] = ()) -> list[tuple]:
     return out
 
 
+def record_gemms(fn) -> list[tuple]:
+    """The same list as profile_gemms (no ``within``), recorded by a dispatch mode instead of the
+    profiler: no event store, so it fits beside a 1B model's training step (benchmarks/train_1b.py,
+    where the profiler's pass ran out of memory)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    out = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            op = f"aten::{func._overloadpacket.__name__}"
+            if op in GEMM_OPS:
+                mats = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2]
+                out.append((op, tuple(tuple(m.shape) for m in mats[-2:])))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        fn()
+    return out
+
+
 def gemm_flops(op: str, shapes) -> float:
     """2·m·k·n (times the batch for bmm) of one product."""
     a, b = shapes
@@ -118,7 +140,7 @@ def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None
 def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
     """Adam steps of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs,
     each step a forward, backward and Adam update as the trainer takes them: ``batches[0]`` warms up,
-    the rest are timed; then the same batches' matrix products (profiled on a second pass: the same
+    the rest are timed; then the same batches' matrix products (recorded on a second pass: the same
     shapes) are replayed alone for the limit. Returns the seconds, the page faults and the limit;
     ``timed(seconds)`` is called before the profiling pass (to keep the time should that pass fail)."""
     import resource
@@ -143,7 +165,7 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     if timed:
         timed(seconds)
-    gemms = profile_gemms(lambda: [step(b) for b in batches[1:]])
+    gemms = record_gemms(lambda: [step(b) for b in batches[1:]])
     return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}
 
 

@@ -11,9 +11,10 @@ log-probs filled once before, not timed). One step warms up; ``--steps`` are tim
 the share of their time that the steps' own matrix products take when each is run alone at its
 shape, best of 5 (benchmarks/_limit.py): at most 100 % by construction. GFLOP/s counts
 lm_probes.common.train_flops (6 · N_body per token, 6 · N_head per response position for the
-IM-RM) plus the attention scores; ``flop_check`` divides that count by the FLOPs the profiler saw
-the products do. Target (issue 26): ≥ 50 % of the limit. Peak resident memory (ru_maxrss) covers
-the weights, their gradients and Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
+IM-RM) plus the attention scores; ``flop_check`` divides that count by the FLOPs of
+the products (recorded by a dispatch mode on a second pass over the same batches). Target (issue
+26): ≥ 50 % of the limit. Peak resident memory (ru_maxrss) covers the weights, their gradients and
+Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
 """
 
 from __future__ import annotations

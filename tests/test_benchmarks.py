@@ -76,6 +76,26 @@ def test_the_limit_counts_the_products_that_ran_inside_the_timed_ranges():
     assert share["of_limit"] == 0.5 and share["flop_check"] == 1.0 and not share["limit_beaten"]
 
 
+def test_the_dispatch_recorder_lists_what_the_profiler_lists_for_a_training_step(tiny_lm):
+    """record_gemms (train_1b's lean listing) = profile_gemms for forward, backward and an Adam update
+    of a real model: the same products, shapes and order."""
+    import torch
+
+    limit = _load("_limit")
+    model = tiny_lm.model
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        model(input_ids=ids).logits.logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    recorded, profiled = limit.record_gemms(step), limit.profile_gemms(step)
+    assert recorded == profiled and len(recorded) > 3 * model.config.num_hidden_layers
+    assert {op for op, _ in recorded} >= {"aten::mm"}
+
+
 def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
     """benchmarks/dynamics_engine.py's limit replays the route's products: their FLOPs are the route's
     formula, for both routes."""
