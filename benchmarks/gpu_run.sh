@@ -3,8 +3,9 @@
 # call may run 600 s; assembling the payload and packing take the rest), the
 # outputs packed into one archive that unpacks under figures/ with the machine recorded.
 #
-#   bash benchmarks/gpu_run.sh prepare                  # here: gpu_payload/ (SmolLM2's GGUF in two
-#                                                       #   pieces under the 64 MiB carry limit, SHA-256)
+#   bash benchmarks/gpu_run.sh prepare                  # here: gpu_payload/ (SmolLM2's GGUF in pieces
+#                                                       #   under the 64 MiB carry limit, SHA-256; three
+#                                                       #   at 30 MB of tracked files)
 #   bash benchmarks/gpu_run.sh run --out "$OUT"         # there (device tool), gpu_payload/ carried
 #   bash benchmarks/gpu_run.sh run --dry-run --out DIR  # CPU, tiny sizes: every step (tests/test_gpu_run.py)
 #   bash benchmarks/gpu_run.sh unpack ARCHIVE [--figures DIR]   # here: under figures/<name>_on-<gpu>/

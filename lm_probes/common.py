@@ -3,17 +3,21 @@
 for batch in progress(batches, "epoch 1", enabled=not quiet): ...
 timer = Timer(); with timer("model"): ...; timer.seconds   # {"model": 1.2}
 write_json(path, summary)        # atomic; NaN/inf → null, numpy scalars → Python, tuples → lists
-claim_folder(out, ("summary.json", "rewards_*.jsonl"), resume=False, overwrite=False)   # or one line
+write_output_jsonl(out / "rewards_test.jsonl.gz", rows)   # a run's per-row output: gzip, deterministic
+read_jsonl_rows(out / "rewards_test.jsonl.gz")            # its rows (or an older run's rewards_test.jsonl)
+claim_folder(out, ("summary.json", "rewards_*.jsonl.gz"), resume=False, overwrite=False)   # or one line
 matmul_rate(); train_flops("im_rm", n_body, n_head, tokens, response_tokens)   # for the benchmarks
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import shutil
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,9 +97,73 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    """One JSON object per line."""
-    return write_text(path, "".join(json.dumps(jsonable(row)) + "\n" for row in rows))
+def write_jsonl(path: Path, rows, *, ensure_ascii: bool = True) -> Path:
+    """One JSON object per line (see :func:`jsonable`), atomically; gzip-compressed where ``path`` ends
+    in .gz, deterministically (level 9, no file name and time 0 in the header: the same rows give the
+    same bytes)."""
+    text = "".join(json.dumps(jsonable(row), ensure_ascii=ensure_ascii) + "\n" for row in rows)
+    data = text.encode("utf-8")
+    if Path(path).suffix == ".gz":
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    return write_bytes(path, data)
+
+
+def write_output_jsonl(path: Path, rows) -> Path:
+    """A run's per-row output written as ``<name>.jsonl.gz`` (:func:`write_jsonl`; either name given),
+    then the uncompressed ``<name>.jsonl`` that rmgap wrote in its place before removed: a resumed older
+    folder that writes an output again never holds both (killed in between, it does, and
+    :func:`jsonl_file` refuses it)."""
+    plain, packed = jsonl_pair(path)
+    write_jsonl(packed, rows)
+    plain.unlink(missing_ok=True)
+    return packed
+
+
+def jsonl_pair(path: Path) -> tuple[Path, Path]:
+    """(``<name>.jsonl``, ``<name>.jsonl.gz``) of ``path``, either of the two."""
+    path = Path(path)
+    plain = path.with_name(path.name.removesuffix(".gz"))
+    return plain, plain.with_name(plain.name + ".gz")
+
+
+def jsonl_file(path: Path) -> Path:
+    """The file of a run's per-row output ``<name>.jsonl[.gz]``: ``<name>.jsonl.gz`` (what runs write)
+    or ``<name>.jsonl`` (what they wrote before), whichever exists; the .gz where neither does. A folder
+    holding both is refused in one line: two versions of one output, and which one is meant is unknown."""
+    plain, packed = jsonl_pair(path)
+    if plain.exists() and packed.exists():
+        raise ValueError(
+            f"{packed.parent}: holds both {plain.name} and {packed.name} (one output, written by an older "
+            "and a newer rmgap); delete the one that is not this run's and run again"
+        )
+    return plain if plain.exists() else packed
+
+
+def jsonl_files(folder: Path, prefix: str) -> dict[str, Path]:
+    """{name: file} of every ``<prefix><name>.jsonl.gz`` or older ``<prefix><name>.jsonl`` in
+    ``folder``, in the order of their file names; both for one name are refused (:func:`jsonl_file`)."""
+    found = [*Path(folder).glob(f"{prefix}*.jsonl"), *Path(folder).glob(f"{prefix}*.jsonl.gz")]
+    names = {f.name.removesuffix(".gz").removesuffix(".jsonl")[len(prefix) :] for f in found}
+    order = sorted(names, key=lambda name: f"{name}.jsonl")  # (as the uncompressed names sort)
+    return {name: jsonl_file(Path(folder) / f"{prefix}{name}.jsonl.gz") for name in order}
+
+
+def read_jsonl_rows(path: Path) -> list:
+    """The rows (one JSON value a line) of a run's per-row output, ``<name>.jsonl.gz`` or an older run's
+    ``<name>.jsonl``, either name given (:func:`jsonl_file`); blank lines are skipped."""
+    path = jsonl_file(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    rows = []
+    for n, line in enumerate(raw.decode("utf-8").split("\n"), 1):  # (JSON escapes every \n it holds)
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
 
 
 def tune_malloc() -> bool:

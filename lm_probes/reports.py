@@ -2,8 +2,8 @@
 Nothing here computes a result; every function takes what lm_probes.rm.trainer or
 lm_probes.probe.one_step returned.
 
-    write_training(result, out)    # summary.json, rewards_<set>.jsonl, learning_curves.png
-    write_probe(res, out)          # summary.json, records.csv, contributions.jsonl, scatter.png
+    write_training(result, out)    # summary.json, rewards_<set>.jsonl.gz, learning_curves.png
+    write_probe(res, out)          # summary.json, records.csv, contributions.jsonl.gz, scatter.png
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_jsonl, write_text
+from lm_probes.common import write_json, write_output_jsonl, write_text
 from lm_probes.rm.evaluation import ACCURACY, current_names
 
 
@@ -45,11 +45,13 @@ def pyplot():
 # --- training ---------------------------------------------------------------------------------------
 
 
-# what a training run writes into its folder (lm_probes.common.claim_folder: what --overwrite replaces)
+# what a training run writes into its folder (lm_probes.common.claim_folder: what --overwrite replaces;
+# rewards_*.jsonl: what runs wrote before their per-row outputs were compressed)
 TRAIN_OUTPUTS = (
     "summary.json",
     "history.json",
     "checkpoint.pt",
+    "rewards_*.jsonl.gz",
     "rewards_*.jsonl",
     "learning_curves.png",
     "precision_check.json",
@@ -58,7 +60,7 @@ TRAIN_OUTPUTS = (
 
 
 def write_training(result, out: Path) -> None:
-    """``result`` (lm_probes.rm.trainer.TrainResult) → rewards_<set>.jsonl, learning_curves.png and,
+    """``result`` (lm_probes.rm.trainer.TrainResult) → rewards_<set>.jsonl.gz, learning_curves.png and,
     last (a folder with it is finished), summary.json."""
     out = Path(out)
     for name, r in result.rewards.items():
@@ -73,7 +75,7 @@ def write_training(result, out: Path) -> None:
             }
             for p, rr in zip(result.eval_pairs[name], r, strict=True)
         )
-        write_jsonl(out / f"rewards_{name.replace('/', '_')}.jsonl", rows)
+        write_output_jsonl(out / f"rewards_{name.replace('/', '_')}.jsonl.gz", rows)
     objective = result.summary["config"]["objective"]
     fig = plot_curves({objective: result.summary["history"]})
     save_figure(fig, out / "learning_curves.png")
@@ -125,7 +127,14 @@ def print_dropped(dropped: dict[str, dict[str, list[str]]]) -> None:
 # --- the probe --------------------------------------------------------------------------------------
 
 
-PROBE_OUTPUTS = ("summary.json", "records.csv", "contributions.jsonl", "scatter.png", ".*.tmp*")
+PROBE_OUTPUTS = (
+    "summary.json",
+    "records.csv",
+    "contributions.jsonl.gz",
+    "contributions.jsonl",  # (an older probe's)
+    "scatter.png",
+    ".*.tmp*",
+)
 
 
 def write_probe(res: dict, out: Path, figure: bool = True) -> None:
@@ -137,7 +146,7 @@ def write_probe(res: dict, out: Path, figure: bool = True) -> None:
     w.writeheader()
     w.writerows(recs)
     write_text(out / "records.csv", table.getvalue())
-    write_jsonl(out / "contributions.jsonl", res.get("contributions", []))
+    write_output_jsonl(out / "contributions.jsonl.gz", res.get("contributions", []))
     if figure:
         save_figure(probe_scatter(recs, res["summary"]), out / "scatter.png", dpi=130)
 

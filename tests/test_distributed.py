@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import Pair
 from tests.conftest import make_tiny_lm, write_shift_datasets
 
@@ -105,8 +106,8 @@ def _processes(cell: Path) -> int:
 
 
 def _rewards(path: Path) -> list[float]:
-    """A rewards_<set>.jsonl file's rewards, chosen and rejected of each pair in turn."""
-    rows = (json.loads(x) for x in path.read_text().splitlines())
+    """A rewards_<set>.jsonl.gz file's rewards, chosen and rejected of each pair in turn."""
+    rows = read_jsonl_rows(path)
     return [v for r in rows for v in (r["reward_chosen"], r["reward_rejected"])]
 
 
@@ -203,7 +204,7 @@ def test_the_shifts_experiment_under_two_processes(setup):
             for rm in one["config"]["objectives"]:
                 for k in ("accuracy", "normalized_abs_margin", "tie_rate"):
                     assert two["eval"][name][rm][k] == pytest.approx(e[rm][k], rel=1e-9)
-                r1, r2 = (_rewards(d / o / rm / f"rewards_{name}.jsonl") for o in (a, b))
+                r1, r2 = (_rewards(d / o / rm / f"rewards_{name}.jsonl.gz") for o in (a, b))
                 assert r2 == pytest.approx(r1, rel=1e-9)
     assert "mitigation_effect" in json.loads((d / "shifts_td2" / "results.json").read_text())
     assert _processes(d / "shifts2" / "ex_rm") == _processes(d / "shifts_td2" / "im_rm") == 2  # work shared
@@ -234,7 +235,7 @@ def test_the_mitigations_experiment_under_two_processes(setup):
         assert (two[name]["original"], two[name]["paraphrased"]) == (t["original"], t["paraphrased"])
         moves = two[name]["probe"]["moves"]
         assert moves == pytest.approx(t["probe"]["moves"], rel=1e-9), name
-        for f in ("rewards_original_test.jsonl", "rewards_paraphrased_test.jsonl"):
+        for f in ("rewards_original_test.jsonl.gz", "rewards_paraphrased_test.jsonl.gz"):
             assert _rewards(d / "mit2" / name / f) == pytest.approx(_rewards(d / "mit1" / name / f), rel=1e-9)
 
 
@@ -268,7 +269,7 @@ def test_two_processes_evaluate_as_one(setup, reward):
     for n in (1, 2):
         _rmgap(d, args, f"eval{n}_{reward}", n, model=model)
     for name in ("test", "train"):
-        one, two = (_rewards(d / f"eval{n}_{reward}" / f"rewards_{name}.jsonl") for n in (1, 2))
+        one, two = (_rewards(d / f"eval{n}_{reward}" / f"rewards_{name}.jsonl.gz") for n in (1, 2))
         assert len(one) == 2 * (4 if name == "test" else len(TRAIN)) and len(set(one)) > 2
         assert two == pytest.approx(one, rel=1e-12, abs=1e-12)
     res = [json.loads((d / f"eval{n}_{reward}" / "results.json").read_text()) for n in (1, 2)]

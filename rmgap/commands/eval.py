@@ -9,7 +9,7 @@
 β defaults to 1: RewardBench's DPO scores sum the log-ratios with no β (DPO itself trains with
 β ≈ 0.1; give --beta to report on that scale; accuracies do not depend on it). Each --transform adds,
 for every set, the set under that transformation (``<set>__<name>_<strength>``, lm_probes.data.transforms,
---seed). Outputs in --out: ``rewards_<set>.jsonl`` (where, reward_chosen, reward_rejected),
+--seed). Outputs in --out: ``rewards_<set>.jsonl.gz`` (where, reward_chosen, reward_rejected),
 ``results.json`` (per set: rewards/accuracies, strict as TRL and RewardBench count; rmgap/accuracy_half_ties;
 rmgap/tie_rate; the margins; 95 % CIs over pairs) and ``rewardbench_results.json`` (RewardBench's
 layout: the model, the reference, and per set its strict accuracy). ``--compare A B`` compares two
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lm_probes.common import write_json, write_jsonl
+from lm_probes.common import write_json, write_output_jsonl
 from lm_probes.rm.rewards import REWARDS
 from rmgap import flags
 
-OUTPUTS = ("rewards_*.jsonl", "results.json", "rewardbench_results.json")
+# (rewards_*.jsonl: what eval wrote before its per-row outputs were compressed)
+OUTPUTS = ("rewards_*.jsonl.gz", "rewards_*.jsonl", "results.json", "rewardbench_results.json")
 
 
 def _parser():
@@ -208,7 +209,7 @@ def main(argv=None, lm=None, ref_lm=None) -> dict:
             {"where": p.where, "reward_chosen": float(c), "reward_rejected": float(j)}
             for p, (c, j) in zip(r["kept"], r["rewards"], strict=True)
         )
-        write_jsonl(Path(args.out) / f"rewards_{name}.jsonl", rows)
+        write_output_jsonl(Path(args.out) / f"rewards_{name}.jsonl.gz", rows)
     command = flags.command_line("rmgap eval", argv)
     info = ("model", "file_sha256", "revision", "dtype", "n_parameters")
     results = {

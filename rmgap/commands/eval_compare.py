@@ -4,7 +4,7 @@ score, the paired difference of accuracy with ties as ½ (a − b) over the pair
 ``where``), its percentile-bootstrap CI over pairs, the winner by that CI ("tie" where it covers 0),
 the plain higher-accuracy winner beside it, how many pairs would decide the difference, and the largest
 difference of a reward. A folder is an eval's (results.json) or a training run's (summary.json and
-its rewards_<set>.jsonl): a run against the eval of its own export shows they agree.
+its rewards_<set>.jsonl.gz): a run against the eval of its own export shows they agree.
 
     rmgap eval --model A_DIR --ref smollm2 --set ultrafeedback/test --out runs/a
     rmgap eval --model B_DIR --reward ex_rm --set ultrafeedback/test --out runs/b
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json
+from lm_probes.common import jsonl_file, jsonl_files, read_jsonl_rows, write_json
 from rmgap import flags
 
 NAMES = ("a", "b")
@@ -39,7 +39,7 @@ def _spec(text: str) -> tuple[Path, str | None]:
 
 def _run(folder: Path) -> dict:
     """What --compare reads of a folder: an eval's results.json, or a training run's summary.json (its
-    evaluation sets are its rewards_<set>.jsonl files)."""
+    evaluation sets are its rewards_<set>.jsonl.gz files, or an older run's .jsonl)."""
     path = folder / "results.json"
     if not path.is_file():
         path = folder / "summary.json"
@@ -54,7 +54,7 @@ def _run(folder: Path) -> dict:
     if path.name == "results.json":
         return run
     cfg = run.get("config", {})
-    sets = {f.name[len("rewards_") : -len(".jsonl")]: {} for f in sorted(folder.glob("rewards_*.jsonl"))}
+    sets = {name: {} for name in jsonl_files(folder, "rewards_")}
     model = (run.get("model") or {}).get("model")
     return dict(
         model=model, reward=cfg.get("objective"), beta=cfg.get("beta"), command=run.get("command"), sets=sets
@@ -63,13 +63,12 @@ def _run(folder: Path) -> dict:
 
 def _rewards(folder: Path, name: str) -> dict[str, tuple[float, float]]:
     """{where: (reward_chosen, reward_rejected)} of one set's rewards file."""
-    path = folder / f"rewards_{name}.jsonl"
+    path = jsonl_file(folder / f"rewards_{name}.jsonl.gz")  # (or an older run's .jsonl)
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, row in enumerate(read_jsonl_rows(path), 1):
         try:
-            row = json.loads(line)
             out[row["where"]] = (float(row["reward_chosen"]), float(row["reward_rejected"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}:{n}: not a row of where, reward_chosen, reward_rejected") from None
     return out
 

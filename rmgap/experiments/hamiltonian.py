@@ -31,7 +31,7 @@ the exact mass on 16 test graphs. Both give the prompt without a chat template, 
 Pythia-1B saw it (--chat-template to use the model's).
 Output (--out): summary.json (accuracy.<train|test>.<rm>, generation.<reference|rm>.correct_fraction
 .<train|test>, generation_mass.<reference|rm>.mean_log10, tilt, the paper's numbers), table.md,
-hamiltonian.png, samples.jsonl (every generation), and each RM's training outputs under <out>/<rm>/.
+hamiltonian.png, samples.jsonl.gz (every generation), and each RM's training outputs under <out>/<rm>/.
 Paper (Pythia-1B): train accuracy 1 / 1; test accuracy EX-RM 0.980, IM-RM 0.993; correct generations 0.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_jsonl, write_text
+from lm_probes.common import read_jsonl_rows, write_json, write_output_jsonl, write_text
 from lm_probes.reports import pyplot, save_figure, write_training
 from lm_probes.stats import wilson_ci
 from rmgap.experiments import hamiltonian_generation as gen_
@@ -35,15 +35,14 @@ def accuracy_ci(rewards: dict) -> dict:
 
 
 def read_rewards(run: Path, rms) -> dict:
-    """{split: {rm: (N, 2)}} from each RM's rewards_<split>.jsonl in ``run``."""
+    """{split: {rm: (N, 2)}} from each RM's rewards_<split>.jsonl.gz (or an older run's .jsonl) in
+    ``run``."""
     out: dict = {}
     for split in ("train", "test"):
         out[split] = {}
         for rm in rms:
-            rows = (Path(run) / rm / f"rewards_{split}.jsonl").read_text().splitlines()
-            out[split][rm] = np.array(
-                [[(x := json.loads(r))["reward_chosen"], x["reward_rejected"]] for r in rows]
-            )
+            rows = read_jsonl_rows(Path(run) / rm / f"rewards_{split}.jsonl.gz")
+            out[split][rm] = np.array([[r["reward_chosen"], r["reward_rejected"]] for r in rows])
     return out
 
 
@@ -202,7 +201,7 @@ def write_hamiltonian(result: dict, records: dict, out: Path) -> None:
         for split in ("train", "test")
         for smp in rec[key][split]["samples"]
     )
-    write_jsonl(out / "samples.jsonl", rows)
+    write_output_jsonl(out / "samples.jsonl.gz", rows)
     write_json(out / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
     write_text(out / "table.md", result["markdown"])
     save_figure(figure(result), out / "hamiltonian.png")

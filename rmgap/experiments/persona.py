@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_text
+from lm_probes.common import jsonl_file, read_jsonl_rows, write_json, write_text
 from lm_probes.data.persona import persona_data
 from lm_probes.reports import plot_curves, save_figure, write_training
 from lm_probes.rm.checkpoints import same_config
@@ -91,8 +91,9 @@ def run_persona(
 
 def read_finished(d: Path, cfg: TrainConfig, data: dict) -> TrainResult | None:
     """A finished RM of an earlier invocation read back from ``d`` (its summary.json, written last, and
-    rewards_<set>.jsonl), if it was trained with ``cfg`` on these evaluation pairs: a --resume does
-    not train it again, even where its checkpoint is gone (a fresh checkout keeps no ignored files)."""
+    rewards_<set>.jsonl.gz, or an older run's .jsonl), if it was trained with ``cfg`` on these
+    evaluation pairs: a --resume does not train it again, even where its checkpoint is gone (a fresh
+    checkout keeps no ignored files)."""
     path = d / "summary.json"
     if not path.is_file():
         return None
@@ -101,10 +102,10 @@ def read_finished(d: Path, cfg: TrainConfig, data: dict) -> TrainResult | None:
         return None
     rewards, pairs = {}, {}
     for name, evals in data["eval"].items():
-        f = d / f"rewards_{name}.jsonl"
+        f = jsonl_file(d / f"rewards_{name}.jsonl.gz")
         if not f.is_file():
             return None
-        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        rows = read_jsonl_rows(f)
         key = [(r["where"], r["chosen"], r["rejected"]) for r in rows]
         if key != [(p.where, p.chosen, p.rejected) for p in evals]:
             return None  # (other data than this run's: pairs are matched in order, not by statement)

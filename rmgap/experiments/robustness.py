@@ -15,7 +15,7 @@ to token-level shifts (the same meaning in other tokens)? (issue 22; theory/READ
 3. **Evaluation** (``eval`` stage, rmgap.experiments.robustness_eval): the held-out pairs, and the same
    pairs under the preset's transformations of lm_probes.data.transforms and strengths (cpu:
    CPU_TRANSFORMS; paper: every math-applicable one at 0.25, 0.5, 1, and the UltraFeedback rewrites);
-   per-example rewards ``<out>/<rm>/seed<k>/rewards_<set>.jsonl``.
+   per-example rewards ``<out>/<rm>/seed<k>/rewards_<set>.jsonl.gz``.
 4. **Probe** (``probe`` stage, rmgap.experiments.robustness_probe): one IM-RM step at θ₀ on a training
    batch, and the exact first-order margin move of each transformation's pairs over the originals'.
 5. **Analysis** (rmgap.experiments.robustness_analysis): per transformation and strength, the matched-

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import write_json, write_text
+from lm_probes.common import read_jsonl_rows, write_json, write_text
 from lm_probes.data.rewrites import rewrite_quality
 from lm_probes.stats import seed_pair_bootstrap, seeds_and_pairs_needed
 from rmgap.experiments.robustness_cells import OBJECTIVES, TARGET_HALF_WIDTH, cell_dir
@@ -31,7 +31,7 @@ N_BOOT = 10_000
 
 
 def read_rewards(path: Path) -> dict[str, tuple[float, float]]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    rows = read_jsonl_rows(path)  # (.jsonl.gz, or an older run's .jsonl)
     return {r["where"]: (r["reward_chosen"], r["reward_rejected"]) for r in rows}
 
 
@@ -45,7 +45,7 @@ class Cells:
 
     def __init__(self, out: Path, objectives, seeds, sets: list[str]):
         self.r = {
-            (o, k): {s: read_rewards(cell_dir(out, o, k) / f"rewards_{s}.jsonl") for s in sets}
+            (o, k): {s: read_rewards(cell_dir(out, o, k) / f"rewards_{s}.jsonl.gz") for s in sets}
             for o in objectives
             for k in seeds
         }

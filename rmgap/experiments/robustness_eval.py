@@ -14,7 +14,7 @@ ignored folder) while groups remain is trained again and must reproduce what it 
 (``trained_cell``). Within a group every distinct response is scored once and a prompt's KV cache
 serves all its responses. ln π_ref of a group is computed once, with the untrained model, in exactly
 the chunks the cells use (``<out>/reference/<group>.pt``), so before training every IM reward is
-exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl`` (where, reward_chosen,
+exactly 0, and it serves every seed. Each cell writes ``rewards_<set>.jsonl.gz`` (where, reward_chosen,
 reward_rejected) and records the group in its ``eval.json`` (digest of the group's pairs, seconds); a
 resume skips what is recorded and redoes what changed. The analysis reads the groups every cell has
 scored and lists the others as pending.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from lm_probes.common import write_json, write_jsonl
+from lm_probes.common import jsonl_file, read_jsonl_rows, write_json, write_output_jsonl
 from lm_probes.data.pairs import Pair, load_rows
 from lm_probes.data.splits import length_rule
 from lm_probes.data.transforms import get_transform, transformed_pairs
@@ -174,7 +174,7 @@ def evaluate_group(rm, cfg, d: Path, group, table: dict | None, say=print) -> No
     ``d``/eval.json."""
     key, t0 = _key(group), time.perf_counter()
     for name, rows in group_rewards(rm, cfg, group, table).items():
-        write_jsonl(d / f"rewards_{name}.jsonl", rows)
+        write_output_jsonl(d / f"rewards_{name}.jsonl.gz", rows)
     record = _record(d)
     record[key] = {
         "digest": group_digest(group),
@@ -196,7 +196,7 @@ def trained_cell(factory, cfg, d: Path, train, originals, table, say=print) -> R
     """The cell's trained RM: from ``d``/checkpoint.pt, or, where the checkpoint is gone, trained again
     (same pairs, settings and seed, in ``d``/.retrain) and accepted only if it reproduces what the cell
     recorded: the epoch losses of its history.json exactly, and its rewards on the originals
-    (rewards_original.jsonl) within REPRODUCE_TOL. The check is recorded in eval.json ("retrained");
+    (rewards_original.jsonl.gz) within REPRODUCE_TOL. The check is recorded in eval.json ("retrained");
     a cell that does not reproduce is refused in one line (its recorded groups came from other weights)."""
     if not (d / "summary.json").exists():
         raise ValueError(f"{d}: this cell is not trained yet; run --stages train first")
@@ -230,12 +230,12 @@ def trained_cell(factory, cfg, d: Path, train, originals, table, say=print) -> R
 
 
 def _diff_on_originals(rm, cfg, d: Path, originals, table) -> float | None:
-    """max |Δ reward| of ``rm`` against the cell's recorded rewards_original.jsonl (None: none
-    recorded); a different set of pairs is refused."""
-    if not (d / "rewards_original.jsonl").exists():
+    """max |Δ reward| of ``rm`` against the cell's recorded rewards_original.jsonl.gz (or an older
+    run's .jsonl; None: none recorded); a different set of pairs is refused."""
+    recorded = jsonl_file(d / "rewards_original.jsonl.gz")
+    if not recorded.exists():
         return None
-    lines = (d / "rewards_original.jsonl").read_text().splitlines()
-    old = {r["where"]: r for r in map(json.loads, lines)}
+    old = {r["where"]: r for r in read_jsonl_rows(recorded)}
     new = group_rewards(rm, cfg, originals, table)["original"]
     if [r["where"] for r in new] != list(old):
         raise ValueError(f"{d}: the retrained cell keeps other original pairs than it recorded")

@@ -34,7 +34,7 @@ the paper's 5 epochs would take over 4 hours per RM.
 
 Outputs (--out): results.json, table.md, win_rates.png (rmgap.experiments.shifts_report), and each
 RM's training outputs under <out>/<ex_rm|im_rm>/ (<out>/seed<k>/<rm>/ with several seeds), including
-rewards_<set>.jsonl (reward_chosen, reward_rejected) and, for the IM-RM, the per-token rewards
+rewards_<set>.jsonl.gz (reward_chosen, reward_rejected) and, for the IM-RM, the per-token rewards
 token_rewards_<set>.jsonl.gz of the in-distribution and token-level sets.
 """
 

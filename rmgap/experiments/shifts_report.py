@@ -1,16 +1,22 @@
 """What ``rmgap shifts`` writes and reads back: each RM's cell (training outputs, per-example rewards,
-per-token IM rewards), results.json, table.md, win_rates.png, flips.jsonl. No results are computed
+per-token IM rewards), results.json, table.md, win_rates.png, flips.jsonl.gz. No results are computed
 here (rmgap.experiments.shifts_analysis does that)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 
-from lm_probes.common import jsonable, write_bytes, write_json, write_jsonl, write_text
+from lm_probes.common import (
+    jsonl_files,
+    read_jsonl_rows,
+    write_json,
+    write_jsonl,
+    write_output_jsonl,
+    write_text,
+)
 from lm_probes.data.pairs import DataError
 from lm_probes.reports import pyplot, save_figure, write_training
 
@@ -19,13 +25,11 @@ NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
 
 
 def write_cell(result, tokens: dict[str, list[dict]], out: Path) -> None:
-    """One RM: summary.json, rewards_<set>.jsonl, learning_curves.png (write_training) and
+    """One RM: summary.json, rewards_<set>.jsonl.gz, learning_curves.png (write_training) and
     token_rewards_<set>.jsonl.gz (rows of rmgap.experiments.shifts.token_rows), each atomically and
     summary.json last (what --resume takes for a finished cell)."""
     for name, rows in tokens.items():
-        text = "".join(json.dumps(jsonable(row), ensure_ascii=False) + "\n" for row in rows)
-        packed = gzip.compress(text.encode("utf-8"), compresslevel=9)
-        write_bytes(out / f"token_rewards_{name}.jsonl.gz", packed)
+        write_jsonl(out / f"token_rewards_{name}.jsonl.gz", rows, ensure_ascii=False)
     write_training(result, out)
 
 
@@ -37,14 +41,12 @@ def load_cell(d: Path) -> dict:
         raise DataError(f"{d}: no summary.json (the cell has not finished; run again with --resume)")
     summary = json.loads((d / "summary.json").read_text())
     cell = {"summary": summary, "rewards": {}, "where": {}, "tokens": {}}
-    for f in sorted(d.glob("rewards_*.jsonl")):
-        rows = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
-        name = f.stem[len("rewards_") :]
+    for name, f in jsonl_files(d, "rewards_").items():  # (.jsonl.gz, or an older run's .jsonl)
+        rows = read_jsonl_rows(f)
         cell["rewards"][name] = np.array([[r["reward_chosen"], r["reward_rejected"]] for r in rows], float)
         cell["where"][name] = [r["where"] for r in rows]
-    for f in sorted(d.glob("token_rewards_*.jsonl.gz")):
-        with gzip.open(f, "rt", encoding="utf-8") as fh:
-            cell["tokens"][f.name[len("token_rewards_") : -len(".jsonl.gz")]] = [json.loads(x) for x in fh]
+    for name, f in jsonl_files(d, "token_rewards_").items():
+        cell["tokens"][name] = read_jsonl_rows(f)
     return cell
 
 
@@ -126,7 +128,7 @@ def table_markdown(res: dict) -> str:
     fl = res["flips"]
     lines += [
         "",
-        f"## Why a pair flips ({im} wrong, {ex} right, under a token-level shift; all in flips.jsonl)",
+        f"## Why a pair flips ({im} wrong, {ex} right, under a token-level shift; all in flips.jsonl.gz)",
         "",
         f"Flipped pairs per set: {fl['n']}; the {im} had the same pair right before the rewrite in "
         f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token IM rewards β(ln π_θ − ln π_ref)"
@@ -232,12 +234,12 @@ def win_rate_figure(
 
 
 def write_results(res: dict, out: Path) -> None:
-    """results.json (without the flip rows), table.md, win_rates.png, flips.jsonl."""
+    """results.json (without the flip rows), table.md, win_rates.png, flips.jsonl.gz."""
     out = Path(out)
     body = {k: v for k, v in res.items() if k != "markdown"}
     body["flips"] = {k: v for k, v in res["flips"].items() if k != "rows"}
     write_json(out / "results.json", body)
-    write_jsonl(out / "flips.jsonl", res["flips"]["rows"])
+    write_output_jsonl(out / "flips.jsonl.gz", res["flips"]["rows"])
     write_text(out / "table.md", res["markdown"])
     title = f"trained on {res['config']['train_set']}"
     names = (first_label(res["config"]), second_label(res["config"]))

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import encode_pairs
 from lm_probes.lm.encoding import pad_id_of
 from lm_probes.lm.scoring import score
@@ -46,7 +47,7 @@ def test_eval_gives_trls_implicit_reward_per_example(tmp_path, pairs_file, rewar
     policy, ref = make_tiny_lm(seed=1), make_tiny_lm(seed=0)
     argv = ["--data", f"mine={pairs_file}", "--reward", reward, "--beta", "0.1", "--out", str(tmp_path / "o")]
     res = eval_cmd.main([*argv, "--ref", "x"], lm=policy, ref_lm=ref)
-    rows = [json.loads(x) for x in (tmp_path / "o" / "rewards_mine.jsonl").read_text().splitlines()]
+    rows = read_jsonl_rows(tmp_path / "o" / "rewards_mine.jsonl.gz")
     want = _by_hand(policy, ref, 0.1, reference=reward == "im_rm")
     got = [x for r in rows for x in (r["reward_chosen"], r["reward_rejected"])]
     assert got == pytest.approx([x for w in want for x in w], abs=1e-9) and len(rows) == len(want)
@@ -90,7 +91,7 @@ def test_refusals_are_one_line(tmp_path, pairs_file):
 
 
 def _outcomes(folder, name="mine"):
-    rows = [json.loads(x) for x in (folder / f"rewards_{name}.jsonl").read_text().splitlines()]
+    rows = read_jsonl_rows(folder / f"rewards_{name}.jsonl.gz")
     return {
         r["where"]: 1.0
         if r["reward_chosen"] > r["reward_rejected"]
@@ -114,13 +115,7 @@ def test_compare_two_runs_pair_by_pair_with_the_shifts_rule(tmp_path, pairs_file
     assert c["diff_accuracy_ties_half"] == pytest.approx(diff) and lo <= diff <= hi and c["n_pairs"] == 4
     assert c["a"]["accuracy_ties_half"] - c["b"]["accuracy_ties_half"] == pytest.approx(diff)
     assert c["winner"] == ("a" if lo > 0 else "b" if hi < 0 else "tie")
-    ra, rb = (
-        {
-            r["where"]: r
-            for r in map(json.loads, (tmp_path / x / "rewards_mine.jsonl").read_text().splitlines())
-        }
-        for x in "ab"
-    )
+    ra, rb = ({r["where"]: r for r in read_jsonl_rows(tmp_path / x / "rewards_mine.jsonl.gz")} for x in "ab")
     big = max(abs(ra[w][k] - rb[w][k]) for w in ra for k in ("reward_chosen", "reward_rejected"))
     assert c["max_abs_reward_diff"] == pytest.approx(big) and big > 0
     assert json.loads((tmp_path / "c" / "comparison.json").read_text())["sets"]["mine"] == c
@@ -150,6 +145,6 @@ def test_a_chat_template_file_renders_the_prompts(tmp_path, pairs_file):
             (tmp_path / f"{name}.jinja").write_text(text)
             argv += ["--chat-template", str(tmp_path / f"{name}.jinja")]
         res = eval_cmd.main(argv, lm=make_tiny_lm(seed=1), ref_lm=make_tiny_lm(seed=0))
-        runs[name] = ((tmp_path / name / "rewards_mine.jsonl").read_text(), res["chat_template"])
+        runs[name] = ((tmp_path / name / "rewards_mine.jsonl.gz").read_bytes(), res["chat_template"])
     assert runs["default"][1] == "tokenizer" and runs["other"][1].startswith(str(tmp_path / "other.jinja"))
     assert runs["same"][0] == runs["default"][0] and runs["other"][0] != runs["default"][0]

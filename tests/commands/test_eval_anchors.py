@@ -21,6 +21,7 @@ import json
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import encode_pairs
 from rmgap.commands import eval as eval_cmd
 from tests.commands.test_eval import pairs_file  # noqa: F401 (a fixture)
@@ -30,7 +31,7 @@ from tests.conftest import TRAIN, make_tiny_lm
 def _rmgap(tmp_path, pairs_file, policy, ref, *args):  # noqa: F811
     out = tmp_path / "o"
     res = eval_cmd.main(["--data", f"mine={pairs_file}", *args, "--out", str(out)], lm=policy, ref_lm=ref)
-    rows = [json.loads(x) for x in (out / "rewards_mine.jsonl").read_text().splitlines()]
+    rows = read_jsonl_rows(out / "rewards_mine.jsonl.gz")
     return res, torch.tensor([[r["reward_chosen"], r["reward_rejected"]] for r in rows], dtype=torch.float64)
 
 

@@ -129,7 +129,7 @@ class World:
         """What a run computed: its final metrics, history, rewards and digests (no timings)."""
         s = json.loads((out / "summary.json").read_text())
         keep = ("final", "history", "n_train_pairs", "digests", "dropped")
-        return {**{k: s[k] for k in keep}, "rewards": (out / "rewards_test.jsonl").read_text()}
+        return {**{k: s[k] for k in keep}, "rewards": (out / "rewards_test.jsonl.gz").read_bytes()}
 
 
 def _snapshot(folder: Path, lock: bool = True) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from lm_probes.common import read_jsonl_rows
 from tests.conftest import PROBE_EVALS, PROBE_TRAIN, make_tiny_lm
 
 
@@ -32,9 +33,9 @@ def test_probe_cli_writes_report(tmp_path):
     assert "pearson_first_order" in on_disk["full"]["ex_rm"]
     assert (out / "scatter.png").exists() and (out / "records.csv").read_text().count("\n") == 11
     assert s["n_eval_pairs"] == 5
-    lines = (out / "contributions.jsonl").read_text().splitlines()
+    lines = read_jsonl_rows(out / "contributions.jsonl.gz")
     assert len(lines) == 10
-    c = json.loads(lines[0])
+    c = lines[0]
     assert len(c["im_rm"][0]["plus"]) == len(c["tokens"]) and len(c["im_rm"][0]["plus"][0]) == len(
         c["train_tokens"][0][0]
     )

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from lm_probes.common import read_jsonl_rows
 from tests.conftest import DIGITS, make_tiny_lm
 
 
@@ -34,12 +35,12 @@ def test_hamiltonian_end_to_end(tmp_path):
     for f in (
         "table.md",
         "hamiltonian.png",
-        "samples.jsonl",
+        "samples.jsonl.gz",
         "im_rm/summary.json",
-        "ex_rm/rewards_test.jsonl",
+        "ex_rm/rewards_test.jsonl.gz",
     ):
         assert (out / f).exists(), f
-    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl_rows(out / "samples.jsonl.gz")
     assert len(samples) == 2 * 3 * (8 + 4)  # free and format-constrained, 3 LMs, train and test prompts
     from lm_probes.data.cycles import parse_response
 

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import DataError
 from lm_probes.data.persona import persona_data
 from rmgap.experiments.persona import make_table, table_markdown
@@ -72,12 +73,8 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
     c = res["table"]["paraphrased"]["test"]["im"]
     per_seed = []
     for k in range(3):
-        lines = (
-            (tmp_path / "o" / f"seed{k}" / "im_rm" / "rewards_paraphrased_test.jsonl")
-            .read_text()
-            .splitlines()
-        )
-        r = np.array([[json.loads(x)["reward_chosen"], json.loads(x)["reward_rejected"]] for x in lines])
+        rows = read_jsonl_rows(tmp_path / "o" / f"seed{k}" / "im_rm" / "rewards_paraphrased_test.jsonl.gz")
+        r = np.array([[x["reward_chosen"], x["reward_rejected"]] for x in rows])
         per_seed.append(np.mean(np.where(r[:, 0] > r[:, 1], 1.0, np.where(r[:, 0] == r[:, 1], 0.5, 0.0))))
     assert c["per_seed"] == pytest.approx(per_seed) and c["mean"] == pytest.approx(np.mean(per_seed))
     # the paper's gap, paired by seed: EX-RM's per-seed accuracy minus IM-RM's, each from its file
@@ -90,7 +87,8 @@ def test_persona_over_seeds_aggregates_each_cell_over_seeds_and_statements(tmp_p
         c["ci95"][0] <= c["mean"] <= c["ci95"][1] and c["min"] <= c["mean"] <= c["max"] and c["n_seeds"] == 3
     )
     ex_rewards = {
-        (tmp_path / "o" / f"seed{k}" / "ex_rm" / "rewards_original_test.jsonl").read_text() for k in range(3)
+        (tmp_path / "o" / f"seed{k}" / "ex_rm" / "rewards_original_test.jsonl.gz").read_bytes()
+        for k in range(3)
     }
     assert len(ex_rewards) == 3  # each seed its own head and data order
     ex = [

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import Pair, read_jsonl
 from lm_probes.lm.scoring import score
 from lm_probes.rm.trainer import encode_for_training
@@ -65,10 +66,8 @@ def test_robustness_end_to_end(tmp_path, train_file):
     assert t["synonyms"]["0.5"]["token_overlap"] > t["synonyms"]["1"]["token_overlap"]  # the dose
     for obj in ("ex_rm", "im_rm"):
         for k in (0, 1, 2):
-            rows = (out / obj / f"seed{k}" / "rewards_contractions_1.jsonl").read_text().splitlines()
-            assert len(rows) == 6 and {"where", "reward_chosen", "reward_rejected"} <= set(
-                json.loads(rows[0])
-            )
+            rows = read_jsonl_rows(out / obj / f"seed{k}" / "rewards_contractions_1.jsonl.gz")
+            assert len(rows) == 6 and {"where", "reward_chosen", "reward_rejected"} <= set(rows[0])
     probe = res["probe"]  # the one-step prediction, at each transformation's largest strength
     assert set(probe["move_ratio"]) == {"contractions", "synonyms"} and probe["n_pairs"] == 4
     assert all(np.isfinite(r) and r != 1.0 for r in probe["move_ratio"].values())
@@ -92,7 +91,7 @@ def test_the_evaluation_equals_a_pair_by_pair_recomputation(tmp_path, train_file
     ref_lm, lm = _factory(), _factory()  # the untrained model (the reference) and the trained one,
     state = torch.load(cell_dir(out, "im_rm", 1) / "checkpoint.pt", weights_only=False)
     lm.model.load_state_dict(state["model"])  # loaded by hand, not through load_trained
-    saved = robustness_analysis.read_rewards(cell_dir(out, "im_rm", 1) / "rewards_original.jsonl")
+    saved = robustness_analysis.read_rewards(cell_dir(out, "im_rm", 1) / "rewards_original.jsonl.gz")
     assert len(saved) == len(data.test)
     pad = lm.tokenizer.pad_token_id
     for p in data.test:
@@ -175,22 +174,23 @@ def test_a_cell_whose_checkpoint_is_gone_is_trained_again_and_must_reproduce_its
     out = tmp_path / "run"
     _run(out, train_file, "--stages", "train,eval")
     d = cell_dir(out, "im_rm", 1)
-    before = (d / "rewards_synonyms_1.jsonl").read_text()
+    before = read_jsonl_rows(d / "rewards_synonyms_1.jsonl.gz")
     _forget(d)
     _run(out, train_file, "--resume", "--stages", "eval")
     (check,) = json.loads((d / "eval.json").read_text())["retrained"]
     assert check["history_identical"] and check["max_abs_diff_original"] <= 1e-6
     assert (d / "checkpoint.pt").exists() and not (d / ".retrain").exists()
-    again = [json.loads(r) for r in (d / "rewards_synonyms_1.jsonl").read_text().splitlines()]
-    for a, b in zip(again, map(json.loads, before.splitlines()), strict=True):
+    again = read_jsonl_rows(d / "rewards_synonyms_1.jsonl.gz")
+    for a, b in zip(again, before, strict=True):
         assert a["where"] == b["where"] and a["reward_chosen"] == pytest.approx(b["reward_chosen"], abs=1e-6)
     assert "retrained" not in json.loads((cell_dir(out, "ex_rm", 0) / "eval.json").read_text())
     seconds = _run(out, train_file, "--resume", "--stages", "analyze")["seconds"]
     assert set(seconds["retraining"]) == {"im_rm/seed1"} and seconds["retraining"]["im_rm/seed1"] > 0
     # recorded rewards that the retrained weights do not give: refused, nothing scored
     _forget(d)
-    rows = [json.loads(r) for r in (d / "rewards_original.jsonl").read_text().splitlines()]
-    rows[0]["reward_chosen"] += 0.01
+    rows = read_jsonl_rows(d / "rewards_original.jsonl.gz")
+    rows[0]["reward_chosen"] += 0.01  # (recorded under the uncompressed name, as an older rmgap did)
+    (d / "rewards_original.jsonl.gz").unlink()
     (d / "rewards_original.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="did not reproduce the recorded cell"):
         _run(out, train_file, "--resume", "--stages", "eval")

@@ -4,11 +4,13 @@ the reward, the outputs and their keys, --resume, --combine, and bad input."""
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
 import pytest
 
+from lm_probes.common import read_jsonl_rows
 from rmgap.experiments import shifts
 from tests.conftest import make_tiny_lm, write_shift_datasets
 
@@ -84,21 +86,26 @@ def test_rmgap_shifts_end_to_end_resume_and_combine(data_root, tmp_path, monkeyp
         q = body["rewrite_quality"][name]
         assert {"token_overlap", "chrf", "bleu", "length_ratio_chars"} <= set(q)
     assert body["config"]["train_set"] == "ultrafeedback" and "command" in body["config"]
-    rows = [
-        json.loads(x) for x in (out / "ex_rm" / "rewards_ultrafeedback_french.jsonl").read_text().splitlines()
-    ]
+    rows = read_jsonl_rows(out / "ex_rm" / "rewards_ultrafeedback_french.jsonl.gz")
     assert len(rows) == 5 and {"reward_chosen", "reward_rejected"} <= set(rows[0])
     assert (out / "im_rm" / "token_rewards_ultrafeedback_french.jsonl.gz").exists()
     assert not (out / "ex_rm" / "token_rewards_ultrafeedback_french.jsonl.gz").exists()
     assert (out / "table.md").read_text().count("| token_level |") >= 3
-    assert (out / "win_rates.png").exists() and (out / "flips.jsonl").exists()
-    for f in (json.loads(x) for x in (out / "flips.jsonl").read_text().splitlines()):
+    assert (out / "win_rates.png").exists() and (out / "flips.jsonl.gz").exists()
+    for f in read_jsonl_rows(out / "flips.jsonl.gz"):
         assert f["im_rm"][0] < f["im_rm"][1] and f["ex_rm"][0] > f["ex_rm"][1]
         assert sum(f["chosen_terms"]) == pytest.approx(f["im_rm"][0], abs=1e-9)
-    # --resume reads the finished cells back: same numbers, no training
+    # --resume reads the finished cells back: same numbers, no training; here from the folder as an
+    # older rmgap wrote it (its per-row outputs uncompressed, under .jsonl; token rewards as now)
+    flips = read_jsonl_rows(out / "flips.jsonl.gz")
+    for f in out.rglob("*.jsonl.gz"):
+        if not f.name.startswith("token_rewards_"):
+            f.with_name(f.name.removesuffix(".gz")).write_bytes(gzip.decompress(f.read_bytes()))
+            f.unlink()
     again = _run(out, "--resume")
     assert again["eval"]["rewardmath"]["diff"] == res["eval"]["rewardmath"]["diff"]
     assert again["eval"]["rewardmath"]["ex_rm"] == res["eval"]["rewardmath"]["ex_rm"]
+    assert read_jsonl_rows(out / "flips.jsonl.gz") == flips and not (out / "flips.jsonl").exists()
     # a second run trained on RewardMATH, then both combined
     out2 = tmp_path / "run2"
     res2 = _run(out2, "--train-set", "rewardmath")

@@ -9,14 +9,11 @@ import json
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from rmgap.commands.eval import main as eval_main
 from rmgap.commands.export import main as export_main
 from rmgap.commands.train import main as train_main
 from tests.conftest import EVAL, TRAIN, make_tiny_lm
-
-
-def _rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("objective", ["im_rm", "ex_rm"])
@@ -45,7 +42,7 @@ def test_an_exported_rm_gives_the_training_runs_rewards(tmp_path, objective):
         assert res["ref"] == str(tmp_path / "base") and res["beta"] == 0.01
     else:
         assert meta["loads_with"] == "AutoModelForSequenceClassification"
-    want, got = _rows(tmp_path / "run" / "rewards_test.jsonl"), _rows(tmp_path / "ev" / "rewards_test.jsonl")
+    want, got = (read_jsonl_rows(tmp_path / f / "rewards_test.jsonl.gz") for f in ("run", "ev"))
     for w, g in zip(want, got, strict=True):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.rm.checkpoints import read_checkpoint
 from lm_probes.rm.config import TrainConfig
 from lm_probes.rm.lora import adapter_state, apply_lora, is_adapter, merged_state, parse_lora, remove_lora
@@ -100,9 +101,8 @@ def _eval_gives_the_runs_rewards(tmp_path, folder: str, objective: str) -> dict:
         "--model", str(tmp_path / folder), "--reward", objective,
         "--data", f"test={tmp_path / 'train.jsonl'}", "--out", str(tmp_path / f"ev-{folder}"), "--quiet",
     ])  # fmt: skip
-    rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
-    want = rows(tmp_path / "run" / "rewards_test.jsonl")
-    got = rows(tmp_path / f"ev-{folder}" / "rewards_test.jsonl")
+    want = read_jsonl_rows(tmp_path / "run" / "rewards_test.jsonl.gz")
+    got = read_jsonl_rows(tmp_path / f"ev-{folder}" / "rewards_test.jsonl.gz")
     for w, g in zip(want, got, strict=True):
         assert g["reward_chosen"] == pytest.approx(w["reward_chosen"], abs=1e-5)
         assert g["reward_rejected"] == pytest.approx(w["reward_rejected"], abs=1e-5)

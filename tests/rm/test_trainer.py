@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lm_probes.common import read_jsonl_rows
 from lm_probes.data.pairs import Pair, encode_pairs
 from lm_probes.reports import write_training
 from lm_probes.rm.config import TrainConfig
@@ -31,7 +32,7 @@ def test_every_objective_fits_its_training_pairs(objective, tmp_path):
     assert set(s["final"]["para"]) == set(METRICS)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["config"]["objective"] == objective and on_disk["model"]["model"] == "tiny-llama"
-    rows = [json.loads(x) for x in (tmp_path / "rewards_orig.jsonl").read_text().splitlines()]
+    rows = read_jsonl_rows(tmp_path / "rewards_orig.jsonl.gz")
     assert len(rows) == 2 and rows[0]["where"] == "t0"
     assert (tmp_path / "learning_curves.png").exists()
 
