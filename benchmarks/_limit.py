@@ -137,12 +137,14 @@ def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None
     return out
 
 
-def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
-    """Adam steps of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs,
-    each step a forward, backward and Adam update as the trainer takes them: ``batches[0]`` warms up,
-    the rest are timed; then the same batches' matrix products (recorded on a second pass: the same
-    shapes) are replayed alone for the limit. Returns the seconds, the page faults and the limit;
-    ``timed(seconds)`` is called before the profiling pass (to keep the time should that pass fail)."""
+def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumulate: int = 1) -> dict:
+    """Training of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs
+    as the trainer runs it: a forward and backward per micro-batch, an Adam update after every
+    ``accumulate`` of them (the trainer's batch_size / micro_batch) and after the last. ``batches[0]``
+    warms up (with an update), the rest are timed; then the same batches' matrix products (recorded
+    on a second pass: the same shapes) are replayed alone for the limit. Returns the seconds, the
+    page faults and the limit; ``timed(seconds)`` is called before the recording pass (to keep the
+    time should that pass fail)."""
     import resource
 
     import torch
@@ -150,22 +152,26 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None) -> dict:
     opt = torch.optim.Adam(rm.trainable(), lr=lr)
     rm.model.train()
 
-    def step(b):
+    def step(b, update: bool):
         rm.batch_loss(b).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        if update:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    step(batches[0])  # warm-up
+    def timed_pass():
+        n = len(batches) - 1
+        for i, b in enumerate(batches[1:], 1):
+            step(b, i % accumulate == 0 or i == n)
+
+    step(batches[0], True)  # warm-up
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    seconds = 0.0
-    for b in batches[1:]:
-        t0 = time.perf_counter()
-        step(b)
-        seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    timed_pass()
+    seconds = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     if timed:
         timed(seconds)
-    gemms = record_gemms(lambda: [step(b) for b in batches[1:]])
+    gemms = record_gemms(timed_pass)
     return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}
 
 

@@ -2,12 +2,15 @@
 Llama-3.2-1B's shapes and random weights (benchmarks/probe_1b.py builds it: 1.24 B parameters,
 float32), tokens/s against the machine's limit for the same work, measured in one run.
 
-    python benchmarks/train_1b.py --json benchmarks/results/train_1b.json    # 1B, 3 timed steps each
+    python benchmarks/train_1b.py --micro-batch 2 --json benchmarks/results/train_1b.json   # 1B
     python benchmarks/train_1b.py --shape tiny --steps 2                      # the same code, small (tests)
 
-Each step is what lm_probes.rm.trainer runs: a micro-batch of ``--micro-batch`` Persona training
-pairs (length-bucketed), forward, backward, Adam update of every parameter (the IM-RM's reference
-log-probs filled once before, not timed). One step warms up; ``--steps`` are timed. "of limit" is
+The steps are what lm_probes.rm.trainer runs: micro-batches of ``--micro-batch`` Persona training
+pairs (length-bucketed), each a forward and backward, and an Adam update of every parameter after
+every ``--accumulate`` of them (4: the Persona paper preset's 32-pair batch in micro-batches of 8);
+the IM-RM's reference log-probs are filled once before, not timed. One micro-batch (with an update)
+warms up; ``--steps`` micro-batches are timed. At 1B on a 24 GiB machine micro-batches of 8 run out
+of memory (weights, gradients and Adam's moments take 18.4 GiB): ``--micro-batch 2``. "of limit" is
 the share of their time that the steps' own matrix products take when each is run alone at its
 shape, best of 5 (benchmarks/_limit.py): at most 100 % by construction. GFLOP/s counts
 lm_probes.common.train_flops (6 · N_body per token, 6 · N_head per response position for the
@@ -32,7 +35,7 @@ from probe_1b import SHAPES, build, peak_gib
 TARGET = 0.50  # of the limit
 
 
-def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None) -> dict:
+def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None, accumulate: int = 1) -> dict:
     from lm_probes.data.pairs import encode_pairs
     from lm_probes.rm.config import TrainConfig
     from lm_probes.rm.reward_model import RewardModel
@@ -41,9 +44,11 @@ def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None)
     batches = bucketed_batches(rm, encode_pairs(lm.tokenizer, pairs).encodings, micro, steps)
     seq = [e for b in batches[1:] for p in b for e in p]
     tokens = sum(len(e.input_ids) for e in seq)
-    run = training_steps(rm, batches, lr=1e-6, timed=timed and (lambda sec: timed(objective, tokens, sec)))
+    report = timed and (lambda sec: timed(objective, tokens, sec))
+    run = training_steps(rm, batches, lr=1e-6, timed=report, accumulate=accumulate)
     flops = sum(step_flops(lm, objective, seq))
-    out = {"objective": objective, "steps": steps, "sequences": len(seq), "tokens": tokens}
+    out = {"objective": objective, "micro_batches": steps, "accumulate": accumulate, "sequences": len(seq)}
+    out["tokens"] = tokens
     out |= {"tokens_per_s": tokens / run["seconds"], **share_of_limit(run["seconds"], run["limit"], flops)}
     for p in rm.model.parameters():  # free the gradients before the next objective
         p.grad = None
@@ -55,8 +60,9 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per objective (after one warm-up)")
-    ap.add_argument("--micro-batch", type=int, default=8, help="pairs per step (the Persona preset's)")
+    ap.add_argument("--steps", type=int, default=4, help="timed micro-batches per objective")
+    ap.add_argument("--micro-batch", type=int, default=8, help="pairs per forward/backward")
+    ap.add_argument("--accumulate", type=int, default=4, help="micro-batches per Adam update (paper: 32 / 8)")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
     lm = build(args.shape)
@@ -74,7 +80,7 @@ def main(argv=None) -> dict:
             write_json(args.json, {"shape": args.shape, "rows": rows, "partial": True})
 
     for obj in ("im_rm", "ex_rm"):
-        r = rows[obj] = run_objective(lm, obj, pairs, args.micro_batch, args.steps, timed)
+        r = rows[obj] = run_objective(lm, obj, pairs, args.micro_batch, args.steps, timed, args.accumulate)
         print(
             f"  {obj}: {r['tokens']} tokens in {r['work_seconds']:.1f} s = {r['tokens_per_s']:.1f} tok/s, "
             f"{r['formula_gflops']:.1f} GFLOP/s; its matrix products alone take {100 * r['of_limit']:.0f} % "
@@ -87,6 +93,7 @@ def main(argv=None) -> dict:
         "n_parameters": lm.info["n_parameters"],
         "threads": torch.get_num_threads(),
         "micro_batch": args.micro_batch,
+        "accumulate": args.accumulate,
         "rows": rows,
         "peak_gib": peak_gib(),
         "target_of_limit": TARGET,

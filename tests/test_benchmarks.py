@@ -96,6 +96,35 @@ def test_the_dispatch_recorder_lists_what_the_profiler_lists_for_a_training_step
     assert {op for op, _ in recorded} >= {"aten::mm"}
 
 
+def test_training_steps_update_after_every_accumulate_micro_batches_and_after_the_last(tiny_lm, monkeypatch):
+    """benchmarks/_limit.training_steps takes Adam updates as the trainer does: after the warm-up's
+    micro-batch, then every ``accumulate`` timed micro-batches and after the last (the same on the
+    recording pass); the gradients of micro-batches between updates accumulate."""
+    import torch
+
+    from lm_probes.data.pairs import Pair, encode_pairs
+    from lm_probes.rm.config import TrainConfig
+    from lm_probes.rm.reward_model import RewardModel
+
+    limit = _load("_limit")
+    updates = []
+    real = torch.optim.Adam.step
+
+    def counted(self, *a, **k):
+        updates.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    rm = RewardModel(tiny_lm, TrainConfig(objective="ex_rm", lr=1e-4, progress=False))
+    pairs = [Pair("the cat", "sat on the mat", "ran away"), Pair("a dog", "barked", "slept all day")]
+    encs = encode_pairs(tiny_lm.tokenizer, pairs, chat_template=False).encodings
+    batches = [[encs[i % 2]] for i in range(5)]  # a warm-up and 4 timed micro-batches
+    for accumulate, n in ((1, 1 + 4 + 4), (3, 1 + 2 + 2), (4, 1 + 1 + 1)):
+        updates.clear()
+        run = limit.training_steps(rm, batches, lr=1e-4, repeat=1, accumulate=accumulate)
+        assert len(updates) == n and run["seconds"] > 0 and run["limit"]["flops"] > 0
+
+
 def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
     """benchmarks/dynamics_engine.py's limit replays the route's products: their FLOPs are the route's
     formula, for both routes."""
