@@ -11,7 +11,8 @@ really runs (skinny activations × weights, attention's batched products) go at 
 and the step's time holds them all plus everything else, so the share of the step's time that
 these products alone would take is at most 1, up to timing noise between the best-of runs; a
 ratio above 1 is reported as the limit beaten, never clipped. The FLOPs the products do (counted
-by torch's profiler) are returned to check the FLOP formulas the benchmarks report rates with.
+by torch's profiler, or by record_gemms's dispatch mode) are returned to check the FLOP formulas
+the benchmarks report rates with.
 """
 
 from __future__ import annotations

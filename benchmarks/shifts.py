@@ -12,7 +12,7 @@
    share of the steps' time that their own matrix products take when each is run alone at its
    shape, best of 5 (benchmarks/_limit.py): at most 100 % by
    construction. GFLOP/s counts lm_probes.common.train_flops; ``flop_check`` divides it, plus the
-   attention scores (attention_flops), by the FLOPs the profiler saw the products do. Target: ≥ 60 %
+   attention scores (attention_flops), by the FLOPs of the recorded products. Target: ≥ 60 %
    of the limit. Three conditions, in this order, same
    batches: ``padded`` (each micro-batch one padded batch, as before issue 10's fix), ``split``
    (lm_probes.lm.scoring.length_groups: sub-batches that waste ≤ 20 % on padding) and ``split+malloc``
