@@ -19,6 +19,7 @@ from lm_probes.common import (
 )
 from lm_probes.data.pairs import DataError
 from lm_probes.reports import pyplot, save_figure, write_training
+from lm_probes.rm.rewards import REWARDS, get_reward_type
 
 SHIFT_ORDER = ("in_distribution", "token_level", "domain", "train")
 NAMES = {"ex_rm": "EX-RM", "im_rm": "IM-RM"}
@@ -131,7 +132,7 @@ def table_markdown(res: dict) -> str:
         f"## Why a pair flips ({im} wrong, {ex} right, under a token-level shift; all in flips.jsonl.gz)",
         "",
         f"Flipped pairs per set: {fl['n']}; the {im} had the same pair right before the rewrite in "
-        f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token IM rewards β(ln π_θ − ln π_ref)"
+        f"{fl['im_rm_correct_before_rewrite']} of them. Largest per-token rewards {token_formula(cfg)}"
         + ("" if all(f.get("chosen_top") for f in fl["rows"]) else " (none kept by this reward type)")
         + ":",
         "",
@@ -160,6 +161,13 @@ def second_label(cfg: dict) -> str:
         return "hybrid RM"
     im = (cfg.get("objectives") or ["", "im_rm"])[1]
     return NAMES.get(im, im)
+
+
+def token_formula(cfg: dict) -> str:
+    """The per-token terms of the second RM's reward: with its reference, or without (im_rm_no_ref)."""
+    name = (cfg.get("objectives") or ["", "im_rm"])[1]
+    ref = name not in REWARDS or get_reward_type(name).uses_reference
+    return "β(ln π_θ − ln π_ref)" if ref else "β ln π_θ (no reference)"
 
 
 def mitigation_markdown(eff: dict, name: str) -> list[str]:

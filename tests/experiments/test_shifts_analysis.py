@@ -145,3 +145,5 @@ def test_a_run_of_other_reward_types_is_reported_under_their_names():
     md = table_markdown(res)
     assert "| ex_rm_mean acc | im_rm_no_ref acc |" in md and "EX-RM" not in md
     assert "| ex_rm_mean | ex_rm_mean |" in md  # the winner columns name the reward type
+    assert "rewards β ln π_θ (no reference)" in md and "π_ref" not in md  # its per-token terms
+    assert "β(ln π_θ − ln π_ref)" in table_markdown({**res, "config": {**cfg, "objectives": None}})
