@@ -7,7 +7,9 @@ next to this machine's float32 matrix-product rate, all measured in one run.
     python benchmarks/train.py --quick
 
 Both sides train on the same token ids (rmgap's encoder; TRL gets them pre-tokenized), in fp32
-(TRL's configs default to bf16 autocast, switched off here), Adam without clipping or weight decay,
+(TRL's configs default to bf16 autocast, switched off here), without gradient checkpointing (TRL
+1.16's configs turn it on by default: activations recomputed in the backward pass, which rmgap does
+not do; runs before 2026-12-07 left it on), Adam without clipping or weight decay,
 one epoch, effective batch 16. "At equal metrics" is checked, not assumed: every trained model, TRL's
 included, is scored by the same rmgap evaluation on held-out Persona pairs (original responses, test
 prompts), and the mean training loss is printed next to it.
@@ -121,6 +123,7 @@ def trl_trainer(kind, encs, cfg, path, precompute_ref=False, bf16=False):
         weight_decay=0.0,
         max_grad_norm=0.0,  # rmgap does not clip
         bf16=bf16,  # TRL configs default to bf16 autocast, also on CPU; rmgap (and the paper) use fp32
+        gradient_checkpointing=False,  # TRL 1.16 defaults to True (recomputes); rmgap stores activations
         lr_scheduler_type="constant",
         disable_tqdm=True,
     )
