@@ -9,7 +9,7 @@ The steps are what lm_probes.rm.trainer runs: micro-batches of ``--micro-batch``
 pairs (length-bucketed), each a forward and backward, and an Adam update of every parameter after
 every ``--accumulate`` of them (4: the Persona paper preset's 32-pair batch in micro-batches of 8);
 the IM-RM's reference log-probs are filled once before, not timed. One micro-batch (with an update)
-warms up; ``--steps`` micro-batches are timed. At 1B on a 24 GiB machine micro-batches of 8 run out
+warms up; ``--steps`` micro-batches are timed. At 1B on a 23.5 GiB machine micro-batches of 8 run out
 of memory (weights, gradients and Adam's moments take 18.4 GiB): ``--micro-batch 2``. "of limit" is
 the share of their time that the steps' own matrix products take when each is run alone at its
 shape, best of 5 (benchmarks/_limit.py): at most 100 % by construction. GFLOP/s counts

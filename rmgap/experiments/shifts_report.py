@@ -147,10 +147,16 @@ def table_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def objectives(cfg: dict) -> tuple[str, str]:
+    """The run's two reward types: (ex_rm, im_rm), or what ``--objectives`` put in their place."""
+    first, second = cfg.get("objectives") or ("ex_rm", "im_rm")
+    return first, second
+
+
 def first_label(cfg: dict) -> str:
     """What the first (explicit) RM of a run is called: the EX-RM, or the reward type run in its place
     (``--objectives ex_rm_mean,...``)."""
-    ex = (cfg.get("objectives") or ["ex_rm"])[0]
+    ex = objectives(cfg)[0]
     return NAMES.get(ex, ex)
 
 
@@ -159,13 +165,13 @@ def second_label(cfg: dict) -> str:
     backbone) that --mitigation hybrid puts in its place, or another reward type (``--objectives``)."""
     if cfg.get("mitigation") == "hybrid":
         return "hybrid RM"
-    im = (cfg.get("objectives") or ["", "im_rm"])[1]
+    im = objectives(cfg)[1]
     return NAMES.get(im, im)
 
 
 def token_formula(cfg: dict) -> str:
     """The per-token terms of the second RM's reward: with its reference, or without (im_rm_no_ref)."""
-    name = (cfg.get("objectives") or ["", "im_rm"])[1]
+    name = objectives(cfg)[1]
     ref = name not in REWARDS or get_reward_type(name).uses_reference
     return "β(ln π_θ − ln π_ref)" if ref else "β ln π_θ (no reference)"
 
