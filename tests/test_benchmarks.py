@@ -24,6 +24,7 @@ def test_the_1b_shaped_probe_benchmark_runs_at_its_small_shape(tmp_path):
 
 def test_phase_peaks_files_memory_under_the_phase_in_progress():
     """probe_1b.PhasePeaks: a sample lands under Timer.current (nested phases restore the outer one)."""
+    import mmap
     import time
 
     import numpy as np
@@ -35,12 +36,15 @@ def test_phase_peaks_files_memory_under_the_phase_in_progress():
         with timer("small"):
             time.sleep(0.1)
         with timer("big"):
-            x = np.ones(2**27)  # 1 GiB, resident
+            # 1 GiB of fresh pages, made resident by writing them: an anonymous mapping, since after
+            # other tests malloc may serve np.ones from freed memory that is resident already
+            buf = mmap.mmap(-1, 2**30)
+            np.frombuffer(buf, dtype=np.uint8)[:] = 1
             with timer("inner"):
                 time.sleep(0.1)
             assert timer.current == "big"
             time.sleep(0.1)
-            del x
+            buf.close()
     assert timer.current is None
     assert peaks.gib["big"] > peaks.gib["small"] + 0.9 and set(peaks.gib) >= {"small", "big", "inner"}
 
