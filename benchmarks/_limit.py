@@ -138,14 +138,51 @@ def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None
     return out
 
 
+class TokensRun:
+    """What a model's decoder ran, read off a forward pre-hook: real new tokens (the attention mask over
+    the pass's new positions) in passes with gradient (``grad``: training) and without (``no_grad``),
+    and each row's (new tokens, keys they attend) in ``rows`` for the attention formula. The scorer
+    runs a prompt once for all its responses when that saves tokens (lm_probes.lm.scoring's cached
+    mode), so these can be fewer than the sequences' tokens; the FLOP formula is checked on them.
+
+        with TokensRun(lm.model) as run:
+            rm.fill_reference(encs)                      # run.no_grad: the tokens it ran"""
+
+    def __init__(self, model):
+        self.decoder = model.get_decoder()
+        self.grad = self.no_grad = 0
+        self.rows: list[tuple[int, int]] = []
+
+    def _hook(self, module, args, kwargs):
+        import torch
+
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        new, keys = mask[:, -ids.shape[1] :].sum(1).tolist(), mask.sum(1).tolist()
+        self.rows += list(zip(new, keys, strict=True))
+        if torch.is_grad_enabled():
+            self.grad += sum(new)
+        else:
+            self.no_grad += sum(new)
+
+    def __enter__(self):
+        self._handle = self.decoder.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
 def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumulate: int = 1) -> dict:
     """Training of a RewardModel ``rm`` (lm_probes.rm.reward_model) on micro-batches of encoded pairs
     as the trainer runs it: a forward and backward per micro-batch, an Adam update after every
     ``accumulate`` of them (the trainer's batch_size / micro_batch) and after the last. ``batches[0]``
     warms up (with an update), the rest are timed; then the same batches' matrix products (recorded
     on a second pass: the same shapes) are replayed alone for the limit. Returns the seconds, the
-    page faults and the limit; ``timed(seconds)`` is called before the recording pass (to keep the
-    time should that pass fail)."""
+    page faults, the limit and the recording pass's :class:`TokensRun`; ``timed(seconds)`` is called
+    before the recording pass (to keep the time should that pass fail)."""
     import resource
 
     import torch
@@ -172,8 +209,10 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumula
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     if timed:
         timed(seconds)
-    gemms = record_gemms(timed_pass)
-    return {"seconds": seconds, "minor_page_faults": faults, "limit": replay_limit(gemms, repeat)}
+    with TokensRun(rm.model) as run:
+        gemms = record_gemms(timed_pass)
+    limit = replay_limit(gemms, repeat)
+    return {"seconds": seconds, "minor_page_faults": faults, "limit": limit, "tokens_run": run}
 
 
 def bucketed_batches(rm, encs, micro: int, steps: int) -> list:
@@ -189,15 +228,20 @@ def bucketed_batches(rm, encs, micro: int, steps: int) -> list:
     return batches
 
 
-def step_flops(lm, objective: str, seq) -> tuple[float, float]:
+def step_flops(lm, objective: str, seq, run: TokensRun | None = None) -> tuple[float, float]:
     """(lm_probes.common.train_flops, attention_flops) of training steps over the encodings ``seq``
-    (no reference pass): N_body excludes the output head and, when untied, the input embedding."""
+    (no reference pass): N_body excludes the output head and, when untied, the input embedding. With
+    ``run`` (what the decoder ran on them): its tokens and attention rows, not the whole sequences'."""
     from lm_probes.common import attention_flops, train_flops
 
     n_head = lm.model.get_output_embeddings().weight.numel()
     n_emb = lm.model.get_input_embeddings().weight.numel()
     n_body = lm.info["n_parameters"] - n_head - (0 if lm.info["tied_head"] else n_emb)
     tokens, resp = sum(len(e.input_ids) for e in seq), sum(e.response_len for e in seq)
+    queries = [len(e.input_ids) for e in seq]
+    keys = None
+    if run is not None:
+        tokens, queries, keys = run.grad, [q for q, _ in run.rows], [k for _, k in run.rows]
     cfg = lm.model.config
-    att = attention_flops([len(e.input_ids) for e in seq], cfg.num_hidden_layers, cfg.hidden_size)
+    att = attention_flops(queries, cfg.num_hidden_layers, cfg.hidden_size, keys=keys)
     return train_flops(objective, n_body, n_head, tokens, resp, reference=False), att

@@ -11,8 +11,11 @@
    preset's batch of 8) of UltraFeedback pairs for the EX-RM and the IM-RM. "of limit" is the
    share of the steps' time that their own matrix products take when each is run alone at its
    shape, best of 5 (benchmarks/_limit.py): at most 100 % by
-   construction. GFLOP/s counts lm_probes.common.train_flops; ``flop_check`` divides it, plus the
-   attention scores (attention_flops), by the FLOPs of the recorded products. Target: ≥ 60 %
+   construction. tokens/s counts the sequences' tokens; ``tokens_run`` those the model ran (a prompt
+   shared by a micro-batch's responses runs once: lm_probes.lm.scoring's cached mode, taken when
+   it saves ≥ 20 % of the tokens). GFLOP/s counts lm_probes.common.train_flops on the tokens run;
+   ``flop_check`` divides it, plus the attention scores (attention_flops), by the FLOPs of the
+   recorded products. Target: ≥ 60 %
    of the limit. Three conditions, in this order, same
    batches: ``padded`` (each micro-batch one padded batch, as before issue 10's fix), ``split``
    (lm_probes.lm.scoring.length_groups: sub-batches that waste ≤ 20 % on padding) and ``split+malloc``
@@ -104,18 +107,19 @@ def training(lm, objective: str, n_steps: int) -> dict:
     run = training_steps(rm, batches, lr=1e-5, accumulate=train["batch_size"] // train["micro_batch"])
     sec, seq = run["seconds"], [e for b in batches[1:] for p in b for e in p]
     tokens = sum(len(e.input_ids) for e in seq)
-    flops, att = step_flops(lm, objective, seq)
+    flops, att = step_flops(lm, objective, seq, run["tokens_run"])
     return {
         "objective": objective,
         "sequences": len(seq),
         "tokens": tokens,
+        "tokens_run": run["tokens_run"].grad,  # (prompts shared by a micro-batch's pairs run once)
         "mean_length": tokens / len(seq),
         "fill_if_padded": tokens
         / sum(max(len(e.input_ids) for p in b for e in p) * 2 * len(b) for b in batches[1:]),
         "minor_page_faults_per_step": run["minor_page_faults"] / n_steps,
         "seconds": sec,
         "tokens_per_s": tokens / sec,
-        "gflops": flops / sec / 1e9,
+        "gflops": flops / sec / 1e9,  # (of the tokens run)
         **share_of_limit(sec, run["limit"], flops + att),
     }
 

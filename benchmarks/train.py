@@ -16,16 +16,21 @@ prompts), and the mean training loss is printed next to it.
 
 pairs/s counts training pairs per second of training, evaluation excluded; rmgap's time includes its
 one reference pass, DPOTrainer's its per-step reference passes (or, with precompute_ref, its
-construction, which runs the reference pass). Achieved FLOP/s counts useful model work only, the same
+construction, which runs the reference pass). GFLOP/s counts the work of whole sequences, the same
 for every trainer: 6 · N_body per token for forward + backward, plus 6 · N_head per position where the
-objective needs the output head (response positions for im_rm, none for ex_rm), plus 2 · (the same)
-for im_rm's reference pass. N_head is the output head (tied to the input embedding, whose lookup is
-free); attention-score FLOPs are left out (sequences are ~60 tokens). "of limit": the time rmgap's
-own matrix products take when each is replayed alone at its shape (best of 5, benchmarks/_limit.py;
-profiled on a second rmgap run of the same data, inside the timed parts only), over the trainer's
-time: at most 100 % by construction for rmgap (TRL's rows divide the same products' time by TRL's
-time); ``flop_check`` divides the FLOP formula by the FLOPs those products do. Targets (issues 5, 26):
-≥ 1.5× TRL's pairs/s for im_rm at equal metrics, and ≥ 40 % of the limit. Without
+objective needs the output head (response positions for im_rm, none for ex_rm; TRL 1.16 also forms
+logits there only), plus 2 · (the same) for im_rm's reference pass. N_head is the output head (tied
+to the input embedding, whose lookup is free); attention-score FLOPs are left out (sequences are ~60
+tokens). rmgap runs fewer tokens than that: a Persona pair's two responses share a prompt of ~50
+tokens, and rmgap's scorer runs each distinct prompt of a micro-batch once, its KV cache expanded
+over the responses (lm_probes.lm.scoring's cached mode); TRL runs every sequence whole. The tokens
+rmgap's model ran are counted (``tokens_run`` in training, ``reference_tokens_run``: benchmarks/
+_limit.TokensRun), and ``flop_check`` divides the same formula on them by the FLOPs of the profiled
+products. "of limit": the time rmgap's own matrix products take when each is replayed alone at its
+shape (best of 5, benchmarks/_limit.py; profiled on a second rmgap run of the same data, inside the
+timed parts only), over the trainer's time: at most 100 % by construction for rmgap (TRL's rows
+divide the same products' time by TRL's time). Targets (issues 5, 26): ≥ 1.5× TRL's pairs/s for
+im_rm at equal metrics, and ≥ 40 % of the limit. Without
 TRL installed the comparison rows say so.
 """
 
@@ -53,7 +58,7 @@ from lm_probes.rm.rewards import initial_head
 from lm_probes.rm.trainer import TIMED_LABELS, train_reward_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import profile_gemms, replay_limit, share_of_limit
+from _limit import TokensRun, profile_gemms, replay_limit, share_of_limit
 
 
 def _t(fn) -> float:
@@ -85,16 +90,23 @@ def ours(pairs, test_pairs, cfg, flops):
     # its steps); evaluation excluded
     sec = s["train_seconds"] + s["reference_seconds"]
     # the limit: the same run's matrix products inside the timed parts (a second run, profiled: the
-    # same data order, so the same shapes), each replayed alone
-    gemms = profile_gemms(
-        lambda: train_reward_model(load_lm("smollm2"), pairs, {"held_out": test_pairs[:1]}, cfg),
-        within=TIMED_LABELS,
-    )
+    # same data order, so the same shapes), each replayed alone; the tokens its training passes ran
+    lm = load_lm("smollm2")
+    with TokensRun(lm.model) as run:
+        gemms = profile_gemms(
+            lambda: train_reward_model(lm, pairs, {"held_out": test_pairs[:1]}, cfg), within=TIMED_LABELS
+        )
+    # and those its reference pass ran: the same call on the same encodings, counted alone
+    rm = RewardModel(load_lm("smollm2"), cfg)
+    with TokensRun(rm.model) as ref:
+        rm.fill_reference([e for p in encode_pairs(rm.lm.tokenizer, pairs).encodings for e in p])
     return dict(
         seconds=sec,
         pairs_per_s=len(pairs) * cfg.epochs / sec,
         gflops=flops * cfg.epochs / sec / 1e9,
         limit=replay_limit(gemms),
+        tokens_run=run.grad,
+        reference_tokens_run=ref.no_grad if rm.rt.uses_reference else 0,
         train_loss=s["history"][-1]["train_loss"],
         held_out=brief(s["final"]["held_out"]),
     )
@@ -236,7 +248,10 @@ def main(argv=None) -> dict:
         if ref:
             line += f"  rmgap {ref['pairs_per_s'] / r['pairs_per_s']:.2f}×"
         else:
-            line += f"  (FLOP formula / profiled {r['flop_check']:.3f})"
+            line += (
+                f"  ({r['tokens_run']} of {tokens} tokens run in training, {r['reference_tokens_run']} in "
+                f"the reference pass; FLOP formula on them / profiled {r['flop_check']:.3f})"
+            )
         print(line, flush=True)
 
     rows = {}
@@ -248,7 +263,10 @@ def main(argv=None) -> dict:
         cfg = replace(cfg0, objective=obj)
         flops = model_flops(obj, n_body, n_head, tokens, response_tokens)
         r = rows[f"{obj}/rmgap"] = ours(pairs, test_pairs, cfg, flops)
-        r |= share_of_limit(r["seconds"], r["limit"], flops * cfg.epochs)
+        run_flops = model_flops(
+            obj, n_body, n_head, r["tokens_run"], response_tokens, reference_tokens=r["reference_tokens_run"]
+        )
+        r |= share_of_limit(r["seconds"], r["limit"], run_flops)
         show(obj, "rmgap", r)
         for name, pre in [] if args.no_trl else trl[obj]:
             try:

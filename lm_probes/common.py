@@ -206,25 +206,36 @@ def matmul_rate(n: int = 2048, repeat: int = 3) -> float:
 
 
 def train_flops(
-    objective: str, n_body: int, n_head: int, tokens: int, response_tokens: int, *, reference: bool = True
+    objective: str,
+    n_body: int,
+    n_head: int,
+    tokens: int,
+    response_tokens: int,
+    *,
+    reference: bool = True,
+    reference_tokens: int | None = None,
 ) -> float:
     """Useful FLOPs of one training pass over ``tokens`` tokens: 6 · N_body per token (forward +
     backward), plus, for objectives that read the LM's log-probs (IM-RMs), 6 · N_head per response
-    position and (``reference``) 2 · (both) for the one reference pass. EX-RMs never form logits.
-    Attention-score FLOPs are left out (see :func:`attention_flops`). Every sequence counts whole:
-    where the scorer runs a prompt once for several responses (lm_probes.lm.scoring's cached mode,
-    chosen when a micro-batch's pairs share prompts) fewer FLOPs run than this counts, which the
-    benchmarks measure (benchmarks/_limit.py, ``flop_check``)."""
+    position and (``reference``) 2 · (both) for the one reference pass, over ``reference_tokens``
+    (default ``tokens``). EX-RMs never form logits. Attention-score FLOPs are left out (see
+    :func:`attention_flops`). Counted on whole sequences, this is the work of a trainer that runs
+    each; the scorer runs a prompt once for all its responses when that saves tokens
+    (lm_probes.lm.scoring's cached mode), so fewer tokens run: benchmarks/_limit.TokensRun counts
+    them, and the formula on those is what the profiled products check (``flop_check``)."""
     if objective.startswith("ex_rm"):
         return 6.0 * n_body * tokens
-    pass_flops = n_body * tokens + n_head * response_tokens
-    return 6.0 * pass_flops + (2.0 * pass_flops if reference else 0.0)
+    ref_tokens = tokens if reference_tokens is None else reference_tokens
+    train = 6.0 * (n_body * tokens + n_head * response_tokens)
+    return train + (2.0 * (n_body * ref_tokens + n_head * response_tokens) if reference else 0.0)
 
 
-def attention_flops(lengths, n_layers: int, width: int, *, passes: float = 3.0) -> float:
-    """Attention-score FLOPs (QKᵀ and AV, causal halves not exploited: 4 · T² · width per layer) of
-    sequences of ``lengths``, times ``passes`` (3 = forward + backward)."""
-    return passes * sum(4.0 * T * T * width * n_layers for T in lengths)
+def attention_flops(lengths, n_layers: int, width: int, *, passes: float = 3.0, keys=None) -> float:
+    """Attention-score FLOPs (QKᵀ and AV, causal halves not exploited: 4 · T · S · width per layer for
+    T queries attending S keys; S = T, whole sequences, unless ``keys`` gives each row's S) of rows of
+    ``lengths`` queries, times ``passes`` (3 = forward + backward)."""
+    keys = lengths if keys is None else keys
+    return passes * sum(4.0 * T * S * width * n_layers for T, S in zip(lengths, keys, strict=True))
 
 
 class Registry(dict):

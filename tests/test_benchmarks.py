@@ -147,3 +147,35 @@ def test_the_1b_shaped_training_benchmark_runs_at_its_small_shape(tmp_path):
     assert set(out["rows"]) == {"im_rm", "ex_rm"}
     for r in out["rows"].values():
         assert r["tokens"] > 0 and r["of_limit"] > 0 and r["flop_check"] >= 0.9
+
+
+def test_tokens_run_counts_what_the_decoder_ran(tiny_lm):
+    """_limit.TokensRun: shared prompts count once (cached mode), whole sequences whole, passes without
+    gradient apart, and each row's keys (a response attends its prompt too) for the attention formula."""
+    import torch
+
+    from lm_probes.common import attention_flops
+    from lm_probes.lm.encoding import pad_id_of
+    from lm_probes.lm.scoring import head_is_linear, score
+    from tests.lm.test_scoring import _pairs_of_uneven_prompts
+
+    lim = _load("_limit")
+    encs, pad = _pairs_of_uneven_prompts(tiny_lm.tokenizer), pad_id_of(tiny_lm.tokenizer)
+    head_is_linear(tiny_lm.model)  # (its once-per-model check runs the decoder too)
+    whole = sum(len(e.input_ids) for e in encs)
+    shared = sum(e.prompt_len for e in encs[::2]) + sum(e.response_len for e in encs)
+    with lim.TokensRun(tiny_lm.model) as run:
+        score(tiny_lm.model, encs, pad, mode="cached")
+        with torch.no_grad():
+            score(tiny_lm.model, encs, pad, mode="whole")
+    assert (run.grad, run.no_grad) == (shared, whole) and shared < whole
+    prompts = [(e.prompt_len, e.prompt_len) for e in encs[::2]]
+    answers = [(e.response_len, len(e.input_ids)) for e in encs]
+    wholes = [(len(e.input_ids), len(e.input_ids)) for e in encs]
+    assert sorted(run.rows) == sorted(prompts + answers + wholes)
+    q, k = zip(*answers, strict=True)
+    assert attention_flops(q, 2, 8, keys=k) == 3 * sum(4 * a * b * 2 * 8 for a, b in answers)
+    with lim.TokensRun(tiny_lm.model) as after:
+        pass
+    score(tiny_lm.model, encs, pad, mode="whole")
+    assert after.grad == 0  # the hook is removed on exit

@@ -88,6 +88,36 @@ def test_the_probe_on_every_family(family_dirs, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_pairs_share_their_prompt_on_every_family(family_dirs, family):
+    """Scoring with shared prompts (prompts of different lengths in one right-padded pass, the KV cache
+    gathered per response, positions continued; training takes it for pairs with long prompts) gives
+    every family the rewards and gradients of whole sequences. Gemma-2's sliding window keeps one
+    prompt length a pass."""
+    from lm_probes.lm.encoding import pad_id_of
+    from lm_probes.lm.scoring import _sliding_window, prompt_batches, score
+    from tests.lm.test_scoring import _loss_and_grads, _pairs_of_uneven_prompts
+
+    lm = _load(family_dirs, family)
+    encs, pad = _pairs_of_uneven_prompts(lm.tokenizer), pad_id_of(lm.tokenizer)
+    assert _sliding_window(lm.model) == (family == "gemma2")
+    assert len(prompt_batches(encs, 16, _sliding_window(lm.model))) == (3 if family == "gemma2" else 1)
+    got = {}
+    for mode in ("cached", "whole"):
+        sc = score(lm.model, encs, pad, mode=mode, answer_ids=(3, 4))
+        got[mode] = (sc, *_loss_and_grads(lm.model, sc))
+    (c, c_loss, c_grad), (w, w_loss, w_grad) = got["cached"], got["whole"]
+    for name in ("logprob", "last_hidden", "mean_hidden", "answer_logprob"):
+        assert torch.allclose(getattr(c, name), getattr(w, name), rtol=0, atol=1e-10), (family, name)
+    assert torch.allclose(c_loss, w_loss, rtol=0, atol=1e-10) and c_grad.keys() == w_grad.keys()
+    # Gemma-2's RMSNorm runs in float32 (x.float()) inside a float64 model: the prompt's gradient, summed
+    # over its two responses in another order, agrees to 1e-7 of its size there, to 1e-15 elsewhere
+    tol = 1e-6 if family == "gemma2" else 1e-12
+    for n in c_grad:
+        err = (c_grad[n] - w_grad[n]).abs().max() / w_grad[n].abs().max().clamp_min(1e-30)
+        assert err < tol, (family, n, float(err))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_rmgap_train_on_every_family(family_dirs, family, tmp_path):
     from rmgap.commands.train import main
 

@@ -99,10 +99,8 @@ def _cache_of(out):
     return out.get(_cache_name()) if hasattr(out, "get") else getattr(out, _cache_name(), None)
 
 
-def _token_logprob(lgt: torch.Tensor, response_ids, device) -> torch.Tensor:
-    """(K,) ln π(y_k | ·) of the response tokens from their (K, V) logits."""
-    lp = torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
-    return lp[torch.arange(len(response_ids), device=device), torch.tensor(response_ids, device=device)]
+def _log_softmax(lgt: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(lgt.float() if lgt.dtype == torch.bfloat16 else lgt, -1)
 
 
 def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
@@ -110,6 +108,22 @@ def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
     for i, e in enumerate(encs):
         by_prompt.setdefault(e.input_ids[: e.prompt_len], []).append(i)
     return [idx[j : j + max_group] for idx in by_prompt.values() for j in range(0, len(idx), max_group)]
+
+
+SHARE_GAIN = (
+    1.1  # "auto" shares prompts when that runs this many times fewer tokens (benchmarks/shared_prompts.py)
+)
+
+
+def shared_prompt_gain(encs: list[Encoded], max_group: int = 16) -> float:
+    """Tokens of the whole sequences over the tokens the ``"cached"`` mode runs, its padding counted:
+    Σ (P + K) / Σ over prompt groups (P + n · max K). A preference pair with prompt P and responses
+    of K tokens each gives (2P + 2K) / (P + 2K): 1.8 on Persona's ~50-token prompts and short answers;
+    UltraFeedback's answers of 40 and 450 tokens under a 190-token prompt give less than 1 (the
+    short answer padded to the long one), where whole sequences, split by length, run faster."""
+    groups = prompt_groups(encs, max_group)
+    work = sum(encs[g[0]].prompt_len + len(g) * max(encs[i].response_len for i in g) for g in groups)
+    return sum(len(e.input_ids) for e in encs) / work
 
 
 def score(
@@ -124,31 +138,38 @@ def score(
     answer_ids: tuple[int, ...] | None = None,
 ) -> Scored:
     """Score responses. ``mode="cached"`` runs each distinct prompt once and expands its KV cache over
-    the responses that share it, recomputing only response tokens; ``"whole"`` runs padded whole
+    the responses that share it, recomputing only response tokens (prompts packed into padded passes
+    of at most ``max_group`` responses: :func:`prompt_batches`); ``"whole"`` runs padded whole
     sequences in batches of similar length (``"single"``: in one batch, one pass of the model, as a
-    fully sharded back end needs: lm_probes.distributed); ``"auto"`` caches when prompts repeat (≥ 3
-    responses per prompt on average). All give the same numbers (to rounding). Logits are formed only
-    at response positions, and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then
-    None), when the model's logits are its head applied to its states (``head_is_linear``).
-    ``answer_ids`` adds
-    ``answer_logprob``: the log-probabilities of those tokens at the position that predicts the first
-    response token (the EX-GRM's P(Yes), P(No)). Differentiable; works under torch.func.jvp /
+    fully sharded back end needs: lm_probes.distributed); ``"auto"`` caches when that runs
+    ``SHARE_GAIN`` times fewer tokens (:func:`shared_prompt_gain`; a training micro-batch of pairs
+    with long prompts, an evaluation of rewritten sets). All give the same numbers (to rounding), and
+    gradients flow through the shared prompt. Logits are formed only at response positions, in one
+    product per pass, and not at all with ``need_logits=False`` (EX-RMs; ``logprob`` is then None),
+    when the model's logits are its head applied to its states (``head_is_linear``). ``answer_ids``
+    adds ``answer_logprob``: the log-probabilities of those tokens at the position that predicts the
+    first response token (the EX-GRM's P(Yes), P(No)). Differentiable; works under torch.func.jvp /
     functional_call (see ``Scorer``)."""
     if mode not in ("auto", "cached", "whole", "single"):
         raise ValueError(f"mode must be 'auto', 'cached', 'whole' or 'single', got {mode!r}")
     fast = head_is_linear(model)
     need_logits = need_logits or keep_states
-    n_prompts = len({e.input_ids[: e.prompt_len] for e in encs})
+    out = Responses(model, fast, need_logits, keep_states, answer_ids)
     if mode == "single":  # one padded batch: one pass of the model whatever the data
-        return _score_whole(model, encs, pad_id, keep_states, need_logits, fast, answer_ids)
-    if mode == "whole" or (mode == "auto" and len(encs) < 3 * n_prompts):
+        return out.scored(encs, *_whole_pass(model, encs, pad_id, fast))
+    if mode == "whole" or (mode == "auto" and shared_prompt_gain(encs, max_group) < SHARE_GAIN):
         groups = length_groups(encs)
         parts = [
-            _score_whole(model, [encs[i] for i in g], pad_id, keep_states, need_logits, fast, answer_ids)
+            out.scored([encs[i] for i in g], *_whole_pass(model, [encs[i] for i in g], pad_id, fast))
             for g in groups
         ]
-        return parts[0] if len(parts) == 1 else _merge(parts, groups)
-    return _score_cached(model, encs, pad_id, keep_states, need_logits, fast, answer_ids, max_group)
+        return parts[0] if groups == [list(range(len(encs)))] else _merge(parts, groups)
+    batches = prompt_batches(encs, max_group, gap_free=_sliding_window(model))
+    parts = [
+        out.scored([encs[i] for i in b], *_cached_pass(model, [encs[i] for i in b], pad_id, fast))
+        for b in batches
+    ]
+    return parts[0] if batches == [list(range(len(encs)))] else _merge(parts, batches)
 
 
 MIN_FILL = 0.8  # length_groups' threshold (benchmarks/shifts.py sets 0 to time one padded batch)
@@ -174,63 +195,127 @@ def length_groups(encs: list[Encoded], min_fill: float | None = None) -> list[li
     return [*groups, cur]
 
 
-def _score_cached(
-    model, encs: list[Encoded], pad_id: int, keep_states, need_logits, fast, answer_ids, max_group: int
-) -> Scored:
-    """:func:`score`'s ``"cached"`` mode: each distinct prompt once, its KV cache expanded over the
-    responses that share it, only response tokens recomputed."""
+def prompt_batches(encs: list[Encoded], max_group: int, gap_free: bool = False) -> list[list[int]]:
+    """Indices of ``encs`` packed into the passes of the ``"cached"`` mode: whole prompt groups (one
+    prompt, at most ``max_group`` responses), sorted by prompt length; a pass closes before it would
+    hold more than ``max_group`` responses or fill its padded prompt and response batches below
+    ``MIN_FILL``. ``gap_free``: only prompts of one length share a pass (sliding-window attention
+    counts a padded prompt's gap as distance)."""
+    groups = sorted(prompt_groups(encs, max_group), key=lambda g: encs[g[0]].prompt_len)
+    passes, cur = [], []
+    for g in groups:
+        trial = [*cur, g]
+        P = [encs[h[0]].prompt_len for h in trial]
+        K = [encs[i].response_len for h in trial for i in h]
+        fill = (sum(P) + sum(K)) / (len(P) * max(P) + len(K) * max(K))
+        if cur and (len(K) > max_group or fill < MIN_FILL or (gap_free and P[0] != P[-1])):
+            passes.append([i for h in cur for i in h])
+            trial = [g]
+        cur = trial
+    return [*passes, [i for h in cur for i in h]] if cur else passes
+
+
+def _sliding_window(model) -> bool:
+    """Does the model attend within a sliding window (by cache index, so a padding gap would count)?"""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(cfg, "sliding_window", None) is None:
+        return False
+    types = getattr(cfg, "layer_types", None)
+    return any("sliding" in t for t in types) if types else bool(getattr(cfg, "use_sliding_window", True))
+
+
+def _cached_pass(model, encs: list[Encoded], pad_id: int, fast: bool):
+    """One pass of the ``"cached"`` mode: the distinct prompts of ``encs`` as one right-padded batch, its
+    KV cache gathered to one row per response, then the responses (positions continuing each prompt,
+    the prompt's padding masked) → what :meth:`Responses.scored` reads."""
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    N = len(encs)
-    logprob, last, mean, tok_lp, first = [None] * N, [None] * N, [None] * N, [None] * N, [None] * N
-    pred_h, pred_l = ([None] * N, [None] * N) if keep_states else (None, None)
-    for idx in prompt_groups(encs, max_group):
-        P, B = encs[idx[0]].prompt_len, len(idx)
-        prompt = torch.tensor([encs[idx[0]].input_ids[:P]], device=device)
-        h_p, l_p, cache = _pass(model, fast, input_ids=prompt, use_cache=True)
-        if B > 1:
-            cache.batch_repeat_interleave(B)
-        lens = [encs[i].response_len for i in idx]
-        R = max(lens)
-        resp = torch.full((B, R), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((B, P + R), dtype=torch.long, device=device)
-        mask[:, :P] = 1
-        for b, i in enumerate(idx):
-            resp[b, : lens[b]] = torch.tensor(encs[i].response_ids, device=device)
-            mask[b, P : P + lens[b]] = 1
-        pos = (P + torch.arange(R, device=device))[None].expand(B, R)
-        h_r, l_r, _ = _pass(model, fast, input_ids=resp, attention_mask=mask, cache=cache, position_ids=pos)
-        h_first = h_p[0, -1]  # the state predicting y_1; response position j predicts y_{j+2}
-        if answer_ids is not None:
-            l_first = head(h_first) if fast else l_p[0, -1]
-            a = _answer_logprob(l_first, answer_ids)
-            for i in idx:
-                first[i] = a
-        for b, i in enumerate(idx):
-            k = lens[b]
-            last[i], mean[i] = h_r[b, k - 1], h_r[b, :k].mean(0)
-            if not need_logits:
-                continue
-            hid = torch.cat([h_first[None], h_r[b, : k - 1]])  # (K, D)
-            lgt = head(hid) if fast else torch.cat([l_p[0, -1][None], l_r[b, : k - 1]])  # (K, V)
-            tok_lp[i] = _token_logprob(lgt, encs[i].response_ids, device)
-            logprob[i] = tok_lp[i].sum()
-            if keep_states:
-                pred_h[i], pred_l[i] = hid, lgt
-    return Scored(
-        torch.stack(logprob) if need_logits else None,
-        torch.stack(last),
-        torch.stack(mean),
-        _lengths(encs, device),
-        pred_h,
-        pred_l,
-        tok_lp if need_logits else None,
-        None if answer_ids is None else torch.stack(first),
+    prompts: dict[tuple, int] = {}
+    row = [prompts.setdefault(e.input_ids[: e.prompt_len], len(prompts)) for e in encs]
+    T = max(len(q) for q in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    pmask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for g, q in enumerate(prompts):
+        ids[g, : len(q)], pmask[g, : len(q)] = torch.tensor(q), 1
+    h_p, l_p, cache = _pass(
+        model, fast, input_ids=ids.to(device), attention_mask=pmask.to(device), use_cache=True
     )
+    if row != list(range(len(prompts))):
+        cache.reorder_cache(torch.tensor(row, device=device))
+    R = max(e.response_len for e in encs)
+    resp = torch.full((len(encs), R), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encs), T + R), dtype=torch.long)
+    for n, e in enumerate(encs):
+        resp[n, : e.response_len] = torch.tensor(e.response_ids)
+        mask[n, : e.prompt_len], mask[n, T : T + e.response_len] = 1, 1
+    pos = torch.tensor([e.prompt_len for e in encs])[:, None] + torch.arange(R)[None]
+    h_r, l_r, _ = _pass(
+        model,
+        fast,
+        input_ids=resp.to(device),
+        attention_mask=mask.to(device),
+        cache=cache,
+        position_ids=pos.to(device),
+    )
+    hid, lgt = [], []  # per response: the states (K, D) predicting it, and (not fast) their logits
+    for n, e in enumerate(encs):
+        g, P, k = row[n], e.prompt_len, e.response_len
+        hid.append(torch.cat([h_p[g, P - 1][None], h_r[n, : k - 1]]))
+        if not fast:
+            lgt.append(torch.cat([l_p[g, P - 1][None], l_r[n, : k - 1]]))
+    last = torch.stack([h_r[n, e.response_len - 1] for n, e in enumerate(encs)])
+    mean = torch.stack([h_r[n, : e.response_len].mean(0) for n, e in enumerate(encs)])
+    return hid, lgt or None, last, mean
+
+
+def _whole_pass(model, encs: list[Encoded], pad_id: int, fast: bool):
+    """One padded pass of whole sequences → what :meth:`Responses.scored` reads."""
+    device = next(model.parameters()).device
+    ids, mask = pad_batch(encs, pad_id, device)
+    hidden, logits, _ = _pass(model, fast, input_ids=ids, attention_mask=mask)
+    spans = [(i, e.prompt_len, e.response_len) for i, e in enumerate(encs)]
+    hid = [hidden[i, P - 1 : P - 1 + k] for i, P, k in spans]
+    lgt = None if fast else [logits[i, P - 1 : P - 1 + k] for i, P, k in spans]
+    last = torch.stack([hidden[i, P + k - 1] for i, P, k in spans])
+    mean = torch.stack([hidden[i, P : P + k].mean(0) for i, P, k in spans])
+    return hid, lgt, last, mean
+
+
+class Responses:
+    """What :func:`score` asked for, made from one pass's per-response states ``hid`` (K_i, D) (those
+    predicting each response token) and, when the head is not applied here, their logits ``lgt``:
+    the head applied once to all the pass's response states, one log-softmax, one gather."""
+
+    def __init__(self, model, fast: bool, need_logits: bool, keep_states: bool, answer_ids):
+        self.head, self.fast = model.get_output_embeddings(), fast
+        self.need_logits, self.keep_states, self.answer_ids = need_logits, keep_states, answer_ids
+
+    def scored(self, encs: list[Encoded], hid, lgt, last, mean) -> Scored:
+        device, sizes = last.device, [e.response_len for e in encs]
+        logprob = tok_lp = pred_l = first = None
+        if self.need_logits:
+            allg = self.head(torch.cat(hid)) if self.fast else torch.cat(lgt)  # (Σ K_i, V)
+            ids = torch.tensor([t for e in encs for t in e.response_ids], device=device)
+            tok_lp = list(_log_softmax(allg)[torch.arange(len(ids), device=device), ids].split(sizes))
+            logprob = torch.stack([t.sum() for t in tok_lp])
+            pred_l = list(allg.split(sizes)) if self.keep_states else None
+        if self.answer_ids is not None:  # at the position predicting y_1: each hid's first row
+            f = self.head(torch.stack([h[0] for h in hid])) if self.fast else torch.stack([x[0] for x in lgt])
+            first = _log_softmax(f)[:, torch.tensor(self.answer_ids, device=device)]
+        return Scored(
+            logprob,
+            last,
+            mean,
+            torch.tensor(sizes, device=device),
+            hid if self.keep_states else None,
+            pred_l,
+            tok_lp,
+            first,
+        )
 
 
 def _merge(parts: list[Scored], groups: list[list[int]]) -> Scored:
-    """One Scored, in the original order, from the Scored of each group of :func:`length_groups`."""
+    """One Scored, in the original order, from the Scored of each group (:func:`length_groups`,
+    :func:`prompt_batches`)."""
     order = [i for g in groups for i in g]
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -255,50 +340,6 @@ def _merge(parts: list[Scored], groups: list[list[int]]) -> Scored:
         listed("pred_logits"),
         listed("token_logprob"),
         tensor("answer_logprob"),
-    )
-
-
-def _answer_logprob(logits: torch.Tensor, answer_ids) -> torch.Tensor:
-    """(A,) ln softmax(logits)[answer_ids] of one position's (V,) logits."""
-    lp = torch.log_softmax(logits.float() if logits.dtype == torch.bfloat16 else logits, -1)
-    return lp[torch.tensor(answer_ids, device=logits.device)]
-
-
-def _lengths(encs: list[Encoded], device) -> torch.Tensor:
-    return torch.tensor([e.response_len for e in encs], device=device)
-
-
-def _score_whole(
-    model, encs: list[Encoded], pad_id: int, keep_states: bool, need_logits: bool, fast: bool, answer_ids=None
-) -> Scored:
-    device = next(model.parameters()).device
-    ids, mask = pad_batch(encs, pad_id, device)
-    hidden, logits, _ = _pass(model, fast, input_ids=ids, attention_mask=mask)
-    head = model.get_output_embeddings()
-    logprob, last, mean, pred_h, pred_l, tok_lp, first = [], [], [], [], [], [], []
-    for i, e in enumerate(encs):
-        P, k = e.prompt_len, e.response_len
-        last.append(hidden[i, P + k - 1])
-        mean.append(hidden[i, P : P + k].mean(0))
-        if answer_ids is not None:
-            first.append(_answer_logprob(head(hidden[i, P - 1]) if fast else logits[i, P - 1], answer_ids))
-        if not need_logits:
-            continue
-        hid = hidden[i, P - 1 : P - 1 + k]
-        lgt = head(hid) if fast else logits[i, P - 1 : P - 1 + k]
-        tok_lp.append(_token_logprob(lgt, e.response_ids, device))
-        logprob.append(tok_lp[-1].sum())
-        pred_h.append(hid)
-        pred_l.append(lgt)
-    return Scored(
-        torch.stack(logprob) if need_logits else None,
-        torch.stack(last),
-        torch.stack(mean),
-        _lengths(encs, device),
-        pred_h if keep_states else None,
-        pred_l if keep_states else None,
-        tok_lp if need_logits else None,
-        torch.stack(first) if answer_ids is not None else None,
     )
 
 

@@ -74,10 +74,11 @@ class RewardModel(torch.nn.Module):
     @torch.no_grad()
     def fill_reference(self, encs: list[Encoded], batch: int = 32) -> None:
         """ln π_ref of the training encodings from the current (initial) weights, ``batch`` at a time,
-        in order of length (less padding)."""
+        in order of prompt length, prompt and length: a prompt's responses fall in one batch, where
+        the scorer runs the prompt once (lm_probes.lm.scoring), and lengths stay close (less padding)."""
         if not self.rt.uses_reference:
             return
-        encs = sorted(encs, key=lambda e: len(e.input_ids))
+        encs = sorted(encs, key=lambda e: (e.prompt_len, e.input_ids[: e.prompt_len], len(e.input_ids)))
         ref, ref_tokens = {}, {}
         for i in self.runtime.shard(range(0, len(encs), batch)):
             chunk = encs[i : i + batch]

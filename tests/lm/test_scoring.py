@@ -82,6 +82,66 @@ def test_prompt_cached_scoring_equals_whole_sequence_passes(tiny_lm):
         assert torch.allclose(sc.last_hidden[i], hidden[i, P + k - 1], atol=1e-12)
 
 
+def _pairs_of_uneven_prompts(tok):
+    """Preference pairs (two responses per prompt) whose prompts differ in length."""
+    prompts = ("i like the statement", "kindness matters", "i like people")  # 6, 4 and 5 tokens
+    resp = ("a truthful reply is yes", "considering the statement , i say no")
+    return [encode(tok, q, r) for q in prompts for r in resp]
+
+
+def _loss_and_grads(model, sc):
+    """A loss reading every output of score(), and its gradient on every weight."""
+    model.zero_grad()
+    loss = (
+        (sc.logprob * torch.arange(1.0, len(sc.logprob) + 1, dtype=sc.logprob.dtype)).sum()
+        + sc.last_hidden.sin().sum()
+        + sc.mean_hidden.cos().sum()
+        + sc.answer_logprob.sum()
+    )
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_pairs_share_their_prompt_with_the_same_numbers_and_gradients(tiny_lm):
+    """The cached mode packs prompts of different lengths into one right-padded pass and gathers its KV
+    cache to one row per response: the same rewards, states, answer terms and gradients as whole
+    sequences (float64), and "auto" takes it for pairs whose prompts outweigh their responses."""
+    from lm_probes.lm.scoring import prompt_batches, shared_prompt_gain
+
+    encs, pad = _pairs_of_uneven_prompts(tiny_lm.tokenizer), pad_id_of(tiny_lm.tokenizer)
+    assert prompt_batches(encs, 16) == [[2, 3, 4, 5, 0, 1]]  # one pass, by prompt length
+    got = {}
+    for mode in ("cached", "whole"):
+        sc = score(tiny_lm.model, encs, pad, keep_states=True, mode=mode, answer_ids=(3, 4))
+        got[mode] = (sc, *_loss_and_grads(tiny_lm.model, sc))
+    (c, c_loss, c_grad), (w, w_loss, w_grad) = got["cached"], got["whole"]
+    for name in ("logprob", "last_hidden", "mean_hidden", "answer_logprob"):
+        assert torch.allclose(getattr(c, name), getattr(w, name), rtol=0, atol=1e-12), name
+    for a, b in zip(c.token_logprob + c.pred_logits, w.token_logprob + w.pred_logits, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert torch.allclose(c_loss, w_loss, rtol=0, atol=1e-12) and c_grad.keys() == w_grad.keys()
+    for n in c_grad:
+        assert torch.allclose(c_grad[n], w_grad[n], rtol=0, atol=1e-10), n
+    pads = sum(
+        e.prompt_len + 2 * max(e.response_len, f.response_len)
+        for e, f in zip(encs[::2], encs[1::2], strict=True)
+    )
+    assert shared_prompt_gain(encs) == sum(len(e.input_ids) for e in encs) / pads > 1.1
+    long_short = [encode(tiny_lm.tokenizer, "you", r) for r in ("yes", "i like people " * 12)]
+    assert shared_prompt_gain(long_short) < 1  # the short answer padded to the long one
+
+
+def test_prompt_batches_close_on_size_fill_and_sliding_windows(tiny_lm):
+    from lm_probes.lm.scoring import prompt_batches
+
+    encs = _pairs_of_uneven_prompts(tiny_lm.tokenizer)
+    assert prompt_batches(encs, 4) == [[2, 3, 4, 5], [0, 1]]  # at most 4 responses a pass
+    assert prompt_batches(encs, 1) == [[2], [3], [4], [5], [0], [1]]  # a group split too
+    assert prompt_batches(encs, 16, gap_free=True) == [[2, 3], [4, 5], [0, 1]]  # one prompt length a pass
+    long_ = [encode(tiny_lm.tokenizer, "i like people " * 8, "yes"), encode(tiny_lm.tokenizer, "you", "no")]
+    assert prompt_batches(long_, 16) == [[1], [0]]  # padding the short prompt to the long wastes > 20 %
+
+
 def test_uneven_batches_are_split_by_length_with_the_same_numbers(tiny_lm):
     """score() splits a batch whose padding would waste over 20 % (lm_probes.lm.scoring.length_groups):
     same rewards, states and per-token terms as one sequence at a time, in the original order."""
