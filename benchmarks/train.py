@@ -37,7 +37,6 @@ TRL installed the comparison rows say so.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from lm_probes.common import matmul_rate
+from lm_probes.common import matmul_rate, write_json
 from lm_probes.common import train_flops as model_flops
 from lm_probes.data.pairs import encode_pairs
 from lm_probes.data.persona import persona_data
@@ -285,7 +284,7 @@ def main(argv=None) -> dict:
         "n_held_out": len(test_pairs),
     }
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

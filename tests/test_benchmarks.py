@@ -179,3 +179,30 @@ def test_tokens_run_counts_what_the_decoder_ran(tiny_lm):
         pass
     score(tiny_lm.model, encs, pad, mode="whole")
     assert after.grad == 0  # the hook is removed on exit
+
+
+def test_shared_prompts_times_each_mode_as_asked_and_restores_the_rule(tiny_lm, monkeypatch):
+    """benchmarks/shared_prompts.py: each batch runs twice in each mode (the cached passes counted),
+    auto's choice follows shared_prompt_gain, and the rule is restored after."""
+    from lm_probes.data.pairs import encode_pairs
+    from lm_probes.lm import scoring
+    from lm_probes.rm.config import TrainConfig
+    from lm_probes.rm.reward_model import RewardModel
+    from tests.conftest import TRAIN
+
+    bench, rule = _load("shared_prompts"), scoring.SHARE_GAIN
+    rm = RewardModel(tiny_lm, TrainConfig(objective="im_rm"))
+    encs = encode_pairs(tiny_lm.tokenizer, TRAIN).encodings
+    rm.fill_reference([e for p in encs for e in p])
+    calls, cached, whole = [], scoring._cached_pass, scoring._whole_pass
+    monkeypatch.setattr(scoring, "_cached_pass", lambda *a: calls.append("C") or cached(*a))
+    monkeypatch.setattr(scoring, "_whole_pass", lambda *a: calls.append("W") or whole(*a))
+    rows = bench.timed(rm, [encs[:2], encs[2:]])
+    assert scoring.SHARE_GAIN == rule and calls == list("WCWC" * 2)  # (each batch: one pass a mode)
+    for r, b in zip(rows, [encs[:2], encs[2:]], strict=True):
+        assert r["gain"] == scoring.shared_prompt_gain([e for p in b for e in p])
+        assert (
+            r["auto"] == ("cached" if r["gain"] >= rule else "whole") and r["auto_s"] == r[f"{r['auto']}_s"]
+        )
+    s = bench.summary(rows)
+    assert s["seconds"]["auto"] == sum(r["auto_s"] for r in rows) and s["batches"] == 2
