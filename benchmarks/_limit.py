@@ -43,19 +43,27 @@ def profile_gemms(fn, within: tuple[str, ...] = ()) -> list[tuple]:
     return out
 
 
-def record_gemms(fn) -> list[tuple]:
-    """The same list as profile_gemms (no ``within``), recorded by a dispatch mode instead of the
-    profiler: no event store, so it fits beside a 1B model's training step (benchmarks/train_1b.py,
-    where the profiler's pass ran out of memory)."""
+def record_gemms(fn, within: tuple[str, ...] = ()) -> list[tuple]:
+    """The same list as profile_gemms, recorded by a dispatch mode instead of the profiler: no event
+    store, so it fits beside a 1B model's training step (benchmarks/train_1b.py) and a whole epoch
+    with shared prompts (benchmarks/train.py: the profiler's events for 160 pairs outgrew 24 GiB).
+    ``within``: only inside record_function ranges of these names (their enter and exit reach the
+    mode as ops)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    out = []
+    out, ranges = [], []
+    enter = torch.ops.profiler._record_function_enter_new.default
+    leave = torch.ops.profiler._record_function_exit._RecordFunction
 
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is enter:
+                ranges.append(args[0])
+            elif func is leave:
+                ranges.pop()
             op = f"aten::{func._overloadpacket.__name__}"
-            if op in GEMM_OPS:
+            if op in GEMM_OPS and (not within or any(r in within for r in ranges)):
                 mats = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2]
                 out.append((op, tuple(tuple(m.shape) for m in mats[-2:])))
             return func(*args, **(kwargs or {}))

@@ -1,9 +1,11 @@
 """Speed of ``rmgap shifts`` on SmolLM2-135M-Instruct (CPU, float32), all measured in one run:
 
-1. Evaluation with and without prompt sharing. The UltraFeedback test set and its three rewrites share
-   prompts; lm_probes.rm.trainer.evaluate_sets pools the sets, scores each distinct (prompt, response) once
-   and runs each prompt once, expanding its KV cache over all its responses. "Without" evaluates each
-   set on its own (two responses per prompt: whole padded sequences). Same pairs, same IM-RM (the one
+1. Evaluation with and without pooling the sets. The UltraFeedback test set and its three rewrites
+   share prompts; lm_probes.rm.trainer.evaluate_sets pools the sets, scores each distinct (prompt,
+   response) once and runs each prompt once, expanding its KV cache over all its responses. "Alone"
+   evaluates each set on its own: its two responses per prompt share the prompt where scoring's
+   "auto" rule takes the cached mode (lm_probes.lm.scoring.shared_prompt_gain ≥ SHARE_GAIN; from
+   2026-12-07; before, whole sequences), so the ratio is what pooling adds. Same pairs, same IM-RM (the one
    that needs logits), same reference table; tokens/s counts every pair's two whole sequences, so
    both sides do the same useful work. Best of two alternating repetitions. Target (issue 10): ≥ 1.3×.
 2. Training throughput on these lengths against the machine's limit for the same work: a few
@@ -12,8 +14,8 @@
    share of the steps' time that their own matrix products take when each is run alone at its
    shape, best of 5 (benchmarks/_limit.py): at most 100 % by
    construction. tokens/s counts the sequences' tokens; ``tokens_run`` those the model ran (a prompt
-   shared by a micro-batch's responses runs once: lm_probes.lm.scoring's cached mode, taken when
-   it saves ≥ 20 % of the tokens). GFLOP/s counts lm_probes.common.train_flops on the tokens run;
+   shared by a micro-batch's responses runs once: lm_probes.lm.scoring's cached mode, taken by the
+   same "auto" rule). GFLOP/s counts lm_probes.common.train_flops on the tokens run;
    ``flop_check`` divides it, plus the attention scores (attention_flops), by the FLOPs of the
    recorded products. Target: ≥ 60 %
    of the limit. Three conditions, in this order, same

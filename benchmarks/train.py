@@ -25,12 +25,12 @@ tokens). rmgap runs fewer tokens than that: a Persona pair's two responses share
 tokens, and rmgap's scorer runs each distinct prompt of a micro-batch once, its KV cache expanded
 over the responses (lm_probes.lm.scoring's cached mode); TRL runs every sequence whole. The tokens
 rmgap's model ran are counted (``tokens_run`` in training, ``reference_tokens_run``: benchmarks/
-_limit.TokensRun), and ``flop_check`` divides the same formula on them by the FLOPs of the profiled
+_limit.TokensRun), and ``flop_check`` divides the same formula on them by the FLOPs of the recorded
 products. "of limit": the time rmgap's own matrix products take when each is replayed alone at its
-shape (best of 5, benchmarks/_limit.py; profiled on a second rmgap run of the same data, inside the
-timed parts only), over the trainer's time: at most 100 % by construction for rmgap (TRL's rows
-divide the same products' time by TRL's time). Targets (issues 5, 26): ≥ 1.5× TRL's pairs/s for
-im_rm at equal metrics, and ≥ 40 % of the limit. Without
+shape (best of 5, benchmarks/_limit.py; listed by a dispatch-mode recorder, _limit.record_gemms, on
+a second rmgap run of the same data, inside the timed parts only), over the trainer's time: at most
+100 % by construction for rmgap (TRL's rows divide the same products' time by TRL's time). Targets
+(issues 5, 26): ≥ 1.5× TRL's pairs/s for im_rm at equal metrics, and ≥ 40 % of the limit. Without
 TRL installed the comparison rows say so.
 """
 
@@ -57,7 +57,7 @@ from lm_probes.rm.rewards import initial_head
 from lm_probes.rm.trainer import TIMED_LABELS, train_reward_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import TokensRun, profile_gemms, replay_limit, share_of_limit
+from _limit import TokensRun, record_gemms, replay_limit, share_of_limit
 
 
 def _t(fn) -> float:
@@ -88,11 +88,11 @@ def ours(pairs, test_pairs, cfg, flops):
     # optimisation steps plus the one reference pass (TRL's DPOTrainer does its reference passes inside
     # its steps); evaluation excluded
     sec = s["train_seconds"] + s["reference_seconds"]
-    # the limit: the same run's matrix products inside the timed parts (a second run, profiled: the
+    # the limit: the same run's matrix products inside the timed parts (a second run, recorded: the
     # same data order, so the same shapes), each replayed alone; the tokens its training passes ran
     lm = load_lm("smollm2")
     with TokensRun(lm.model) as run:
-        gemms = profile_gemms(
+        gemms = record_gemms(
             lambda: train_reward_model(lm, pairs, {"held_out": test_pairs[:1]}, cfg), within=TIMED_LABELS
         )
     # and those its reference pass ran: the same call on the same encodings, counted alone
@@ -249,7 +249,7 @@ def main(argv=None) -> dict:
         else:
             line += (
                 f"  ({r['tokens_run']} of {tokens} tokens run in training, {r['reference_tokens_run']} in "
-                f"the reference pass; FLOP formula on them / profiled {r['flop_check']:.3f})"
+                f"the reference pass; FLOP formula on them / recorded {r['flop_check']:.3f})"
             )
         print(line, flush=True)
 

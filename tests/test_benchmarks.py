@@ -99,6 +99,17 @@ def test_the_dispatch_recorder_lists_what_the_profiler_lists_for_a_training_step
     assert recorded == profiled and len(recorded) > 3 * model.config.num_hidden_layers
     assert {op for op, _ in recorded} >= {"aten::mm"}
 
+    def labelled():  # (train.py keeps the trainer's timed ranges only)
+        with torch.profiler.record_function("outer"):
+            model(input_ids=ids[:1])
+            with torch.profiler.record_function("timed"):
+                step()
+        model(input_ids=ids[:2])
+
+    inside = limit.record_gemms(labelled, within=("timed",))
+    assert inside == limit.profile_gemms(labelled, within=("timed",)) == recorded
+    assert len(limit.record_gemms(labelled, within=("outer",))) > len(inside)
+
 
 def test_training_steps_update_after_every_accumulate_micro_batches_and_after_the_last(tiny_lm, monkeypatch):
     """benchmarks/_limit.training_steps takes Adam updates as the trainer does: after the warm-up's
