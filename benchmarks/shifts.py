@@ -1,11 +1,13 @@
-"""Speed of ``rmgap shifts`` on SmolLM2-135M-Instruct (CPU, float32), all measured in one run:
+"""Speed of ``rmgap shifts`` on SmolLM2-135M-Instruct (CPU, float32), all measured in one run
+(``--no-training``: part 1 only):
 
 1. Evaluation with and without pooling the sets. The UltraFeedback test set and its three rewrites
-   share prompts; lm_probes.rm.trainer.evaluate_sets pools the sets, scores each distinct (prompt,
+   share prompts; lm_probes.rm.evaluation.evaluate_sets pools the sets, scores each distinct (prompt,
    response) once and runs each prompt once, expanding its KV cache over all its responses. "Alone"
    evaluates each set on its own: its two responses per prompt share the prompt where scoring's
    "auto" rule takes the cached mode (lm_probes.lm.scoring.shared_prompt_gain ≥ SHARE_GAIN; from
-   2026-12-07; before, whole sequences), so the ratio is what pooling adds. Same pairs, same IM-RM (the one
+   2026-12-07; before, whole sequences), so where it does the ratio is what pooling adds. Same pairs,
+   same IM-RM (the one
    that needs logits), same reference table; tokens/s counts every pair's two whole sequences, so
    both sides do the same useful work. Best of two alternating repetitions. Target (issue 10): ≥ 1.3×.
 2. Training throughput on these lengths against the machine's limit for the same work: a few
@@ -83,8 +85,9 @@ def sharing(lm, n_pairs: int) -> dict:
         "alone_tokens_per_s": tokens / min(alone),
     }
     res["speedup"] = res["alone_seconds"] / res["shared_seconds"]
-    # the most sharing can save, in tokens run through the model: each set alone runs each of its
-    # prompts once (its two responses share it), pooled runs each prompt once for all four sets
+    # the most sharing can save, in tokens run through the model, if each set alone runs each of its
+    # prompts once (its two responses share it; where "auto" runs a set alone whole, more can be
+    # saved), pooled runs each prompt once for all four sets
     prompts = {e.input_ids[: e.prompt_len] for v in ev.values() for p in v for e in p}
     alone_work = sum(
         sum(len(q) for q in {e.input_ids[: e.prompt_len] for p in v for e in p})
