@@ -110,9 +110,8 @@ def prompt_groups(encs: list[Encoded], max_group: int) -> list[list[int]]:
     return [idx[j : j + max_group] for idx in by_prompt.values() for j in range(0, len(idx), max_group)]
 
 
-SHARE_GAIN = (
-    1.1  # "auto" shares prompts when that runs this many times fewer tokens (benchmarks/shared_prompts.py)
-)
+# "auto" shares prompts when that runs this many times fewer tokens (benchmarks/shared_prompts.py)
+SHARE_GAIN = 1.1
 
 
 def shared_prompt_gain(encs: list[Encoded], max_group: int = 16) -> float:
@@ -158,18 +157,14 @@ def score(
     if mode == "single":  # one padded batch: one pass of the model whatever the data
         return out.scored(encs, *_whole_pass(model, encs, pad_id, fast))
     if mode == "whole" or (mode == "auto" and shared_prompt_gain(encs, max_group) < SHARE_GAIN):
-        groups = length_groups(encs)
-        parts = [
-            out.scored([encs[i] for i in g], *_whole_pass(model, [encs[i] for i in g], pad_id, fast))
-            for g in groups
-        ]
-        return parts[0] if groups == [list(range(len(encs)))] else _merge(parts, groups)
-    batches = prompt_batches(encs, max_group, gap_free=_sliding_window(model))
-    parts = [
-        out.scored([encs[i] for i in b], *_cached_pass(model, [encs[i] for i in b], pad_id, fast))
-        for b in batches
-    ]
-    return parts[0] if batches == [list(range(len(encs)))] else _merge(parts, batches)
+        groups, one_pass = length_groups(encs), _whole_pass
+    else:
+        groups, one_pass = prompt_batches(encs, max_group, gap_free=_sliding_window(model)), _cached_pass
+    parts = []
+    for g in groups:
+        sub = [encs[i] for i in g]
+        parts.append(out.scored(sub, *one_pass(model, sub, pad_id, fast)))
+    return parts[0] if groups == [list(range(len(encs)))] else _merge(parts, groups)
 
 
 MIN_FILL = 0.8  # length_groups' threshold (benchmarks/shifts.py sets 0 to time one padded batch)
