@@ -165,9 +165,11 @@ class TokensRun:
         import torch
 
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:  # (scoring's cached mode passes the looked-up embeddings)
+            ids = kwargs["inputs_embeds"][..., 0]
         mask = kwargs.get("attention_mask")
         if mask is None:
-            mask = torch.ones_like(ids)
+            mask = torch.ones(ids.shape[:2], dtype=torch.long)
         new, keys = mask[:, -ids.shape[1] :].sum(1).tolist(), mask.sum(1).tolist()
         self.rows += list(zip(new, keys, strict=True))
         if torch.is_grad_enabled():

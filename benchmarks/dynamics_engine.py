@@ -14,6 +14,12 @@ at the same shapes and layout (best of --repeat, benchmarks/_limit.py): the prod
 (listed by ``products``, from the engine's own chunking), so the ratio is at most 100 % up to timing
 noise (a ratio above is flagged, not clipped). GFLOP/s counts those products' FLOPs, checked against
 ``route_flops``; the square 2048³ matmul rate (best of 5) is printed beside it for scale.
+
+"elementwise" times the rho route's element-wise pass alone (best of --repeat): every logit chunk
+exponentiated into its buffer with the row sums, as the route runs it, without the products. It
+reads every logit once, (K + L)·V values, so it is bound by memory bandwidth, not arithmetic.
+"ceiling" = limit / (limit + elementwise): the most "of limit" can reach while the pass and the
+products run one after the other, as they do now (the pass and the products each use every core).
 Targets (issue 26): ≥ 75 % of the limit at K = 512 and ≥ 60 % at K = 128, in one run; ≤ 512 MiB peak
 extra memory at V = 128k.
 """
@@ -33,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _limit import numpy_replay_limit
 
-from theory._vocab import auto_chunk, threads
+from theory._vocab import Rows, auto_chunk, threads
 from theory.dynamics import TokenStates, choose_route, im_reward_change, im_reward_change_batch
 
 MiB = 2**20
@@ -101,6 +107,22 @@ def products(k, l_total, v, d, dtype) -> list[tuple]:
     return [p for w in widths for p in ((w, l_total, d, 1, "tn"), (k, w, d, 1, "nn"))]  # Qᵀ(wH), Ẽ T
 
 
+def elementwise_seconds(bar, plus, minus, dtype, repeat) -> float:
+    """The rho route's element-wise pass alone (theory/dynamics.py: _inner_direct without its
+    products): exp of every logit chunk into the reused buffers, with the row sums. Best of ``repeat``."""
+    rows_a, rows_b = Rows([bar.logits]), Rows([plus.logits, minus.logits])
+    chunk = auto_chunk(rows_a.n + rows_b.n, rows_a.vocab, dtype)
+    buf_a, buf_b = (np.empty((r.n, min(chunk, r.vocab)), dtype=dtype) for r in (rows_a, rows_b))
+
+    def run():
+        for c0 in range(0, rows_a.vocab, chunk):
+            rows_a.exp_into(c0, c0 + chunk, None, buf_a)
+            rows_b.exp_into(c0, c0 + chunk, None, buf_b)
+
+    run()
+    return min(_timed(run)[1] for _ in range(repeat))
+
+
 def make_states(rng, k, v, d, dtype):
     h = rng.standard_normal((k, d)).astype(dtype) / np.sqrt(d)
     logits = (3.0 * rng.standard_normal((k, v))).astype(dtype)
@@ -134,6 +156,9 @@ def bench_one(rng, k, v, d, dtype, repeat, naive) -> dict:
         rel_diff=float("nan"),
     )
     row["limit_beaten"] = row["of_limit"] > 1.0
+    if row["route"] == "rho":
+        row["elementwise_seconds"] = elementwise_seconds(bar, plus, minus, dtype, repeat)
+        row["ceiling"] = limit["seconds"] / (limit["seconds"] + row["elementwise_seconds"])
     if naive:
         ref, row["naive_seconds"], naive_peak = _traced(
             lambda: naive_im_reward_change(bar, plus, minus, **kw)
@@ -143,7 +168,9 @@ def bench_one(rng, k, v, d, dtype, repeat, naive) -> dict:
     print(
         f"{k:>5} {v:>7} {d:>5} {row['route']:>8} | {t:>7.2f} {row['gflops']:>8.1f} "
         f"{row['limit_gflops']:>8.1f} "
-        f"{row['of_limit']:>8.0%}{'!' if row['limit_beaten'] else ' '} {row['peak_mib']:>8.0f} | {tb:>9.2f} "
+        f"{row['of_limit']:>8.0%}{'!' if row['limit_beaten'] else ' '} "
+        f"{row.get('elementwise_seconds', np.nan):>7.3f} "
+        f"{row.get('ceiling', np.nan):>8.0%} {row['peak_mib']:>8.0f} | {tb:>9.2f} "
         f"{row['batch_peak_mib']:>8.0f} | {row['naive_seconds']:>7.2f} {row['naive_peak_mib']:>8.0f} "
         f"{row['rel_diff']:>8.1e}",
         flush=True,
@@ -170,7 +197,7 @@ def main(argv=None):
         configs = configs[:2]
     hdr = (
         f"{'K=L':>5} {'V':>7} {'D':>5} {'route':>8} | {'ours s':>7} {'GFLOP/s':>8} {'limit':>8} "
-        f"{'of limit':>9} "
+        f"{'of limit':>9} {'elem. s':>7} {'ceiling':>8} "
         f"{'peak MiB':>8} | {'batch16 s':>9} {'peak MiB':>8} | {'naive s':>7} {'peak MiB':>8} {'rel.diff':>8}"
     )
     print(hdr)

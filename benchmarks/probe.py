@@ -3,6 +3,7 @@ model passes vs in the dynamics arithmetic, measured in one run.
 
     python benchmarks/probe.py            # 1 training triple × 200 evaluation responses
     python benchmarks/probe.py --quick    # 20 evaluation responses
+    python benchmarks/probe.py --json benchmarks/results/probe.json   # also write the numbers
 
 Also times one scoring pass over the evaluation responses three ways in the same run, over the same
 chunks (≤ 16 responses sharing a prompt), so that the two savings of lm_probes.lm.scoring.score are
@@ -19,7 +20,9 @@ Targets (issue 4): whole probe ≤ 3 min on 2 cores; dynamics arithmetic ≤ 25 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,6 +39,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     n_stmt = 2 if args.quick else 20
     t0 = time.perf_counter()
@@ -83,15 +87,26 @@ def main(argv=None) -> dict:
         f"  prompt cache:                    {head / cache:.2f}× (head at responses / prompt cache)\n"
         f"  both:                            {full / cache:.2f}×"
     )
-    return dict(
+    out = dict(
+        model=lm.info["model"],
+        n_eval_responses=len(encs),
+        threads=torch.get_num_threads(),
         total_seconds=total,
+        timings=t,
         model_seconds=model_s,
         dynamics_seconds=dyn_s,
         dynamics_fraction=dyn_s / model_s,
+        scoring_chunks=len(chunks),
         scoring_pass_seconds=seconds,
         head_saving=full / head,
         cache_saving=head / cache,
+        command="python benchmarks/probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
+    if args.json:
+        from lm_probes.common import write_json
+
+        write_json(args.json, out)
+    return out
 
 
 if __name__ == "__main__":

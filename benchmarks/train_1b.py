@@ -14,10 +14,19 @@ of memory (weights, gradients and Adam's moments take 18.4 GiB): ``--micro-batch
 the share of their time that the steps' own matrix products take when each is run alone at its
 shape, best of 5 (benchmarks/_limit.py): at most 100 % by construction. GFLOP/s counts
 lm_probes.common.train_flops (6 · N_body per token, 6 · N_head per response position for the
-IM-RM) plus the attention scores; ``flop_check`` divides that count by the FLOPs of
-the products (recorded by a dispatch mode on a second pass over the same batches). Target (issue
+IM-RM) plus the attention scores, on the tokens the model ran (``tokens_run``: a prompt shared by a
+micro-batch's pairs runs once, lm_probes.lm.scoring's cached mode; tokens/s counts every sequence
+whole); ``flop_check`` divides that count by the FLOPs of the products (recorded by a dispatch mode
+on a second pass over the same batches). Target (issue
 26): ≥ 50 % of the limit. Peak resident memory (ru_maxrss) covers the weights, their gradients and
 Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
+
+``--scoring whole`` runs whole sequences instead of scoring's ``auto`` choice, which for these pairs
+is the cached mode (each prompt once). There every weight gets two gradient contributions, from the
+prompt pass and from the response pass, and autograd holds the first until the second arrives, so
+while gradients accumulate (a micro-batch after the first of an update) the backward holds up to a
+second copy of the body's weight gradients. At 1B on this 23.5 GiB machine that ran out of memory
+(exit 137) where whole sequences fit.
 """
 
 from __future__ import annotations
@@ -46,9 +55,9 @@ def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None,
     tokens = sum(len(e.input_ids) for e in seq)
     report = timed and (lambda sec: timed(objective, tokens, sec))
     run = training_steps(rm, batches, lr=1e-6, timed=report, accumulate=accumulate)
-    flops = sum(step_flops(lm, objective, seq))
+    flops = sum(step_flops(lm, objective, seq, run["tokens_run"]))
     out = {"objective": objective, "micro_batches": steps, "accumulate": accumulate, "sequences": len(seq)}
-    out["tokens"] = tokens
+    out |= {"tokens": tokens, "tokens_run": run["tokens_run"].grad}  # (a shared prompt runs once)
     out |= {"tokens_per_s": tokens / run["seconds"], **share_of_limit(run["seconds"], run["limit"], flops)}
     for p in rm.model.parameters():  # free the gradients before the next objective
         p.grad = None
@@ -56,15 +65,28 @@ def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None,
 
 
 def main(argv=None) -> dict:
-    from lm_probes.data.persona import persona_data
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--steps", type=int, default=4, help="timed micro-batches per objective")
     ap.add_argument("--micro-batch", type=int, default=8, help="pairs per forward/backward")
     ap.add_argument("--accumulate", type=int, default=4, help="micro-batches per Adam update (paper: 32 / 8)")
+    ap.add_argument("--scoring", choices=("auto", "whole"), default="auto", help="whole: no shared prompts")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
+    from lm_probes.lm import scoring
+
+    auto_gain = scoring.SHARE_GAIN
+    if args.scoring == "whole":
+        scoring.SHARE_GAIN = float("inf")  # (auto never caches; restored below)
+    try:
+        return _run(args, argv)
+    finally:
+        scoring.SHARE_GAIN = auto_gain
+
+
+def _run(args, argv) -> dict:
+    from lm_probes.data.persona import persona_data
+
     lm = build(args.shape)
     pairs = persona_data(n_train=80, n_test=40, pairs_per_statement=2)["train"]
     n = lm.info["n_parameters"]
@@ -94,6 +116,7 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "micro_batch": args.micro_batch,
         "accumulate": args.accumulate,
+        "scoring": args.scoring,
         "rows": rows,
         "peak_gib": peak_gib(),
         "target_of_limit": TARGET,

@@ -4,6 +4,7 @@ test: its JSON is committed under benchmarks/results/)."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -150,14 +151,55 @@ def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
         assert flops == bench.route_flops(k, 2 * k, 32_000, d)
 
 
+def test_the_dynamics_engine_benchmark_times_the_whole_elementwise_pass(monkeypatch):
+    """elementwise_seconds exponentiates every vocabulary column of both sides (ȳ, and y+ with y−
+    stacked) into buffers of the route's chunk, and the ceiling is limit / (limit + that time)."""
+    bench = _load("dynamics_engine")
+    np = bench.np
+    seen = []
+    real = bench.Rows.exp_into
+
+    def spy(self, c0, c1, shift, out):
+        seen.append((self.n, c0, min(c1, self.vocab), out.shape))
+        return real(self, c0, c1, shift, out)
+
+    monkeypatch.setattr(bench.Rows, "exp_into", spy)
+    monkeypatch.setattr(bench, "auto_chunk", lambda rows, vocab, dtype: 700)
+    rng = np.random.default_rng(0)
+    bar, plus, minus = (bench.make_states(rng, k, 3000, 16, np.float64) for k in (5, 7, 4))
+    assert bench.elementwise_seconds(bar, plus, minus, np.float64, repeat=1) > 0
+    for n in (5, 11):
+        calls = [c for c in seen if c[0] == n]
+        assert len(calls) == 2 * 5  # (warm-up + 1 timed) × 5 chunks
+        cols = sorted({(c0, c1) for _, c0, c1, _ in calls})
+        assert cols[0][0] == 0 and cols[-1][1] == 3000
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(cols))
+        assert {shape for *_, shape in calls} == {(n, 700)}
+    monkeypatch.undo()
+    row = bench.bench_one(rng, 32, 3000, 64, np.float64, 1, False)  # (K ≥ 16: it splits ȳ in 16)
+    assert row["route"] == "rho" and row["elementwise_seconds"] > 0
+    assert row["ceiling"] == row["limit_seconds"] / (row["limit_seconds"] + row["elementwise_seconds"])
+
+
 def test_the_1b_shaped_training_benchmark_runs_at_its_small_shape(tmp_path):
-    """(The formula / profiled FLOP ratio exceeds 1 where a micro-batch's pairs share a prompt: the
-    trainer runs it once for all their responses, lm_probes.lm.scoring, while the formula counts every
-    sequence whole.)"""
+    """The FLOP formula counts the tokens the model ran (a prompt shared by a micro-batch's pairs runs
+    once, lm_probes.lm.scoring), so it matches the recorded products up to padding: it neither counts
+    shared prompts twice (ratio > 1) nor misses work."""
     out = _load("train_1b").main(["--shape", "tiny", "--steps", "1", "--micro-batch", "2"])
     assert set(out["rows"]) == {"im_rm", "ex_rm"}
     for r in out["rows"].values():
-        assert r["tokens"] > 0 and r["of_limit"] > 0 and r["flop_check"] >= 0.9
+        assert r["tokens"] > r["tokens_run"] > 0 and r["of_limit"] > 0
+    # (presumably: the EX-RM reads only the responses' states, so the prompt pass's last layer gets no
+    # gradient and autograd skips its backward, which the formula counts: above 1 at this 2-layer shape)
+    assert 0.9 <= out["rows"]["im_rm"]["flop_check"] <= 1.0 + 1e-9
+    assert 0.9 <= out["rows"]["ex_rm"]["flop_check"] <= 1.2
+    from lm_probes.lm import scoring
+
+    args = ["--shape", "tiny", "--steps", "1", "--micro-batch", "2", "--scoring", "whole"]
+    whole = _load("train_1b").main(args)
+    assert whole["scoring"] == "whole" and scoring.SHARE_GAIN == 1.1  # (the rule restored)
+    for r in whole["rows"].values():  # every sequence run whole: the model ran all its tokens
+        assert r["tokens"] == r["tokens_run"] and 0.9 <= r["flop_check"] <= 1.2
 
 
 def test_tokens_run_counts_what_the_decoder_ran(tiny_lm):
@@ -217,3 +259,18 @@ def test_shared_prompts_times_each_mode_as_asked_and_restores_the_rule(tiny_lm, 
         )
     s = bench.summary(rows)
     assert s["seconds"]["auto"] == sum(r["auto_s"] for r in rows) and s["batches"] == 2
+
+
+def test_the_probe_benchmark_writes_the_numbers_it_prints(tmp_path):
+    """benchmarks/probe.py (SmolLM2, --quick: 20 evaluation responses) writes its breakdown: the
+    model-pass and dynamics seconds are the probe's own timings, the savings the scoring passes'."""
+    out = _load("probe").main(["--quick", "--json", str(tmp_path / "p.json")])
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert got["n_eval_responses"] == 20 == out["n_eval_responses"]
+    assert got["command"].endswith("--quick --json " + str(tmp_path / "p.json"))
+    t = got["timings"]
+    assert got["model_seconds"] == sum(v for k, v in t.items() if k.startswith("model")) > 0
+    assert got["dynamics_seconds"] == t["dynamics arithmetic"] and 0 < got["dynamics_fraction"] < 1
+    s = got["scoring_pass_seconds"]
+    assert got["head_saving"] == s["full logits"] / s["head at responses"]
+    assert got["cache_saving"] == s["head at responses"] / s["prompt cache"]

@@ -231,22 +231,24 @@ def _cached_pass(model, encs: list[Encoded], pad_id: int, fast: bool):
     pmask = torch.zeros((len(prompts), T), dtype=torch.long)
     for g, q in enumerate(prompts):
         ids[g, : len(q)], pmask[g, : len(q)] = torch.tensor(q), 1
-    h_p, l_p, cache = _pass(
-        model, fast, input_ids=ids.to(device), attention_mask=pmask.to(device), use_cache=True
-    )
-    if row != list(range(len(prompts))):
-        cache.reorder_cache(torch.tensor(row, device=device))
     R = max(e.response_len for e in encs)
     resp = torch.full((len(encs), R), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encs), T + R), dtype=torch.long)
     for n, e in enumerate(encs):
         resp[n, : e.response_len] = torch.tensor(e.response_ids)
         mask[n, : e.prompt_len], mask[n, T : T + e.response_len] = 1, 1
+    # One embedding lookup for both passes: its backward writes a dense (V, D) gradient per call
+    # (1 GiB at Llama-3.2-1B's shapes in float32), so two lookups held two at once.
+    flat = model.get_input_embeddings()(torch.cat([ids.flatten(), resp.flatten()]).to(device))
+    emb_p, emb_r = flat[: ids.numel()].unflatten(0, ids.shape), flat[ids.numel() :].unflatten(0, resp.shape)
+    h_p, l_p, cache = _pass(model, fast, inputs_embeds=emb_p, attention_mask=pmask.to(device), use_cache=True)
+    if row != list(range(len(prompts))):
+        cache.reorder_cache(torch.tensor(row, device=device))
     pos = torch.tensor([e.prompt_len for e in encs])[:, None] + torch.arange(R)[None]
     h_r, l_r, _ = _pass(
         model,
         fast,
-        input_ids=resp.to(device),
+        inputs_embeds=emb_r,
         attention_mask=mask.to(device),
         cache=cache,
         position_ids=pos.to(device),

@@ -8,7 +8,7 @@ import torch
 
 from lm_probes.data.pairs import Pair, encode_pairs
 from lm_probes.lm.encoding import ScoringError, encode, pad_id_of
-from lm_probes.lm.scoring import HeadMismatchError, score
+from lm_probes.lm.scoring import HeadMismatchError, head_is_linear, score
 from lm_probes.lm.states import extract_states, forward
 from tests.conftest import PROBE_EVALS, make_tiny_lm
 
@@ -129,6 +129,27 @@ def test_pairs_share_their_prompt_with_the_same_numbers_and_gradients(tiny_lm):
     assert shared_prompt_gain(encs) == sum(len(e.input_ids) for e in encs) / pads > 1.1
     long_short = [encode(tiny_lm.tokenizer, "you", r) for r in ("yes", "i like people " * 12)]
     assert shared_prompt_gain(long_short) < 1  # the short answer padded to the long one
+
+
+def test_a_cached_pass_looks_its_tokens_up_once(tiny_lm):
+    """The prompt pass and the response pass share one embedding lookup: each lookup's backward writes
+    a dense (V, D) gradient (1 GiB at Llama-3.2-1B's shapes), so two held two at once (the 1B training
+    benchmark ran out of memory on it). Whole sequences: one lookup per pass too."""
+    encs, pad = _pairs_of_uneven_prompts(tiny_lm.tokenizer), pad_id_of(tiny_lm.tokenizer)
+    emb = tiny_lm.model.get_input_embeddings()
+    head_is_linear(tiny_lm.model)  # (its one-time check runs the model: not counted)
+    for mode in ("cached", "whole"):
+        calls = []
+        handle = emb.register_forward_hook(lambda m, i, o, calls=calls: calls.append(i[0].numel()))
+        try:
+            sc = score(tiny_lm.model, encs, pad, mode=mode, max_group=16)
+            sc.logprob.sum().backward()
+        finally:
+            handle.remove()
+        tiny_lm.model.zero_grad()
+        assert len(calls) == 1, (mode, calls)
+        n_prompts = 3 * max(e.prompt_len for e in encs) + 6 * max(e.response_len for e in encs)
+        assert calls[0] == (n_prompts if mode == "cached" else 6 * max(len(e.input_ids) for e in encs))
 
 
 def test_prompt_batches_close_on_size_fill_and_sliding_windows(tiny_lm):
