@@ -17,7 +17,7 @@ noise (a ratio above is flagged, not clipped). GFLOP/s counts those products' FL
 
 "elementwise" times the rho route's element-wise pass alone (best of --repeat): every logit chunk
 exponentiated into its buffer with the row sums, as the route runs it, without the products. It
-reads every logit once, (K + L)·V values, so it is bound by memory bandwidth, not arithmetic.
+reads every logit once, (K + L)·V values (whether memory or the exponentials bound it is not measured).
 "ceiling" = limit / (limit + elementwise): the most "of limit" can reach while the pass and the
 products run one after the other, as they do now (the pass and the products each use every core).
 Targets (issue 26): ≥ 75 % of the limit at K = 512 and ≥ 60 % at K = 128, in one run; ≤ 512 MiB peak

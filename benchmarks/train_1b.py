@@ -22,11 +22,12 @@ on a second pass over the same batches). Target (issue
 Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
 
 ``--scoring whole`` runs whole sequences instead of scoring's ``auto`` choice, which for these pairs
-is the cached mode (each prompt once). There every weight gets two gradient contributions, from the
-prompt pass and from the response pass, and autograd holds the first until the second arrives, so
-while gradients accumulate (a micro-batch after the first of an update) the backward holds up to a
-second copy of the body's weight gradients. At 1B on this 23.5 GiB machine that ran out of memory
-(exit 137) where whole sequences fit.
+is the cached mode (each prompt once). At 1B on this 23.5 GiB machine the cached mode was seen to run
+out of memory (exit 137; not recorded in a file), before and after the prompt and response passes
+shared one embedding lookup, in the second micro-batch of an update, where whole sequences fit.
+Presumably (not measured): every weight gets two gradient contributions there, from the prompt pass
+and from the response pass, autograd holds the first until the second arrives, and while gradients
+accumulate that is up to a second copy of the body's weight gradients beside ``.grad``.
 """
 
 from __future__ import annotations
