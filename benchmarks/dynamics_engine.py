@@ -1,8 +1,8 @@
 """Speed and memory of theory.dynamics.im_reward_change against a naive dense implementation and
 against the machine's limit for the same work, measured in the same run.
 
-    python benchmarks/dynamics_engine.py            # K = L ∈ {128, 512}, V ∈ {32k, 128k}, D ∈ {576, 2048}
-    python benchmarks/dynamics_engine.py --quick    # the two smallest configurations only
+    python benchmarks/dynamics_engine.py          # K ∈ {128, 512} (L = 2K), V ∈ {32k, 128k}, D ∈ {576, 2048}
+    python benchmarks/dynamics_engine.py --quick  # the two smallest configurations only
 
 For each configuration: time (best of --repeat) and peak extra memory (tracemalloc, which sees
 every numpy buffer) of one call (one evaluation sequence of K tokens against y+ and y− of K tokens

@@ -2,16 +2,16 @@
 Llama-3.2-1B's shapes and random weights (benchmarks/probe_1b.py builds it: 1.24 B parameters,
 float32), tokens/s against the machine's limit for the same work, measured in one run.
 
-    python benchmarks/train_1b.py --micro-batch 2 --json benchmarks/results/train_1b.json   # 1B
+    python benchmarks/train_1b.py --micro-batch 2 --scoring whole --json benchmarks/results/train_1b.json
     python benchmarks/train_1b.py --shape tiny --steps 2                      # the same code, small (tests)
 
 The steps are what lm_probes.rm.trainer runs: micro-batches of ``--micro-batch`` Persona training
 pairs (length-bucketed), each a forward and backward, and an Adam update of every parameter after
 every ``--accumulate`` of them (4: the Persona paper preset's 32-pair batch in micro-batches of 8);
 the IM-RM's reference log-probs are filled once before, not timed. One micro-batch (with an update)
-warms up; ``--steps`` micro-batches are timed. At 1B on a 23.5 GiB machine micro-batches of 8 run out
-of memory (weights, gradients and Adam's moments take 18.4 GiB): ``--micro-batch 2``. "of limit" is
-the share of their time that the steps' own matrix products take when each is run alone at its
+warms up; ``--steps`` micro-batches are timed. At 1B on a 23.5 GiB machine micro-batches of 8 were
+seen to run out of memory (weights, gradients and Adam's moments take 18.4 GiB): ``--micro-batch 2``.
+"of limit" is the share of their time that the steps' own matrix products take when each is run alone at its
 shape, best of 5 (benchmarks/_limit.py): at most 100 % by construction. GFLOP/s counts
 lm_probes.common.train_flops (6 · N_body per token, 6 · N_head per response position for the
 IM-RM) plus the attention scores, on the tokens the model ran (``tokens_run``: a prompt shared by a
@@ -24,10 +24,9 @@ Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
 ``--scoring whole`` runs whole sequences instead of scoring's ``auto`` choice, which for these pairs
 is the cached mode (each prompt once). At 1B on this 23.5 GiB machine the cached mode was seen to run
 out of memory (exit 137; not recorded in a file), before and after the prompt and response passes
-shared one embedding lookup, in the second micro-batch of an update, where whole sequences fit.
-Presumably (not measured): every weight gets two gradient contributions there, from the prompt pass
-and from the response pass, autograd holds the first until the second arrives, and while gradients
-accumulate that is up to a second copy of the body's weight gradients beside ``.grad``.
+shared one embedding lookup, in the second micro-batch of an update, where whole sequences fit. The
+cached mode of before 2026-12-07 (one prompt per pass, taken at ≥ 3 responses per prompt) fit
+(benchmarks/results/train_1b_before-shared-prompts.json); the cause of the difference is not found.
 """
 
 from __future__ import annotations
