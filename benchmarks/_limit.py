@@ -17,6 +17,7 @@ the benchmarks report rates with.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 
@@ -223,6 +224,20 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumula
         gemms = record_gemms(timed_pass)
     limit = replay_limit(gemms, repeat)
     return {"seconds": seconds, "minor_page_faults": faults, "limit": limit, "tokens_run": run}
+
+
+@contextlib.contextmanager
+def scoring_forced(mode: str):
+    """lm_probes.lm.scoring's ``"auto"`` rule forced to ``mode`` (``"whole"``: never share prompts,
+    ``"cached"``: always; ``"auto"``: the rule as it is) inside the block, restored after."""
+    from lm_probes.lm import scoring
+
+    rule = scoring.SHARE_GAIN
+    scoring.SHARE_GAIN = {"whole": float("inf"), "cached": 0.0, "auto": rule}[mode]
+    try:
+        yield
+    finally:
+        scoring.SHARE_GAIN = rule
 
 
 def bucketed_batches(rm, encs, micro: int, steps: int) -> list:

@@ -31,44 +31,41 @@ from lm_probes.rm.reward_model import RewardModel
 from rmgap.experiments.shifts import PRESETS, shift_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import bucketed_batches
+from _limit import bucketed_batches, scoring_forced
 
 
 def _step_seconds(rm, batch, mode: str) -> float:
     """One forward + backward of ``batch`` with scoring forced to ``mode``."""
-    scoring.SHARE_GAIN = {"whole": float("inf"), "cached": 0.0}[mode]
-    t0 = time.perf_counter()
-    rm.batch_loss(batch).backward()
-    rm.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    with scoring_forced(mode):
+        t0 = time.perf_counter()
+        rm.batch_loss(batch).backward()
+        rm.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
 
 
 def timed(rm, batches) -> list[dict]:
-    auto_gain, rows = scoring.SHARE_GAIN, []
-    try:
-        for b in batches:
-            flat = [e for p in b for e in p]
-            t = {"whole": [], "cached": []}
-            for _ in range(2):
-                for mode in t:
-                    t[mode].append(_step_seconds(rm, b, mode))
-            gain = scoring.shared_prompt_gain(flat)
-            auto = "cached" if gain >= auto_gain else "whole"
-            best = {m: min(v) for m, v in t.items()}
-            rows.append(
-                {
-                    "pairs": len(b),
-                    "tokens": sum(len(e.input_ids) for e in flat),
-                    "gain": gain,
-                    "whole_s": best["whole"],
-                    "cached_s": best["cached"],
-                    "auto": auto,
-                    "auto_s": best[auto],
-                    "auto_slower": best[auto] > min(best.values()),
-                }
-            )
-    finally:
-        scoring.SHARE_GAIN = auto_gain
+    rows = []
+    for b in batches:
+        flat = [e for p in b for e in p]
+        t = {"whole": [], "cached": []}
+        for _ in range(2):
+            for mode in t:
+                t[mode].append(_step_seconds(rm, b, mode))
+        gain = scoring.shared_prompt_gain(flat)
+        auto = "cached" if gain >= scoring.SHARE_GAIN else "whole"
+        best = {m: min(v) for m, v in t.items()}
+        rows.append(
+            {
+                "pairs": len(b),
+                "tokens": sum(len(e.input_ids) for e in flat),
+                "gain": gain,
+                "whole_s": best["whole"],
+                "cached_s": best["cached"],
+                "auto": auto,
+                "auto_s": best[auto],
+                "auto_slower": best[auto] > min(best.values()),
+            }
+        )
     return rows
 
 

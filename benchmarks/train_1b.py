@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import bucketed_batches, share_of_limit, step_flops, training_steps
+from _limit import bucketed_batches, scoring_forced, share_of_limit, step_flops, training_steps
 from probe_1b import SHAPES, build, peak_gib
 
 TARGET = 0.50  # of the limit
@@ -73,15 +73,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--scoring", choices=("auto", "whole"), default="auto", help="whole: no shared prompts")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
-    from lm_probes.lm import scoring
-
-    auto_gain = scoring.SHARE_GAIN
-    if args.scoring == "whole":
-        scoring.SHARE_GAIN = float("inf")  # (auto never caches; restored below)
-    try:
+    with scoring_forced(args.scoring):
         return _run(args, argv)
-    finally:
-        scoring.SHARE_GAIN = auto_gain
 
 
 def _run(args, argv) -> dict:
