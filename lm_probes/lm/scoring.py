@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lm_probes.lm import into_grad
 from lm_probes.lm.encoding import Encoded
 
 
@@ -79,9 +80,9 @@ def _pass(model, fast: bool, cache=None, **kw):
     if cache is not None:
         kw[_cache_name()] = cache
     if fast:
-        out = model.get_decoder()(**kw)
+        out = into_grad.call(model.get_decoder(), **kw)
         return out.last_hidden_state, None, _cache_of(out)
-    out = model(output_hidden_states=True, **kw)
+    out = into_grad.call(model, output_hidden_states=True, **kw)
     return out.hidden_states[-1], out.logits, _cache_of(out)
 
 
@@ -239,7 +240,7 @@ def _cached_pass(model, encs: list[Encoded], pad_id: int, fast: bool):
         mask[n, : e.prompt_len], mask[n, T : T + e.response_len] = 1, 1
     # One embedding lookup for both passes: its backward writes a dense (V, D) gradient per call
     # (1 GiB at Llama-3.2-1B's shapes in float32), so two lookups held two at once.
-    flat = model.get_input_embeddings()(torch.cat([ids.flatten(), resp.flatten()]).to(device))
+    flat = into_grad.call(model.get_input_embeddings(), torch.cat([ids.flatten(), resp.flatten()]).to(device))
     emb_p, emb_r = flat[: ids.numel()].unflatten(0, ids.shape), flat[ids.numel() :].unflatten(0, resp.shape)
     h_p, l_p, cache = _pass(model, fast, inputs_embeds=emb_p, attention_mask=pmask.to(device), use_cache=True)
     if row != list(range(len(prompts))):
@@ -290,13 +291,14 @@ class Responses:
         device, sizes = last.device, [e.response_len for e in encs]
         logprob = tok_lp = pred_l = first = None
         if self.need_logits:
-            allg = self.head(torch.cat(hid)) if self.fast else torch.cat(lgt)  # (Σ K_i, V)
+            allg = into_grad.call(self.head, torch.cat(hid)) if self.fast else torch.cat(lgt)  # (Σ K_i, V)
             ids = torch.tensor([t for e in encs for t in e.response_ids], device=device)
             tok_lp = list(_log_softmax(allg)[torch.arange(len(ids), device=device), ids].split(sizes))
             logprob = torch.stack([t.sum() for t in tok_lp])
             pred_l = list(allg.split(sizes)) if self.keep_states else None
         if self.answer_ids is not None:  # at the position predicting y_1: each hid's first row
-            f = self.head(torch.stack([h[0] for h in hid])) if self.fast else torch.stack([x[0] for x in lgt])
+            firsts = [x[0] for x in (hid if self.fast else lgt)]
+            f = into_grad.call(self.head, torch.stack(firsts)) if self.fast else torch.stack(firsts)
             first = _log_softmax(f)[:, torch.tensor(self.answer_ids, device=device)]
         return Scored(
             logprob,
