@@ -274,3 +274,28 @@ def test_the_probe_benchmark_writes_the_numbers_it_prints(tmp_path):
     s = got["scoring_pass_seconds"]
     assert got["head_saving"] == s["full logits"] / s["head at responses"]
     assert got["cache_saving"] == s["head at responses"] / s["prompt cache"]
+
+
+def test_the_routing_benchmark_measures_each_configuration_in_its_own_process(tmp_path):
+    """benchmarks/into_grad.py at the small shape: four fresh processes, the same gradient with routing
+    on and off, and routing's saving on the later micro-batches (the tied 128k × 64 embedding's
+    gradient no longer held beside .grad: about 31 MiB here)."""
+    out = _load("into_grad").main(
+        [
+            "--shape",
+            "tiny",
+            "--micro-batches",
+            "2",
+            "--objectives",
+            "im_rm",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(out))
+    got = out["objectives"]["im_rm"]
+    assert [(r["mode"], r["routed"]) for r in got["rows"].values()] == _load("into_grad").CONFIGS
+    for mode, saved in got["later_peak_saved_gib"].items():
+        off, on = got["rows"][f"{mode}, routing off"], got["rows"][f"{mode}, routing on"]
+        assert saved == off["later_peak_gib"] - on["later_peak_gib"] > 0.02
+        assert abs(on["grad_norm"] - off["grad_norm"]) <= 1e-5 * off["grad_norm"]

@@ -6,6 +6,8 @@
 
 Positions follow lm_probes.lm.encoding: the state that predicts response token y_k sits at P − 1 + (k − 1)
 after a prompt of P tokens; the EX-RM reads the state at the last response token, P + K − 1.
+Every module runs through lm_probes.lm.into_grad: a backward that accumulates adds each use's
+gradient of a weight into its existing ``.grad`` at once (the cached mode uses each weight twice).
 """
 
 from __future__ import annotations
