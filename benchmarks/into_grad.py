@@ -8,8 +8,8 @@ in scoring's cached and whole modes, routing off and on, each configuration in a
 Each process builds the model, then runs ``--micro-batches`` micro-batches of ``--micro-batch`` Persona
 training pairs (bucketed as benchmarks/train_1b.py does; the IM-RM's reference log-probs filled
 before), a forward and a backward each, adding into the gradients as the trainer does between Adam
-updates (no update: the weights and Adam's moments are the same in every configuration, 14.7 GB at
-1B, and are left out). The peak is the kernel's high-water mark of the resident set (VmHWM), reset
+updates (no update: Adam's two moments, the same in every configuration, 9.9 GB at 1B, are left out;
+the weights are in every peak). The peak is the kernel's high-water mark of the resident set (VmHWM), reset
 before each micro-batch (/proc/self/clear_refs), with glibc's mmap threshold fixed at 128 KiB so
 that a freed tensor leaves the resident set at once: the peak is the live memory's. Reported per
 configuration: the first micro-batch's peak (no .grad yet: routing hands its gradients to autograd

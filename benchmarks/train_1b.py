@@ -3,7 +3,8 @@ Llama-3.2-1B's shapes and random weights (benchmarks/probe_1b.py builds it: 1.24
 float32), tokens/s against the machine's limit for the same work, measured in one run.
 
     python benchmarks/train_1b.py --micro-batch 2 --json benchmarks/results/train_1b.json
-    python benchmarks/train_1b.py --micro-batch 2 --scoring whole --json train_1b_scoring-whole.json
+    python benchmarks/train_1b.py --micro-batch 2 --scoring whole \\
+        --json benchmarks/results/train_1b_scoring-whole.json
     python benchmarks/train_1b.py --shape tiny --steps 2                      # the same code, small (tests)
 
 The steps are what lm_probes.rm.trainer runs: micro-batches of ``--micro-batch`` Persona training
@@ -25,8 +26,8 @@ Adam's two moments (≈ 4 × 4.9 GB at 1B), plus activations.
 ``--scoring whole`` runs whole sequences instead of scoring's ``auto`` choice, which for these pairs
 is the cached mode (each prompt once). The cached mode uses every weight in two passes; before
 lm_probes.lm.into_grad, autograd held the first pass's gradient beside ``.grad`` until the second's
-arrived (3.6 GiB more per micro-batch at 1B: benchmarks/into_grad.py), and at 1B on a 23.5 GiB
-machine it ran out of memory where whole sequences fit.
+arrived (2.9–3.6 GiB more per later micro-batch at 1B, EX-RM / IM-RM: benchmarks/into_grad.py), and
+at 1B on a 23.5 GiB machine it was seen to run out of memory where whole sequences fit.
 """
 
 from __future__ import annotations

@@ -2,18 +2,22 @@
 passes (a prompt pass and a response pass; one pass per length group; a tied embedding's lookup and
 head), and autograd sums a leaf's contributions before adding them to ``.grad``: it holds the first
 pass's gradient of every weight until the last pass's arrives, up to a whole gradient beside
-``.grad`` (about 4 GiB at Llama-3.2-1B's shapes in float32).
+``.grad`` (4.6 GiB at Llama-3.2-1B's shapes in float32; the decoder's share is 3.6 GiB).
 
     out = call(module, *args, **kwargs)   # module(*args, **kwargs), each use adding into .grad itself
 
 Each use of a parameter by the module that owns it goes through an identity node made just before that
 module runs (so the backward reaches it right after the use's own backward). Its backward adds the
 gradient into an existing ``param.grad`` and hands autograd nothing, only when that backward is one
-that accumulates into ``param.grad`` (``loss.backward()``; not ``torch.autograd.grad``, whose numbers do
-not change) and builds no graph of the gradient. Where ``param.grad`` is None (a first micro-batch) it
-hands autograd the gradient as before, which takes it without a copy. Nothing is routed under torch.func
-transforms, in a distributed run (DDP and FSDP read gradients through autograd's hooks), or for
-tensors that are not trainable ``nn.Parameter`` (functional_call's substitutes, LoRA's frozen base).
+that accumulates into ``param.grad`` (``loss.backward()``, and ``backward(inputs=...)`` for the listed
+parameters; not ``torch.autograd.grad``) and builds no graph of the gradient. The sum is the same;
+its order is not (``.grad`` + each pass in turn, rather than ``.grad`` + the passes' sum), which in
+bfloat16 changes the rounding. Where ``param.grad`` is None (a first micro-batch) it hands autograd
+the gradient as before, which takes it without a copy. Nothing is routed under torch.func
+transforms, in a distributed run (DDP and FSDP read gradients through autograd's hooks), for a
+parameter with hooks of its own (``register_hook``, ``register_post_accumulate_grad_hook``: they
+would miss the routed part), or for tensors that are not trainable ``nn.Parameter``
+(functional_call's substitutes, LoRA's frozen base).
 """
 
 from __future__ import annotations
@@ -55,9 +59,18 @@ def _accumulates(acc) -> bool:
 
 
 def _eligible() -> bool:
-    if not ENABLED or not torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+    if not ENABLED or not torch.is_grad_enabled() or not hasattr(torch.autograd.graph, "get_gradient_edge"):
+        return False  # (get_gradient_edge: torch ≥ 2.2)
+    if torch._C._are_functorch_transforms_active():
         return False
     return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+def _routable(p) -> bool:
+    """A trainable leaf parameter without hooks of its own."""
+    if not (isinstance(p, torch.nn.Parameter) and p.requires_grad and p.is_leaf):
+        return False
+    return not (p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None))
 
 
 def call(module: torch.nn.Module, *args, **kwargs):
@@ -70,7 +83,7 @@ def call(module: torch.nn.Module, *args, **kwargs):
 
     def route(m, _args):
         for name, p in list(m._parameters.items()):
-            if isinstance(p, torch.nn.Parameter) and p.requires_grad and p.is_leaf:
+            if _routable(p):
                 owned.setdefault(m, {})[name] = p
                 m._parameters[name] = _IntoGrad.apply(p, torch.autograd.graph.get_gradient_edge(p).node)
 

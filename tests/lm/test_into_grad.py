@@ -95,20 +95,45 @@ def test_each_use_adds_into_grad_and_autograd_holds_nothing(mode, tie):
 @pytest.mark.parametrize("route", ["autograd.grad", "backward(inputs=...)"])
 def test_routes_that_do_not_accumulate_get_the_whole_gradient(route):
     """torch.autograd.grad (the probes) and a backward restricted to some inputs see the same
-    gradients with routing as without it."""
+    gradients with routing as without it, on a model whose .grad already holds a micro-batch's (where
+    routing would act): autograd.grad leaves every .grad as it was, backward(inputs=...) adds to the
+    listed parameters' only."""
     model, encs, pad = _setup(tie=True)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     ref = _accumulated(model, [encs[:4]], pad, "cached", routed=False)
     model.zero_grad(set_to_none=True)
+    _loss(model, encs[4:], pad, "cached").backward()
+    before = [p.grad.clone() for p in params]
     loss = _loss(model, encs[:4], pad, "cached")
     if route == "autograd.grad":
         got = torch.autograd.grad(loss, params)
+        for p, b in zip(params, before, strict=True):
+            assert torch.equal(p.grad, b)
     else:
         loss.backward(inputs=params[:3])
-        got = [p.grad for p in params[:3]]
-        assert all(p.grad is None for p in params[3:])  # (the others untouched)
+        got = [p.grad - b for p, b in zip(params[:3], before, strict=False)]
+        for p, b in zip(params[3:], before[3:], strict=True):
+            assert torch.equal(p.grad, b)  # (the others untouched)
     for (n, _), g in zip(model.named_parameters(), got, strict=False):
-        torch.testing.assert_close(g, ref[n], rtol=1e-12, atol=1e-12, msg=n)
+        torch.testing.assert_close(g, ref[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_a_parameter_with_its_own_hook_sees_its_whole_gradient():
+    """A hook on a parameter (here one that zeroes half its gradient) sees every pass's part: such a
+    parameter is not routed."""
+    model, encs, pad = _setup(tie=True)
+    name = f"model.layers.{len(model.get_decoder().layers) - 1}.mlp.up_proj.weight"
+    p = model.get_parameter(name)
+    mask = (torch.arange(p.shape[0]) % 2 == 0).to(p.dtype)[:, None]
+    handle = p.register_hook(lambda g: g * mask)
+    try:
+        ref = _accumulated(model, (encs[:4], encs[4:]), pad, "cached", routed=False)
+        got = _accumulated(model, (encs[:4], encs[4:]), pad, "cached", routed=True)
+    finally:
+        handle.remove()
+    assert float(got[name][1::2].abs().max()) == 0.0
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-12, atol=1e-12, msg=n)
 
 
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
