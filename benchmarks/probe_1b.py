@@ -3,6 +3,7 @@ model with Llama-3.2-1B's shapes and random weights (vocabulary 128 256, width 2
 32/8 heads, MLP 8 192, tied head: 1.24 B parameters), float32, measured in one run.
 
     python benchmarks/probe_1b.py --json benchmarks/results/probe_1b.json   # 1 triple × 200 responses
+    python benchmarks/probe_1b.py --lr 1e-4 --json benchmarks/results/probe_1b_lr1e-4.json  # (and 1e-5)
     python benchmarks/probe_1b.py --shape tiny --eval-statements 1          # the same code, small (tests)
 
 The weights cannot be downloaded here; the shapes are what cost time and memory, so random weights

@@ -16,7 +16,8 @@ bfloat16 changes the rounding. Where ``param.grad`` is None (a first micro-batch
 the gradient as before, which takes it without a copy. Nothing is routed under torch.func
 transforms, in a distributed run (DDP and FSDP read gradients through autograd's hooks), for a
 parameter with hooks of its own (``register_hook``, ``register_post_accumulate_grad_hook``: they
-would miss the routed part), or for tensors that are not trainable ``nn.Parameter``
+would miss the routed part; checked when the module runs, so a hook registered between the forward
+and the backward is not seen), or for tensors that are not trainable ``nn.Parameter``
 (functional_call's substitutes, LoRA's frozen base).
 """
 
