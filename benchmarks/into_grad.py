@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_1b import SHAPES
 
-CONFIGS = [(mode, routed) for mode in ("cached", "whole") for routed in (False, True)]
+MODES = ("cached", "whole")
+CONFIGS = [(mode, routed) for mode in MODES for routed in (False, True)]
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
@@ -94,7 +95,7 @@ def run(shape: str, objective: str, micro: int, n: int) -> dict:
             "peaks_gib": peaks, "grad_norm": got["grad_norm"],
         }  # fmt: skip
     saved = {}
-    for mode in ("cached", "whole"):
+    for mode in MODES:
         off, on = rows[f"{mode}, routing off"], rows[f"{mode}, routing on"]
         if abs(on["grad_norm"] - off["grad_norm"]) > 1e-5 * off["grad_norm"]:
             raise SystemExit(f"into_grad: {objective} {mode}: routing changed the gradient ({off} vs {on})")

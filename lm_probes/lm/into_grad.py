@@ -4,7 +4,8 @@ head), and autograd sums a leaf's contributions before adding them to ``.grad``:
 pass's gradient of every weight until the last pass's arrives, up to a whole gradient beside
 ``.grad`` (4.6 GiB at Llama-3.2-1B's shapes in float32; the decoder's share is 3.6 GiB).
 
-    out = call(module, *args, **kwargs)   # module(*args, **kwargs), each use adding into .grad itself
+    with routed(model):   # every module call inside: each use of a weight adds into .grad itself
+        out = model(...)
 
 Each use of a parameter by the module that owns it goes through an identity node made just before that
 module runs (so the backward reaches it right after the use's own backward). Its backward adds the
@@ -74,12 +75,14 @@ def _routable(p) -> bool:
     return not (p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None))
 
 
-def call(module: torch.nn.Module, *args, **kwargs):
-    """``module(*args, **kwargs)``, each submodule's use of its own trainable parameters routed (see
-    the module's docstring) when eligible: a forward pre-hook swaps them for routed identities, a
-    forward hook swaps them back."""
+@contextlib.contextmanager
+def routed(model: torch.nn.Module):
+    """Inside the block, each use of a trainable parameter of ``model`` by the submodule that owns it
+    is routed (see the module's docstring), when eligible on entry: a forward pre-hook swaps the
+    parameters for routed identities, a forward hook swaps them back."""
     if not _eligible():
-        return module(*args, **kwargs)
+        yield
+        return
     owned: dict[torch.nn.Module, dict] = {}
 
     def route(m, _args):
@@ -92,9 +95,9 @@ def call(module: torch.nn.Module, *args, **kwargs):
         m._parameters.update(owned.pop(m, {}))
 
     with contextlib.ExitStack() as stack:
-        for m in module.modules():
+        for m in model.modules():
             if any(p.requires_grad for p in m.parameters(recurse=False)):
                 stack.callback(restore, m)  # (also when the forward raises)
                 stack.enter_context(m.register_forward_pre_hook(route))
                 stack.enter_context(m.register_forward_hook(restore))
-        return module(*args, **kwargs)
+        yield

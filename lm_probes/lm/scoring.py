@@ -6,7 +6,7 @@
 
 Positions follow lm_probes.lm.encoding: the state that predicts response token y_k sits at P − 1 + (k − 1)
 after a prompt of P tokens; the EX-RM reads the state at the last response token, P + K − 1.
-Every module runs through lm_probes.lm.into_grad: a backward that accumulates adds each use's
+Scoring runs inside lm_probes.lm.into_grad.routed: a backward that accumulates adds each use's
 gradient of a weight into its existing ``.grad`` at once (the cached mode uses each weight twice).
 """
 
@@ -82,9 +82,9 @@ def _pass(model, fast: bool, cache=None, **kw):
     if cache is not None:
         kw[_cache_name()] = cache
     if fast:
-        out = into_grad.call(model.get_decoder(), **kw)
+        out = model.get_decoder()(**kw)
         return out.last_hidden_state, None, _cache_of(out)
-    out = into_grad.call(model, output_hidden_states=True, **kw)
+    out = model(output_hidden_states=True, **kw)
     return out.hidden_states[-1], out.logits, _cache_of(out)
 
 
@@ -158,15 +158,16 @@ def score(
     need_logits = need_logits or keep_states
     out = Responses(model, fast, need_logits, keep_states, answer_ids)
     if mode == "single":  # one padded batch: one pass of the model whatever the data
-        return out.scored(encs, *_whole_pass(model, encs, pad_id, fast))
-    if mode == "whole" or (mode == "auto" and shared_prompt_gain(encs, max_group) < SHARE_GAIN):
+        groups, one_pass = [list(range(len(encs)))], _whole_pass
+    elif mode == "whole" or (mode == "auto" and shared_prompt_gain(encs, max_group) < SHARE_GAIN):
         groups, one_pass = length_groups(encs), _whole_pass
     else:
         groups, one_pass = prompt_batches(encs, max_group, gap_free=_sliding_window(model)), _cached_pass
     parts = []
-    for g in groups:
-        sub = [encs[i] for i in g]
-        parts.append(out.scored(sub, *one_pass(model, sub, pad_id, fast)))
+    with into_grad.routed(model):  # (passes share weights: lm_probes.lm.into_grad)
+        for g in groups:
+            sub = [encs[i] for i in g]
+            parts.append(out.scored(sub, *one_pass(model, sub, pad_id, fast)))
     return parts[0] if groups == [list(range(len(encs)))] else _merge(parts, groups)
 
 
@@ -241,8 +242,9 @@ def _cached_pass(model, encs: list[Encoded], pad_id: int, fast: bool):
         resp[n, : e.response_len] = torch.tensor(e.response_ids)
         mask[n, : e.prompt_len], mask[n, T : T + e.response_len] = 1, 1
     # One embedding lookup for both passes: its backward writes a dense (V, D) gradient per call
-    # (1 GiB at Llama-3.2-1B's shapes in float32), so two lookups held two at once.
-    flat = into_grad.call(model.get_input_embeddings(), torch.cat([ids.flatten(), resp.flatten()]).to(device))
+    # (1 GiB at Llama-3.2-1B's shapes in float32), and where .grad does not exist yet (a first
+    # micro-batch, where into_grad hands gradients to autograd) two lookups held two at once.
+    flat = model.get_input_embeddings()(torch.cat([ids.flatten(), resp.flatten()]).to(device))
     emb_p, emb_r = flat[: ids.numel()].unflatten(0, ids.shape), flat[ids.numel() :].unflatten(0, resp.shape)
     h_p, l_p, cache = _pass(model, fast, inputs_embeds=emb_p, attention_mask=pmask.to(device), use_cache=True)
     if row != list(range(len(prompts))):
@@ -293,14 +295,14 @@ class Responses:
         device, sizes = last.device, [e.response_len for e in encs]
         logprob = tok_lp = pred_l = first = None
         if self.need_logits:
-            allg = into_grad.call(self.head, torch.cat(hid)) if self.fast else torch.cat(lgt)  # (Σ K_i, V)
+            allg = self.head(torch.cat(hid)) if self.fast else torch.cat(lgt)  # (Σ K_i, V)
             ids = torch.tensor([t for e in encs for t in e.response_ids], device=device)
             tok_lp = list(_log_softmax(allg)[torch.arange(len(ids), device=device), ids].split(sizes))
             logprob = torch.stack([t.sum() for t in tok_lp])
             pred_l = list(allg.split(sizes)) if self.keep_states else None
         if self.answer_ids is not None:  # at the position predicting y_1: each hid's first row
             firsts = [x[0] for x in (hid if self.fast else lgt)]
-            f = into_grad.call(self.head, torch.stack(firsts)) if self.fast else torch.stack(firsts)
+            f = self.head(torch.stack(firsts)) if self.fast else torch.stack(firsts)
             first = _log_softmax(f)[:, torch.tensor(self.answer_ids, device=device)]
         return Scored(
             logprob,

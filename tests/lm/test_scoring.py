@@ -133,8 +133,8 @@ def test_pairs_share_their_prompt_with_the_same_numbers_and_gradients(tiny_lm):
 
 def test_a_cached_pass_looks_its_tokens_up_once(tiny_lm):
     """The prompt pass and the response pass share one embedding lookup: each lookup's backward writes
-    a dense (V, D) gradient (1 GiB at Llama-3.2-1B's shapes), so two held two at once (the 1B training
-    benchmark ran out of memory on it). Whole sequences: one lookup per pass too."""
+    a dense (V, D) gradient (1 GiB at Llama-3.2-1B's shapes), and on a first micro-batch (no .grad yet,
+    lm_probes.lm.into_grad) two held two at once. Whole sequences: one lookup per pass too."""
     encs, pad = _pairs_of_uneven_prompts(tiny_lm.tokenizer), pad_id_of(tiny_lm.tokenizer)
     emb = tiny_lm.model.get_input_embeddings()
     head_is_linear(tiny_lm.model)  # (its one-time check runs the model: not counted)
