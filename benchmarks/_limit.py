@@ -119,14 +119,15 @@ def numpy_replay_limit(products, repeat: int = 5, dtype=None) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    seconds = flops = 0.0
+    each, flops = [], 0.0
     for m, k, n, count, layout in products:
         a = rng.standard_normal((k, m) if layout == "tn" else (m, k)).astype(dtype)
         b = rng.standard_normal((n, k) if layout == "nt" else (k, n)).astype(dtype)
         fn = {"nn": lambda a=a, b=b: a @ b, "nt": lambda a=a, b=b: a @ b.T, "tn": lambda a=a, b=b: a.T @ b}
-        seconds += count * _best(fn[layout], repeat, min(count, ROUND))
+        each.append(count * _best(fn[layout], repeat, min(count, ROUND)))
         flops += count * 2.0 * m * k * n
-    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9}
+    seconds = sum(each)
+    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9, "each": each}
 
 
 def share_of_limit(work_seconds: float, limit: dict, formula_flops: float | None = None) -> dict:

@@ -8,6 +8,8 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -141,10 +143,33 @@ def test_training_steps_update_after_every_accumulate_micro_batches_and_after_th
         assert len(updates) == n and run["seconds"] > 0 and run["limit"]["flops"] > 0
 
 
-def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
-    """benchmarks/dynamics_engine.py's limit replays the route's products: their FLOPs are the route's
-    formula, for both routes."""
+def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs(monkeypatch):
+    """benchmarks/dynamics_engine.py's limit replays the route's products: for the rho route, the very
+    parts the engine splits its products into on two cores (every chunk's ẽ_a ẽ_bᵀ and H̄ Hᵀ); for
+    both routes, FLOPs that are the route's formula."""
+    import theory._vocab as vocab
+    from theory import dynamics
+
     bench = _load("dynamics_engine")
+    monkeypatch.setenv("RMGAP_THREADS", "2")
+    monkeypatch.setattr(vocab, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(vocab, "CHUNK_BYTES", 1)  # the smallest chunk, 1024 columns: 3 chunks of V = 3000
+    ran, real = [], vocab.add_products
+
+    def spy(inner, a, b):
+        split_a, parts = vocab.product_parts(a.shape[0], b.shape[0], a.shape[1])
+        ran.extend(((r1 - r0) if split_a else a.shape[0], a.shape[1], b.shape[0] if split_a else r1 - r0)
+                   for r0, r1 in parts)  # fmt: skip
+        real(inner, a, b)
+
+    monkeypatch.setattr(dynamics, "add_products", spy)
+    rng = bench.np.random.default_rng(0)
+    bar, plus, minus = (bench.make_states(rng, k, 3000, 16, bench.np.float64) for k in (8, 8, 8))
+    dynamics.im_reward_change(bar, plus, minus, beta=0.1, lr=1.0, g=0.5)
+    listed = bench.products(8, 16, 3000, 16, bench.np.float64)
+    assert sorted(ran) == sorted((m, k, n) for m, k, n, c, _ in listed for _ in range(c))
+    assert len(ran) == 8  # 4 products (3 chunks, H̄ Hᵀ) in 2 parts each
+    monkeypatch.undo()
     for k, d in ((128, 2048), (512, 64)):  # rho route, gradient route
         prods = bench.products(k, 2 * k, 32_000, d, bench.np.float64)
         flops = sum(2.0 * m * kk * n * c for m, kk, n, c, _ in prods)
@@ -152,7 +177,7 @@ def test_the_dynamics_engine_benchmark_lists_the_products_the_engine_runs():
 
 
 def test_the_dynamics_engine_benchmark_times_the_whole_elementwise_pass(monkeypatch):
-    """elementwise_seconds exponentiates every vocabulary column of both sides (ȳ, and y+ with y−
+    """elementwise_pass exponentiates every vocabulary column of both sides (ȳ, and y+ with y−
     stacked) into buffers of the route's chunk, and the ceiling is limit / (limit + that time)."""
     bench = _load("dynamics_engine")
     np = bench.np
@@ -167,10 +192,10 @@ def test_the_dynamics_engine_benchmark_times_the_whole_elementwise_pass(monkeypa
     monkeypatch.setattr(bench, "auto_chunk", lambda rows, vocab, dtype: 700)
     rng = np.random.default_rng(0)
     bar, plus, minus = (bench.make_states(rng, k, 3000, 16, np.float64) for k in (5, 7, 4))
-    assert bench.elementwise_seconds(bar, plus, minus, np.float64, repeat=1) > 0
+    bench.elementwise_pass(bar, plus, minus, np.float64)()
     for n in (5, 11):
         calls = [c for c in seen if c[0] == n]
-        assert len(calls) == 2 * 5  # (warm-up + 1 timed) × 5 chunks
+        assert len(calls) == 5  # 5 chunks
         cols = sorted({(c0, c1) for _, c0, c1, _ in calls})
         assert cols[0][0] == 0 and cols[-1][1] == 3000
         assert all(a[1] == b[0] for a, b in itertools.pairwise(cols))
@@ -179,6 +204,10 @@ def test_the_dynamics_engine_benchmark_times_the_whole_elementwise_pass(monkeypa
     row = bench.bench_one(rng, 32, 3000, 64, np.float64, 1, False)  # (K ≥ 16: it splits ȳ in 16)
     assert row["route"] == "rho" and row["elementwise_seconds"] > 0
     assert row["ceiling"] == row["limit_seconds"] / (row["limit_seconds"] + row["elementwise_seconds"])
+    assert row["unsplit_seconds"] > 0 and bench.vocab.SPLIT  # the same call unsplit, and SPLIT restored
+    assert row["limit_seconds"] == min(row["limit_parts_seconds"], row["limit_whole_seconds"])  # never eased
+    assert row["of_limit"] * row["seconds"] == pytest.approx(row["unsplit_of_limit"] * row["unsplit_seconds"])
+    assert len(row["copy_gbs_by_round"]) == 1
 
 
 def test_the_1b_shaped_training_benchmark_runs_at_its_small_shape(tmp_path):

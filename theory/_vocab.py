@@ -1,12 +1,15 @@
 """Streaming over the vocabulary for theory.dynamics: logit rows stacked from several (K_i, V) blocks
 without copying them, exponentials written into one reused buffer, the element-wise work spread over
-the machine's cores (numpy's ufuncs release the GIL; its exp is single-threaded otherwise).
+the machine's cores (numpy's ufuncs release the GIL; its exp is single-threaded otherwise), and the
+products between chunks split over the same threads on one-thread BLAS (:func:`add_products`).
 
-Every row is handled whole by one thread, so results do not depend on the number of threads.
+Every row is handled whole by one thread, and a product is split by whole rows of one operand (each
+element still one whole dot product), so results do not depend on the number of threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +20,8 @@ CHUNK_BYTES = 32 * 2**20  # target size of one (rows × vocab chunk) block
 _MIN_PARALLEL = 1 << 16  # elements below which one thread does the work
 _BLOCK_BYTES = 256 * 2**10  # rows of a chunk handled together: max, subtract, exp, sum stay in cache
 _POOL: list = []  # the lazily made thread pool
+_BLAS: list = []  # threadpoolctl's controller of the loaded BLAS libraries, made on first use
+SPLIT = True  # False: every product whole on BLAS's own threads, as before (benchmarks time both)
 
 
 def threads() -> int:
@@ -31,6 +36,52 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if not _POOL or _POOL[0]._max_workers < n:
         _POOL[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="rmgap-vocab")]
     return _POOL[0]
+
+
+@contextlib.contextmanager
+def blas_one_thread():
+    """BLAS held to one thread while :func:`add_products` runs products side by side on our own
+    threads. BLAS's own workers, once woken by a product, spin for a while after it (OpenBLAS: about
+    2^28 cycles unless OPENBLAS_THREAD_TIMEOUT says less) and take a core from the exponentials that
+    follow it; one-thread BLAS wakes none. Does nothing when only one core is used."""
+    if threads() <= 1 or not SPLIT:
+        yield
+        return
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    with _BLAS[0].limit(limits=1, user_api="blas"):
+        yield
+
+
+def product_parts(rows_a: int, rows_b: int, k: int) -> tuple[bool, list[tuple[int, int]]]:
+    """How :func:`add_products` splits (rows_a × k)·(k × rows_b): whether along a's rows (else b's),
+    and the (start, stop) row ranges of the parts, one per thread."""
+    split_a = rows_a >= rows_b
+    n = min(threads(), max(rows_a, rows_b))
+    if not SPLIT or n <= 1 or rows_a * rows_b * k < _MIN_PARALLEL:
+        return split_a, [(0, rows_a if split_a else rows_b)]
+    bounds = np.linspace(0, rows_a if split_a else rows_b, n + 1).astype(int)
+    return split_a, list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def add_products(inner: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """inner += a @ b.T, the rows of the longer of a and b split between the cores
+    (:func:`product_parts`), each part a one-thread product on its own thread when called inside
+    :func:`blas_one_thread`."""
+    split_a, parts = product_parts(a.shape[0], b.shape[0], a.shape[1])
+    if len(parts) == 1:
+        inner += a @ b.T
+        return
+
+    def fn(r0, r1):
+        if split_a:
+            inner[r0:r1] += a[r0:r1] @ b.T
+        else:
+            inner[:, r0:r1] += a @ b[r0:r1].T
+
+    list(_pool(len(parts)).map(fn, *zip(*parts, strict=True)))
 
 
 def auto_chunk(rows: int, vocab: int, dtype) -> int:

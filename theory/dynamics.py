@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory._vocab import Rows, auto_chunk
+from theory._vocab import Rows, add_products, auto_chunk, blas_one_thread
 
 __all__ = [
     "RhoTerms",
@@ -126,12 +126,12 @@ def _inner_direct(rows_a: Rows, rows_b: Rows, chunk: int, dtype):
     inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
     buf_a = np.empty((rows_a.n, min(chunk, v)), dtype=dtype)
     buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"), blas_one_thread():
         for c0 in range(0, v, chunk):
             w = min(v, c0 + chunk) - c0
             sa += rows_a.exp_into(c0, c0 + chunk, None, buf_a)  # buf_a[:, :w] = exp(logits) (Ka, w)
             sb += rows_b.exp_into(c0, c0 + chunk, None, buf_b)
-            inner += buf_a[:, :w] @ buf_b[:, :w].T
+            add_products(inner, buf_a[:, :w], buf_b[:, :w])  # inner += buf_a buf_bᵀ
         lsa, lsb = np.log(sa), np.log(sb)
     fi = np.finfo(dtype)
     lo, hi = np.log(fi.tiny) + 60.0, np.log(fi.max) - 10.0  # (margins: ≥ 60 nats of precision kept)
@@ -150,15 +150,16 @@ def _inner_online(rows_a: Rows, rows_b: Rows, chunk: int, dtype):
     inner = np.zeros((rows_a.n, rows_b.n), dtype=dtype)
     buf_a = np.empty((rows_a.n, min(chunk, v)), dtype=dtype)
     buf_b = np.empty((rows_b.n, min(chunk, v)), dtype=dtype)
-    for c0 in range(0, v, chunk):
-        w = min(v, c0 + chunk) - c0
-        ea_sum, fa = rows_a.exp_online(c0, c0 + chunk, ma, buf_a)  # buf_a[:, :w] = ẽ_a (Ka, w)
-        eb_sum, fb = rows_b.exp_online(c0, c0 + chunk, mb, buf_b)  # (Kb, w); ma, mb raised
-        if c0 and not (np.all(fa == 1.0) and np.all(fb == 1.0)):  # a row max rose: rescale
-            inner *= fa[:, None] * fb[None, :]
-        sa = sa * fa + ea_sum
-        sb = sb * fb + eb_sum
-        inner += buf_a[:, :w] @ buf_b[:, :w].T
+    with blas_one_thread():
+        for c0 in range(0, v, chunk):
+            w = min(v, c0 + chunk) - c0
+            ea_sum, fa = rows_a.exp_online(c0, c0 + chunk, ma, buf_a)  # buf_a[:, :w] = ẽ_a (Ka, w)
+            eb_sum, fb = rows_b.exp_online(c0, c0 + chunk, mb, buf_b)  # (Kb, w); ma, mb raised
+            if c0 and not (np.all(fa == 1.0) and np.all(fb == 1.0)):  # a row max rose: rescale
+                inner *= fa[:, None] * fb[None, :]
+            sa = sa * fa + ea_sum
+            sb = sb * fb + eb_sum
+            add_products(inner, buf_a[:, :w], buf_b[:, :w])  # inner += buf_a buf_bᵀ
     return inner / (sa[:, None] * sb[None, :]), ma + np.log(sa), mb + np.log(sb)
 
 
@@ -226,9 +227,11 @@ def rho(
 
 
 def _per_token_rho_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype):
-    match, pg, qg, inner = _rho_parts(bar_tok, bar_rows, tr_tok, tr_rows, chunk, dtype)
-    s = bar_hid.astype(dtype, copy=False) @ tr_hid.astype(dtype, copy=False).T  # (K, L)
-    return ((match - pg - qg + inner) * s) @ w  # (K,)
+    with blas_one_thread():  # every product on our threads: no BLAS worker left spinning (theory._vocab)
+        match, pg, qg, inner = _rho_parts(bar_tok, bar_rows, tr_tok, tr_rows, chunk, dtype)
+        s = np.zeros((bar_tok.shape[0], tr_tok.shape[0]), dtype=dtype)
+        add_products(s, bar_hid.astype(dtype, copy=False), tr_hid.astype(dtype, copy=False))  # (K, L)
+        return ((match - pg - qg + inner) * s) @ w  # (K,)
 
 
 def _per_token_gradient_route(bar_tok, bar_hid, bar_rows, tr_tok, tr_hid, tr_rows, w, chunk, dtype):

@@ -288,3 +288,36 @@ def test_input_validation_names_the_problem():
 def test_choose_route():
     assert choose_route(512, 1024, 2048) == "rho"
     assert choose_route(4096, 4096, 576) == "gradient"
+
+
+def test_the_rho_route_runs_its_products_split_on_one_thread_blas(monkeypatch):
+    """On two cores the rho route runs every product (ẽ_a ẽ_bᵀ per chunk, H̄ Hᵀ) as one-thread BLAS
+    parts on its own threads (theory._vocab.add_products inside blas_one_thread), so no BLAS worker is
+    left spinning beside the exponentials; each split product equals a @ b.T, and BLAS's thread count
+    is restored after the call."""
+    from threadpoolctl import threadpool_info
+
+    import theory._vocab as vocab
+    from theory import dynamics
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    monkeypatch.setenv("RMGAP_THREADS", "2")
+    monkeypatch.setattr(vocab, "_MIN_PARALLEL", 0)
+    seen, real = [], vocab.add_products
+
+    def spy(inner, a, b):
+        before = inner.copy()
+        seen.append((a.shape, b.shape, blas_threads()))
+        real(inner, a, b)
+        np.testing.assert_allclose(inner - before, a @ b.T, rtol=1e-12, atol=1e-300)
+
+    monkeypatch.setattr(dynamics, "add_products", spy)
+    W, rng = make_model(V=50, D=6, seed=3)
+    outside = blas_threads()
+    trip = (states(W, rng, k) for k in (4, 3, 5))
+    im_reward_change(*trip, beta=0.1, lr=1.0, g=0.5, route="rho", vocab_chunk=16)
+    assert [(a, b) for a, b, _ in seen] == [((4, 16), (8, 16))] * 3 + [((4, 2), (8, 2)), ((4, 6), (8, 6))]
+    assert all(t == {1} for *_, t in seen) and blas_threads() == outside
+    assert vocab.product_parts(4, 8, 16) == (False, [(0, 4), (4, 8)])  # the longer side, one part a core
