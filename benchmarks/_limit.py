@@ -2,7 +2,7 @@
 matrix products, at the shapes it runs them, each timed alone (best of several runs), summed.
 
     gemms = profile_gemms(lambda: step(batch))          # torch: every mm/addmm/bmm the work ran
-    lim = replay_limit(gemms, repeat=5)                  # Σ count · best time of each shape alone
+    lim = replay_limit(gemms, repeat=5)                  # Σ count · best time of each shape alone (5 rounds)
     ratio = lim["seconds"] / work_seconds                # ≤ 1: the work runs these products and more
 
 Why not a square n×n matmul: its rate depends on n and on the moment it is measured. Measured once
@@ -95,37 +95,58 @@ def _best(fn, repeat: int, calls: int = 1) -> float:
     return best
 
 
+def _spread_best(items: list, make, repeat: int) -> list[float]:
+    """Best time per call of each item's product over ``repeat`` rounds, each of which replays every
+    item once (``make(item)`` → (fn on fresh operands, calls): a warm-up, then ``calls`` back-to-back
+    calls). Rounds are spread over the whole replay, so that no product's best is taken from one
+    moment of this shared machine, whose speed was seen to change for seconds at a time."""
+    best = [float("inf")] * len(items)
+    for _ in range(repeat):
+        for i, item in enumerate(items):
+            fn, calls = make(item)
+            best[i] = min(best[i], _best(fn, 1, calls))
+    return best
+
+
 def replay_limit(gemms, repeat: int = 5, dtype=None) -> dict:
-    """Σ over the distinct products of (count × best-of-``repeat`` time per call of that product alone,
-    in rounds of up to ROUND calls), with torch on fresh contiguous operands of the same shapes and
-    dtype; and their FLOPs."""
+    """Σ over the distinct products of (count × best time per call of that product alone over
+    ``repeat`` rounds spread over the replay, in runs of up to ROUND calls), with torch on fresh
+    contiguous operands of the same shapes and dtype; and their FLOPs."""
     import torch
 
     dtype = dtype or torch.get_default_dtype()
-    counts = Counter(gemms)
-    seconds = flops = 0.0
-    for (op, (sa, sb)), n in counts.items():
+    items = list(Counter(gemms).items())
+
+    def make(item):
+        (_, (sa, sb)), n = item
         a, b = torch.randn(sa, dtype=dtype), torch.randn(sb, dtype=dtype)
         mm = torch.bmm if len(sa) == 3 else torch.mm
-        seconds += n * _best(lambda mm=mm, a=a, b=b: mm(a, b), repeat, min(n, ROUND))
-        flops += n * gemm_flops(op, (sa, sb))
-    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9, "distinct": len(counts)}
+        return (lambda: mm(a, b)), min(n, ROUND)
+
+    best = _spread_best(items, make, repeat)
+    seconds = sum(n * t for (_, n), t in zip(items, best, strict=True))
+    flops = sum(n * gemm_flops(op, shapes) for (op, shapes), n in items)
+    return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9, "distinct": len(items)}
 
 
 def numpy_replay_limit(products, repeat: int = 5, dtype=None) -> dict:
     """The same for numpy products given as (m, k, n, count, layout): a (m, k) times b (k, n), with
     layout "nn" (``a @ b``), "nt" (``a @ b.T``, b stored (n, k)) or "tn" (``a.T @ b``, a stored
-    (k, m)), as the work calls them."""
+    (k, m)), as the work calls them. ``each``: every product's count × best time."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    each, flops = [], 0.0
-    for m, k, n, count, layout in products:
+
+    def make(item):
+        m, k, n, count, layout = item
         a = rng.standard_normal((k, m) if layout == "tn" else (m, k)).astype(dtype)
         b = rng.standard_normal((n, k) if layout == "nt" else (k, n)).astype(dtype)
-        fn = {"nn": lambda a=a, b=b: a @ b, "nt": lambda a=a, b=b: a @ b.T, "tn": lambda a=a, b=b: a.T @ b}
-        each.append(count * _best(fn[layout], repeat, min(count, ROUND)))
-        flops += count * 2.0 * m * k * n
+        fn = {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b}[layout]
+        return fn, min(count, ROUND)
+
+    best = _spread_best(list(products), make, repeat)
+    each = [p[3] * t for p, t in zip(products, best, strict=True)]
+    flops = sum(2.0 * m * k * n * count for m, k, n, count, _ in products)
     seconds = sum(each)
     return {"seconds": seconds, "flops": flops, "gflops": flops / seconds / 1e9, "each": each}
 
@@ -197,9 +218,9 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumula
     before the recording pass (to keep the time should that pass fail)."""
     import resource
 
-    import torch
+    from lm_probes.rm.trainer import adam
 
-    opt = torch.optim.Adam(rm.trainable(), lr=lr)
+    opt = adam(rm.trainable(), lr)  # (the trainer's)
     rm.model.train()
 
     def step(b, update: bool):

@@ -328,3 +328,31 @@ def test_the_routing_benchmark_measures_each_configuration_in_its_own_process(tm
         off, on = got["rows"][f"{mode}, routing off"], got["rows"][f"{mode}, routing on"]
         assert saved == off["later_peak_gib"] - on["later_peak_gib"] > 0.02
         assert abs(on["grad_norm"] - off["grad_norm"]) <= 1e-5 * off["grad_norm"]
+
+
+def test_the_adam_benchmark_times_the_three_ways_on_the_same_start(tmp_path):
+    bench = _load("adam")
+    out = bench.main(["--matrices", "1", "--repeat", "1", "--json", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text())["rows"].keys() == bench.WAYS.keys()
+    assert out["rows"]["default (for-loop)"]["max_rel_diff_from_default"] == 0.0
+    assert 0 < out["rows"]["fused"]["max_rel_diff_from_default"] < 1e-5  # (a different kernel, same step)
+    assert out["parameters"] == 8192 * 2048
+
+
+def test_the_limit_keeps_each_products_best_over_rounds_spread_over_the_replay():
+    """benchmarks/_limit.py: every product is replayed once per round, rounds outermost, and keeps
+    its best round (so a slow moment of the machine costs no product its best)."""
+    import time
+
+    _spread_best = _load("_limit")._spread_best
+
+    made, waits = [], {"a": [0.03, 0.001, 0.02], "b": [0.001, 0.03, 0.02]}
+
+    def make(item):
+        made.append(item)
+        wait = waits[item][sum(m == item for m in made) - 1]
+        return (lambda: time.sleep(wait)), 1
+
+    best = _spread_best(["a", "b"], make, 3)
+    assert made == ["a", "b"] * 3
+    assert all(0.001 <= t < 0.015 for t in best)

@@ -45,6 +45,17 @@ from lm_probes.rm.rewards import RewardType, get_reward_type
 TIMED_LABELS = ("rmgap.reference", "rmgap.train_epoch")
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """torch.optim.Adam, fused where torch has a kernel for the parameters' device (CPU since torch
+    2.4): one pass over each parameter instead of the default loop of element-wise ops on CPU
+    (9.3× less time per step at 302 M parameters: benchmarks/results/adam.json); plain otherwise."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # (no fused kernel here: older torch, other devices)
+        return torch.optim.Adam(params, lr=lr)
+
+
 def length_buckets(
     pairs: list[tuple[Encoded, Encoded]], micro: int, rng: np.random.Generator
 ) -> list[list[int]]:
@@ -222,7 +233,7 @@ def train_reward_model(
     reference_s = time.perf_counter() - t_ref
     if not resuming:
         rm.fill_eval_reference(data.evals)
-    opt = torch.optim.Adam(rm.trainable(), lr=cfg.lr)
+    opt = adam(rm.trainable(), cfg.lr)
     # (one plain process: rm and opt themselves). A type that reads no logits leaves an untied head unused
     head = rm.model.get_output_embeddings().weight
     unused = not rt.needs_logits and head.requires_grad and head is not rm.model.get_input_embeddings().weight

@@ -154,3 +154,48 @@ def test_nan_loss_is_a_clear_error():
             EVAL,
             TrainConfig(objective="ex_rm", epochs=1, batch_size=4, micro_batch=2, progress=False),
         )
+
+
+def test_the_trainer_steps_with_torchs_fused_adam_where_it_has_one(monkeypatch):
+    """lm_probes.rm.trainer.adam: fused on CPU (one pass per parameter: benchmarks/adam.py), the same
+    step as the default Adam to float32 rounding; the plain Adam where torch has no fused kernel."""
+    from lm_probes.rm import trainer
+
+    torch.manual_seed(0)
+    start, grad = torch.randn(64, 32), torch.randn(64, 32)
+    steps = {}
+    for name, make in (
+        ("fused", lambda ps: trainer.adam(ps, 1e-2)),
+        ("plain", lambda ps: torch.optim.Adam(ps, lr=1e-2)),
+    ):
+        p = torch.nn.Parameter(start.clone())
+        opt = make([p])
+        for _ in range(3):
+            p.grad = grad.clone()
+            opt.step()
+        steps[name] = (opt, p.detach())
+    assert steps["fused"][0].defaults["fused"] is True
+    torch.testing.assert_close(steps["fused"][1], steps["plain"][1], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(steps["fused"][1], start)
+
+    real = torch.optim.Adam.__init__
+
+    def no_fused(self, params, *a, fused=None, **kw):
+        if fused:
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of supported devices"
+            )
+        real(self, params, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", no_fused)
+    assert not trainer.adam([torch.nn.Parameter(start.clone())], 1e-2).defaults.get("fused")
+
+
+def test_the_trainer_makes_its_optimizer_with_adam(monkeypatch):
+    from lm_probes.rm import trainer
+
+    made, real = [], trainer.adam
+    monkeypatch.setattr(trainer, "adam", lambda ps, lr: made.append(lr) or real(ps, lr))
+    cfg = TrainConfig(objective="im_rm", epochs=1, lr=1e-2, batch_size=4, micro_batch=2, progress=False)
+    train_reward_model(make_tiny_lm(), TRAIN, EVAL, cfg)
+    assert made == [1e-2]
