@@ -98,8 +98,8 @@ def _best(fn, repeat: int, calls: int = 1) -> float:
 def _spread_best(items: list, make, repeat: int) -> list[float]:
     """Best time per call of each item's product over ``repeat`` rounds, each of which replays every
     item once (``make(item)`` → (fn on fresh operands, calls): a warm-up, then ``calls`` back-to-back
-    calls). Rounds are spread over the whole replay, so that no product's best is taken from one
-    moment of this shared machine, whose speed was seen to change for seconds at a time."""
+    calls). Rounds are spread over the whole replay, so that a product's tries do not all fall in
+    one slow spell of this shared machine, whose speed was seen to change for seconds at a time."""
     best = [float("inf")] * len(items)
     for _ in range(repeat):
         for i, item in enumerate(items):

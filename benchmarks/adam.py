@@ -7,7 +7,7 @@ kernel lm_probes.rm.trainer.adam picks where torch has one). Same parameters, gr
 
 Each way: a fresh optimizer on the same start (one step made first, so that the moments exist), then
 the best of ``--repeat`` steps; after them, the parameters' largest difference from the default way's,
-relative to their largest size (the same three steps from the same start). The 1B-shaped model
+relative to their largest size (the same 1 + --repeat steps from the same start). The 1B-shaped model
 (1.24 B parameters) is 4.1× these; the time scales with the parameters (every step reads and writes
 each one and its moments).
 """

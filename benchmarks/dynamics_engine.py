@@ -4,10 +4,11 @@ against the machine's limit for the same work, measured in the same run.
     python benchmarks/dynamics_engine.py          # K ∈ {128, 512} (L = 2K), V ∈ {32k, 128k}, D ∈ {576, 2048}
     python benchmarks/dynamics_engine.py --quick  # the two smallest configurations only
 
-For each configuration: time (best of --repeat rounds, below) and peak extra memory (tracemalloc,
-which sees every numpy buffer) of one call (one evaluation sequence of K tokens against y+ and y− of K tokens
-each, L = 2K in all), of a batch (16 evaluation sequences of K/16 tokens, one call), and of the naive
-implementation (dense softmax and one-hot K×V matrices, ρ = (Ē − P)(E − Q)ᵀ).
+For each configuration: time and peak extra memory (tracemalloc, which sees every numpy buffer) of
+one call (one evaluation sequence of K tokens against y+ and y− of K tokens each, L = 2K in all;
+time: best of --repeat rounds, below), of a batch (16 evaluation sequences of K/16 tokens, one call)
+and of the naive implementation (dense softmax and one-hot K×V matrices, ρ = (Ē − P)(E − Q)ᵀ); the
+batch and the naive version are each timed as one cold call under tracemalloc.
 
 "of limit" is the share of the call's time that its own matrix products take when each is run alone
 (each product's best of the rounds, benchmarks/_limit.py): the products the route runs, listed by
@@ -26,12 +27,11 @@ products run one after the other, as they do now (the pass and the products each
 "unsplit" is the same call with theory._vocab.SPLIT off, timed in the same run: every product whole on
 BLAS's own threads (the engine before the split), against the same limit.
 Rounds: this machine is shared, and its memory bandwidth varies within seconds (each round records a
-32 MiB copy's rate, "copy_gbs_by_round"), which slows the element-wise pass (it streams every logit
-from memory) far more than the products.
+32 MiB copy's rate, "copy_gbs_by_round"); the element-wise pass streams every logit from memory.
 So the call, the unsplit call, the pass and every product of both limits are each measured once per
-round, --repeat rounds spread over the run, and each keeps its best; every timing follows 0.15 s of
-the same work (BLAS workers woken by a product spin about 0.1 s, and would take a core from the
-next timing).
+round, --repeat rounds spread over each configuration's measurement, and each keeps its best;
+every timing follows 0.15 s of the same work (BLAS workers woken by a product may spin about 0.1 s
+after it; the unsplit call wakes its own, as it does when run back to back).
 Targets (issue 26): ≥ 75 % of the limit at K = 512 and ≥ 60 % at K = 128, in one run; ≤ 512 MiB peak
 extra memory at V = 128k.
 """
@@ -75,9 +75,9 @@ def _timed(fn):
 
 def _warm(fn, seconds: float = 0.15) -> None:
     """Run ``fn`` until ``seconds`` have passed (once at least): buffers and threads warm, and BLAS
-    workers woken by what ran before gone to sleep (OpenBLAS: they spin for about 2^28 cycles, 0.1 s
-    at 2.6 GHz, and would take a core from what is timed next). Busy rather than asleep: an idle
-    core here wakes slowly."""
+    workers woken by what ran before asleep again (OpenBLAS's source: they may spin up to 2^28
+    cycles, 0.1 s at 2.6 GHz) unless ``fn`` wakes them itself. Busy rather than asleep: in a trial
+    (not recorded) a sleep before the timing made it slower."""
     end = time.perf_counter() + seconds
     fn()
     while time.perf_counter() < end:
@@ -166,8 +166,9 @@ def split_off(fn):
 
 def best_of_rounds(timings: dict, limits: dict, repeat: int, dtype) -> tuple[dict, dict, list]:
     """Best time of each timing and of each limit's products, over ``repeat`` rounds that each run
-    every timing once (after :func:`_warm`) and replay every product once: spread over the run,
-    so that the work and its limit meet this shared machine's quiet moments alike. A limit is the
+    every timing once (after :func:`_warm`) and replay every product once: spread over the
+    configuration's measurement, so that the work and its limit meet this shared machine's quiet
+    moments alike. A limit is the
     sum of its products' bests. Also each round's memory bandwidth at its start (GB/s read + write
     of a 32 MiB copy)."""
     best = dict.fromkeys(timings, float("inf"))

@@ -41,9 +41,9 @@ def _pool(n: int) -> ThreadPoolExecutor:
 @contextlib.contextmanager
 def blas_one_thread():
     """BLAS held to one thread while :func:`add_products` runs products side by side on our own
-    threads. BLAS's own workers, once woken by a product, spin for a while after it (OpenBLAS: about
-    2^28 cycles unless OPENBLAS_THREAD_TIMEOUT says less) and take a core from the exponentials that
-    follow it; one-thread BLAS wakes none. Does nothing when only one core is used."""
+    threads. BLAS's own workers, once woken by a product, may spin for a while after it (OpenBLAS's
+    source: up to 2^n cycles, n = 28 unless OPENBLAS_THREAD_TIMEOUT sets another) and take a core
+    from the exponentials that follow; one-thread BLAS wakes none. Does nothing on one core."""
     if threads() <= 1 or not SPLIT:
         yield
         return
