@@ -18,8 +18,10 @@ the benchmarks report rates with.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 ROUND = 8  # at most this many calls of one product back to back per timed round
@@ -79,6 +81,24 @@ def gemm_flops(op: str, shapes) -> float:
     a, b = shapes
     batch = a[0] if op in ("aten::bmm", "aten::baddbmm") else 1
     return 2.0 * batch * a[-2] * a[-1] * b[-1]
+
+
+def provenance(folder: Path | None = None) -> dict:
+    """The code a benchmark ran: the git revision of ``folder``'s checkout and whether tracked files
+    differed from it (None for both outside a git checkout), to be written beside its numbers.
+    ``folder``: benchmarks/ by default."""
+    folder = folder or Path(__file__).resolve().parent
+
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:  # (no git)
+        rev = dirty = None
+    return {"revision": rev, "uncommitted_changes": None if rev is None or dirty is None else bool(dirty)}
 
 
 def _best(fn, repeat: int, calls: int = 1) -> float:
@@ -245,7 +265,8 @@ def training_steps(rm, batches, lr: float, repeat: int = 5, timed=None, accumula
     with TokensRun(rm.model) as run:
         gemms = record_gemms(timed_pass)
     limit = replay_limit(gemms, repeat)
-    return {"seconds": seconds, "minor_page_faults": faults, "limit": limit, "tokens_run": run}
+    out = {"seconds": seconds, "minor_page_faults": faults, "limit": limit, "tokens_run": run}
+    return out | {"fused_adam": bool(opt.defaults.get("fused"))}
 
 
 @contextlib.contextmanager

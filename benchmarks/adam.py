@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _limit import provenance
+
 WAYS = {"default (for-loop)": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
@@ -61,7 +64,7 @@ def main(argv=None) -> dict:
     base = rows["default (for-loop)"]["seconds_per_step"]
     command = "python benchmarks/adam.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = {"parameters": n, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    out |= {"fused_speedup": base / rows["fused"]["seconds_per_step"], "command": command}
+    out |= {"fused_speedup": base / rows["fused"]["seconds_per_step"], "command": command, **provenance()}
     print(f"  fused takes 1/{out['fused_speedup']:.1f} of the default's time")
     if args.json:
         from lm_probes.common import write_json

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import numpy_replay_limit
+from _limit import numpy_replay_limit, provenance
 
 from theory import _vocab as vocab
 from theory._vocab import Rows, auto_chunk, product_parts, threads
@@ -291,7 +291,7 @@ def main(argv=None):
     } | {"peak_mib_V128k": all(r["peak_mib"] <= 512 for r in rows if r["V"] == 128_000)}
     print("\ntargets met:", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in meets.items()))
     out = {"square_matmul_gflops": rate, "threads": threads(), "repeat": args.repeat, "rows": rows,
-           "targets_of_limit": TARGETS, "meets": meets}  # fmt: skip
+           "targets_of_limit": TARGETS, "meets": meets, **provenance()}  # fmt: skip
     if args.json:
         from lm_probes.common import write_json
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _limit import bucketed_batches, scoring_forced, share_of_limit, step_flops, training_steps
+from _limit import bucketed_batches, provenance, scoring_forced, share_of_limit, step_flops, training_steps
 from probe_1b import SHAPES, build, peak_gib
 
 TARGET = 0.50  # of the limit
@@ -59,6 +59,7 @@ def run_objective(lm, objective: str, pairs, micro: int, steps: int, timed=None,
     flops = sum(step_flops(lm, objective, seq, run["tokens_run"]))
     out = {"objective": objective, "micro_batches": steps, "accumulate": accumulate, "sequences": len(seq)}
     out |= {"tokens": tokens, "tokens_run": run["tokens_run"].grad}  # (a shared prompt runs once)
+    out["fused_adam"] = run["fused_adam"]
     out |= {"tokens_per_s": tokens / run["seconds"], **share_of_limit(run["seconds"], run["limit"], flops)}
     for p in rm.model.parameters():  # free the gradients before the next objective
         p.grad = None
@@ -116,6 +117,7 @@ def _run(args, argv) -> dict:
         "target_of_limit": TARGET,
         "meets": {o: r["of_limit"] >= TARGET for o, r in rows.items()},
         "command": "python benchmarks/train_1b.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **provenance(),
     }
     print(f"  peak resident memory {out['peak_gib']:.1f} GiB")
     if args.json:

@@ -218,6 +218,8 @@ def test_the_1b_shaped_training_benchmark_runs_at_its_small_shape(tmp_path):
     assert set(out["rows"]) == {"im_rm", "ex_rm"}
     for r in out["rows"].values():
         assert r["tokens"] > r["tokens_run"] > 0 and r["of_limit"] > 0
+        assert r["fused_adam"] is True  # (the trainer's Adam, recorded)
+    assert len(out["revision"]) == 40 and "uncommitted_changes" in out
     # (presumably: the EX-RM reads only the responses' states, so the prompt pass's last layer gets no
     # gradient and autograd skips its backward, which the formula counts: above 1 at this 2-layer shape)
     assert 0.9 <= out["rows"]["im_rm"]["flop_check"] <= 1.0 + 1e-9
@@ -356,3 +358,16 @@ def test_the_limit_keeps_each_products_best_over_rounds_spread_over_the_replay()
     best = _spread_best(["a", "b"], make, 3)
     assert made == ["a", "b"] * 3
     assert all(0.001 <= t < 0.015 for t in best)
+
+
+def test_benchmarks_record_the_code_they_ran(tmp_path):
+    """_limit.provenance: this checkout's HEAD and whether tracked files differ from it; None for
+    both outside a git checkout (an installed copy)."""
+    import subprocess
+
+    prov = _load("_limit").provenance
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip() != ""  # fmt: skip
+    assert prov() == {"revision": head.stdout.strip(), "uncommitted_changes": dirty}
+    assert prov(tmp_path) == {"revision": None, "uncommitted_changes": None}
